@@ -1,0 +1,61 @@
+# Loop Sync: `make demo` and `make test` are all the set-up a fresh machine needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# PostgreSQL used by the test suite (production is PostgreSQL); `make test` skips it, saying so, if absent.
+TEST_PG_URL ?= postgres://postgres@127.0.0.1:5432/loopsync
+DEMO_ENV := DEBUG=true
+
+.PHONY: demo test test-postgres test-sqlite lint format bench sandbox migrate clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@touch $(STAMP)
+
+migrate: $(STAMP)
+	$(DEMO_ENV) $(PY) manage.py migrate --noinput -v 0
+	$(DEMO_ENV) $(PY) manage.py sync_schedules
+
+## demo: install, migrate the SQLite default, sync 20 sandbox users over the last 7 days, print the summary
+demo: migrate
+	$(DEMO_ENV) $(PY) manage.py sync_wearables --sandbox --sandbox-users 20 --lookback-days 7
+
+## test: the suite against PostgreSQL (when reachable) and against SQLite
+test: $(STAMP)
+	@if $(PY) scripts/pg_available.py "$(TEST_PG_URL)"; then \
+		$(MAKE) --no-print-directory test-postgres; \
+	else \
+		if [ -n "$$REQUIRE_POSTGRES" ]; then echo "FATAL: PostgreSQL required but not reachable at $(TEST_PG_URL)"; exit 1; fi; \
+		echo "PostgreSQL is not reachable at $(TEST_PG_URL): SKIPPING the PostgreSQL run (SQLite only)"; \
+	fi
+	@$(MAKE) --no-print-directory test-sqlite
+
+test-postgres: $(STAMP)
+	@echo "== tests on PostgreSQL =="
+	DATABASE_URL=$(TEST_PG_URL) $(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-sqlite: $(STAMP)
+	@echo "== tests on SQLite =="
+	DATABASE_URL=sqlite:///$(CURDIR)/.test.sqlite3 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+## bench: sync throughput on PostgreSQL (see bench/README in the README's Performance section)
+bench: $(STAMP)
+	DATABASE_URL=$(TEST_PG_URL)_bench $(PY) bench/sync_throughput.py --users 100 --days 7
+
+sandbox: $(STAMP)
+	$(DEMO_ENV) $(PY) manage.py sandbox --port 8765
+
+clean:
+	rm -rf $(VENV) db.sqlite3 db.sqlite3-* .test.sqlite3

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand
+from django.db import transaction
+from django_q.models import Schedule
+
+from loopsync.schedules import PREFIX, SCHEDULES
+
+
+class Command(BaseCommand):
+    help = "Create or update the django-q2 schedules declared in loopsync/schedules.py (idempotent)."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        created = updated = removed = 0
+        with transaction.atomic():
+            # Lock the schedule table's rows we own: two deploys running this at once serialise here.
+            existing = {s.name: s for s in Schedule.objects.select_for_update().filter(name__startswith=PREFIX)}
+            for job in SCHEDULES:
+                schedule = existing.pop(job.schedule_name, None)
+                if schedule is None:
+                    Schedule.objects.create(
+                        name=job.schedule_name, func=job.func, schedule_type=Schedule.CRON, cron=job.cron,
+                        repeats=-1,
+                    )
+                    created += 1
+                    continue
+                if (schedule.func, schedule.cron, schedule.schedule_type) != (job.func, job.cron, Schedule.CRON):
+                    schedule.func, schedule.cron, schedule.schedule_type = job.func, job.cron, Schedule.CRON
+                    # django-q2 computes next_run from cron only on creation.
+                    schedule.next_run = schedule.calculate_next_run()
+                    schedule.save()
+                    updated += 1
+            for stale in existing.values():
+                stale.delete()
+                removed += 1
+        self.stdout.write(f"schedules: {created} created, {updated} updated, {removed} removed, "
+                          f"{len(SCHEDULES)} declared")

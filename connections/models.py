@@ -1,0 +1,148 @@
+"""Patients, their provider connections, and the audit trail of every sync."""
+
+from __future__ import annotations
+
+import zoneinfo
+
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models.functions import Now
+
+
+def validate_time_zone(value: str) -> None:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValidationError(f"{value!r} is not an IANA time zone") from None
+
+
+class Patient(models.Model):
+    """A person whose data we sync. Identified by Junction user id and/or Clerk user id, never by name."""
+
+    junction_user_id = models.CharField(max_length=64, unique=True, null=True, blank=True)
+    clerk_user_id = models.CharField(max_length=64, unique=True, null=True, blank=True)
+    # The patient's IANA zone: daily statistics are per patient-local day.
+    time_zone = models.CharField(max_length=64, default="UTC", validators=[validate_time_zone])
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "patients"
+
+    def __str__(self) -> str:
+        return f"Patient {self.pk}"
+
+
+class Provider(models.TextChoices):
+    JUNCTION = "junction", "Junction"
+    WHOOP = "whoop", "WHOOP"
+    DEXCOM = "dexcom", "Dexcom"
+    LIBRE = "libre", "FreeStyle Libre"
+
+
+class ConnectionStatus(models.TextChoices):
+    ACTIVE = "active", "Active"
+    INACTIVE = "inactive", "Inactive"
+
+
+class Connection(models.Model):
+    """A patient's link to one provider; `last_sync_at` is the sync cursor for it."""
+
+    patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="connections")
+    provider = models.CharField(max_length=16, choices=Provider.choices)
+    status = models.CharField(max_length=16, choices=ConnectionStatus.choices, default=ConnectionStatus.ACTIVE)
+    # The end of the window covered by the last successful sync; moved only in the transaction that stored
+    # that window's data.
+    last_sync_at = models.DateTimeField(null=True, blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    failure_streak = models.PositiveIntegerField(default=0)
+    # Scrubbed: an error class and status code, never a token, a reading or a response body.
+    last_error = models.TextField(blank=True, default="")
+    status_reason = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(db_default=Now())
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "patient_connections"
+        constraints = [
+            models.UniqueConstraint(fields=["patient", "provider"], name="connection_one_per_patient_provider"),
+        ]
+        indexes = [
+            # The schedulers select active connections of one provider.
+            models.Index(fields=["provider", "status"], name="connection_provider_status"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_provider_display()} connection {self.pk}"
+
+
+class SyncTrigger(models.TextChoices):
+    SCHEDULE = "schedule", "Schedule"
+    MANUAL = "manual", "Manual (API)"
+    ADMIN = "admin", "Admin"
+    COMMAND = "command", "Command line"
+
+
+class SyncStatus(models.TextChoices):
+    RUNNING = "running", "Running"
+    SUCCESS = "success", "Success"
+    FAILED = "failed", "Failed"
+
+
+class SyncEvent(models.Model):
+    """One row per sync run of one connection: the `wearable_sync` audit trail."""
+
+    connection = models.ForeignKey(Connection, on_delete=models.SET_NULL, null=True, related_name="sync_events")
+    # Copied from the connection so the trail survives the connection's removal.
+    patient = models.ForeignKey(Patient, on_delete=models.SET_NULL, null=True, related_name="sync_events")
+    provider = models.CharField(max_length=16, choices=Provider.choices)
+    trigger = models.CharField(max_length=16, choices=SyncTrigger.choices)
+    status = models.CharField(max_length=16, choices=SyncStatus.choices, default=SyncStatus.RUNNING)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    window_start = models.DateTimeField(null=True, blank=True)
+    window_end = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    records_fetched = models.PositiveIntegerField(default=0)
+    records_stored = models.PositiveIntegerField(default=0)
+    records_skipped = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True, default="")
+    # Who acted, for manual and admin triggers (a staff username or "patient"); empty for schedules.
+    actor = models.CharField(max_length=150, blank=True, default="")
+
+    class Meta:
+        db_table = "wearable_sync"
+        indexes = [
+            models.Index(fields=["connection", "-started_at"], name="sync_event_connection_recent"),
+            models.Index(fields=["-started_at"], name="sync_event_recent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Sync {self.pk} ({self.provider}, {self.status})"
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+class SyncFingerprint(models.Model):
+    """A digest of what a provider served for one (connection, resource, UTC day).
+
+    A re-sync that gets byte-identical data for a day skips parsing and storing it: that is most of the
+    7-day lookback on every daily run. Written in the same transaction as the day's readings.
+    """
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="+")
+    resource = models.CharField(max_length=40)
+    day = models.DateField()
+    digest = models.CharField(max_length=64)
+    # Records the day held when it was parsed: a skipped day still counts as fetched in the summary.
+    records = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "sync_fingerprints"
+        constraints = [
+            models.UniqueConstraint(fields=["connection", "resource", "day"], name="fingerprint_unique_day"),
+        ]

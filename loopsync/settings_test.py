@@ -1,0 +1,20 @@
+"""Test settings: the production settings with fast retries and safe defaults for a test run."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("SECRET_KEY", "test-only-secret-key")
+os.environ.setdefault("JUNCTION_ENV", "sandbox")
+
+from loopsync.settings import *  # noqa: E402,F403
+from loopsync.settings import Q_CLUSTER  # noqa: E402
+
+# Retries and backoff as in production, only faster: tests exercise the same code paths.
+PROVIDER_HTTP_TIMEOUT = 2.0
+PROVIDER_BACKOFF_BASE = 0.01
+PROVIDER_BACKOFF_CAP = 0.05
+SYNC_RETRY_BASE_SECONDS = 0.01
+# django-q2 runs tasks in-process in tests.
+Q_CLUSTER = {**Q_CLUSTER, "sync": True}
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

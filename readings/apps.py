@@ -1,0 +1,8 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class ReadingsConfig(AppConfig):
+    name = "readings"
+    verbose_name = "Readings"

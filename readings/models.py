@@ -1,0 +1,93 @@
+"""Raw readings (stored once, keyed by what they measure) and per-day statistics.
+
+The raw tables use the natural key as a composite primary key: a sample can never be stored twice, and no
+surrogate sequence is burnt by every replayed insert. Writes go through `readings.store`, never `save()`.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models.functions import Now
+
+from connections.models import Connection, Patient
+
+
+class WearableReading(models.Model):
+    """One raw sample or summary value: heart rate at 07:31, a night's sleep duration, 15 minutes of steps."""
+
+    pk = models.CompositePrimaryKey("patient", "metric", "source", "source_type", "measured_at")
+    # The primary key starts with patient_id, so the default FK index would only duplicate it.
+    patient = models.ForeignKey(Patient, on_delete=models.CASCADE, db_index=False, related_name="+")
+    metric = models.CharField(max_length=40)
+    # The device maker as the aggregator names it (oura, garmin, apple_health_kit, whoop, ...).
+    source = models.CharField(max_length=40)
+    # phone / watch / ring / ...: Junction keys samples by (resource, provider, source type, timestamp).
+    source_type = models.CharField(max_length=32, default="")
+    measured_at = models.DateTimeField()
+    # Interval samples (steps per 15 minutes) end here; NULL for instant samples.
+    end_at = models.DateTimeField(null=True, blank=True)
+    value = models.FloatField()
+    unit = models.CharField(max_length=16)
+    # The connection that delivered it; no constraint, so removing a connection never rewrites readings.
+    connection = models.ForeignKey(
+        Connection, on_delete=models.DO_NOTHING, null=True, db_constraint=False, db_index=False, related_name="+"
+    )
+    ingested_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "patient_wearable_readings"
+        indexes = [
+            # Retention and per-day aggregation scan by time.
+            models.Index(fields=["measured_at"], name="wearable_reading_measured_at"),
+        ]
+
+
+class GlucoseReading(models.Model):
+    """A CGM sample, normalised to mg/dL with the provider's original value and unit kept."""
+
+    pk = models.CompositePrimaryKey("patient", "source", "measured_at")
+    patient = models.ForeignKey(Patient, on_delete=models.CASCADE, db_index=False, related_name="+")
+    source = models.CharField(max_length=40)
+    measured_at = models.DateTimeField()
+    value_mg_dl = models.FloatField()
+    original_value = models.FloatField()
+    original_unit = models.CharField(max_length=16)
+    trend = models.CharField(max_length=32, blank=True, default="")
+    trend_rate = models.FloatField(null=True, blank=True)
+    device = models.CharField(max_length=64, blank=True, default="")
+    connection = models.ForeignKey(
+        Connection, on_delete=models.DO_NOTHING, null=True, db_constraint=False, db_index=False, related_name="+"
+    )
+    ingested_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "patient_glucose_readings"
+        indexes = [
+            models.Index(fields=["measured_at"], name="glucose_reading_measured_at"),
+        ]
+
+
+class DailyStat(models.Model):
+    """Per patient, metric and patient-local day: avg/min/max/sum/count, recomputed from raw rows in SQL."""
+
+    patient = models.ForeignKey(Patient, on_delete=models.CASCADE, db_index=False, related_name="daily_stats")
+    metric = models.CharField(max_length=40)
+    day = models.DateField()
+    avg = models.FloatField()
+    min = models.FloatField()
+    max = models.FloatField()
+    sum = models.FloatField()
+    count = models.PositiveIntegerField()
+    # Sample-weighted rolling means over calendar days (sum of sums / sum of counts).
+    avg_7d = models.FloatField(null=True, blank=True)
+    avg_30d = models.FloatField(null=True, blank=True)
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "patient_wearable_daily_stats"
+        constraints = [
+            models.UniqueConstraint(fields=["patient", "metric", "day"], name="daily_stat_unique_day"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.day}"
