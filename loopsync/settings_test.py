@@ -18,3 +18,12 @@ SYNC_RETRY_BASE_SECONDS = 0.01
 # django-q2 runs tasks in-process in tests.
 Q_CLUSTER = {**Q_CLUSTER, "sync": True}
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# Let pytest's caplog (a root handler) see our structured log records.
+LOGGING = {
+    **LOGGING,  # noqa: F405
+    "loggers": {
+        **LOGGING["loggers"],  # noqa: F405
+        "loopsync": {"level": "INFO", "propagate": True},
+    },
+}

@@ -112,13 +112,17 @@ class InvalidRecord(ValueError):
 class ParsedPayload:
     readings: list[WearableRow] = field(default_factory=list)
     glucose: list[GlucoseRow] = field(default_factory=list)
-    records: int = 0
+    # Records that failed validation (a skipped summary counts once, however many metrics it held).
     skipped: int = 0
+
+    @property
+    def records(self) -> int:
+        """Readings this payload yields, plus the records skipped: what the summary calls "fetched"."""
+        return len(self.readings) + len(self.glucose) + self.skipped
 
     def extend(self, other: ParsedPayload) -> None:
         self.readings.extend(other.readings)
         self.glucose.extend(other.glucose)
-        self.records += other.records
         self.skipped += other.skipped
 
 
@@ -179,7 +183,6 @@ def parse_timeseries(spec: SeriesSpec, payload: Any) -> ParsedPayload:
             source, source_type = _source_of(group_key, entry.get("source"))
             samples = entry.get("data") or []
             for index, sample in enumerate(samples):
-                out.records += 1
                 try:
                     if not isinstance(sample, dict):
                         raise InvalidRecord("sample is not an object")
@@ -208,7 +211,6 @@ def parse_glucose(payload: Any) -> ParsedPayload:
         for entry in entries:
             source, source_type = _source_of(group_key, entry.get("source"))
             for index, sample in enumerate(entry.get("data") or []):
-                out.records += 1
                 try:
                     if not isinstance(sample, dict):
                         raise InvalidRecord("sample is not an object")
@@ -257,7 +259,6 @@ def parse_summaries(kind: str, payload: Any, tz: ZoneInfo) -> ParsedPayload:
         raise InvalidPayload(f"{kind} summary response has no {SUMMARY_ENVELOPE[kind]!r} list")
     out = ParsedPayload()
     for index, record in enumerate(payload[SUMMARY_ENVELOPE[kind]]):
-        out.records += 1
         try:
             rows = _summary_rows(kind, record, tz)
         except InvalidRecord as exc:
