@@ -45,9 +45,23 @@ def ensure_database(url: str) -> None:
 def start_sandbox(users: int, seed: int) -> tuple[subprocess.Popen[str], str, str]:
     api_key = "sk_us_bench"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sandbox", "--port", "0", "--users", str(users), "--seed", str(seed),
-         "--api-key", api_key],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        [
+            sys.executable,
+            "-m",
+            "sandbox",
+            "--port",
+            "0",
+            "--users",
+            str(users),
+            "--seed",
+            str(seed),
+            "--api-key",
+            api_key,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -59,7 +73,9 @@ def start_sandbox(users: int, seed: int) -> tuple[subprocess.Popen[str], str, st
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--users", type=int, default=100)
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--seed", type=int, default=42)
@@ -84,7 +100,15 @@ def main() -> int:
     if db.vendor != "postgresql":
         raise SystemExit("the benchmark runs on PostgreSQL: set DATABASE_URL=postgres://...")
     call_command("migrate", verbosity=0)
-    for model in (WearableReading, GlucoseReading, DailyStat, SyncFingerprint, SyncEvent, Connection, Patient):
+    for model in (
+        WearableReading,
+        GlucoseReading,
+        DailyStat,
+        SyncFingerprint,
+        SyncEvent,
+        Connection,
+        Patient,
+    ):
         with db.cursor() as cursor:
             cursor.execute(f"TRUNCATE {model._meta.db_table} CASCADE")
 
@@ -92,11 +116,17 @@ def main() -> int:
     try:
         import httpx
 
-        user_ids = [u["user_id"] for u in httpx.get(
-            f"{url}/junction/v2/user", params={"limit": 500}, headers={"x-vital-api-key": api_key}
-        ).json()["users"]][: args.users]
+        user_ids = [
+            u["user_id"]
+            for u in httpx.get(
+                f"{url}/junction/v2/user", params={"limit": 500}, headers={"x-vital-api-key": api_key}
+            ).json()["users"]
+        ][: args.users]
         config = JunctionSyncConfig(
-            api_key=api_key, base_url_override=f"{url}/junction", user_ids=tuple(user_ids), lookback_days=args.days,
+            api_key=api_key,
+            base_url_override=f"{url}/junction",
+            user_ids=tuple(user_ids),
+            lookback_days=args.days,
         )
         # Warm the sandbox's generation cache so both runs measure our side, not the fake provider's.
         warm_start = time.perf_counter()
@@ -151,9 +181,9 @@ def measure_copy(db) -> float:  # noqa: ANN001
     """Dump the synced rows, empty the tables, and COPY the same rows back in: the write-path limit."""
     tables = {
         "patient_wearable_readings": "patient_id, metric, source, source_type, measured_at, end_at, value, unit, "
-                                     "connection_id, ingested_at",
+        "connection_id, ingested_at",
         "patient_glucose_readings": "patient_id, source, measured_at, value_mg_dl, original_value, original_unit, "
-                                    "trend, trend_rate, device, connection_id, ingested_at",
+        "trend, trend_rate, device, connection_id, ingested_at",
     }
     dumps: dict[str, bytes] = {}
     with db.cursor() as cursor:
@@ -173,7 +203,7 @@ def measure_copy(db) -> float:  # noqa: ANN001
             with pg.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
                 data = dumps[table]
                 for offset in range(0, len(data), 1 << 20):
-                    copy.write(data[offset: offset + (1 << 20)])
+                    copy.write(data[offset : offset + (1 << 20)])
     return time.perf_counter() - started
 
 
@@ -189,8 +219,13 @@ def measure_naive(sample: int) -> tuple[float, int]:
     started = time.perf_counter()
     for n in range(sample):
         WearableReading(
-            patient=patient, metric="heart_rate", source="bench", source_type="", measured_at=start + timedelta(minutes=n),
-            value=60.0, unit="bpm",
+            patient=patient,
+            metric="heart_rate",
+            source="bench",
+            source_type="",
+            measured_at=start + timedelta(minutes=n),
+            value=60.0,
+            unit="bpm",
         ).save()
     return time.perf_counter() - started, sample
 

@@ -49,7 +49,9 @@ class Connection(models.Model):
 
     patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="connections")
     provider = models.CharField(max_length=16, choices=Provider.choices)
-    status = models.CharField(max_length=16, choices=ConnectionStatus.choices, default=ConnectionStatus.ACTIVE)
+    status = models.CharField(
+        max_length=16, choices=ConnectionStatus.choices, default=ConnectionStatus.ACTIVE
+    )
     # The end of the window covered by the last successful sync; moved only in the transaction that stored
     # that window's data.
     last_sync_at = models.DateTimeField(null=True, blank=True)
@@ -64,7 +66,9 @@ class Connection(models.Model):
     class Meta:
         db_table = "patient_connections"
         constraints = [
-            models.UniqueConstraint(fields=["patient", "provider"], name="connection_one_per_patient_provider"),
+            models.UniqueConstraint(
+                fields=["patient", "provider"], name="connection_one_per_patient_provider"
+            ),
         ]
         indexes = [
             # The schedulers select active connections of one provider.
@@ -91,7 +95,9 @@ class SyncStatus(models.TextChoices):
 class SyncEvent(models.Model):
     """One row per sync run of one connection: the `wearable_sync` audit trail."""
 
-    connection = models.ForeignKey(Connection, on_delete=models.SET_NULL, null=True, related_name="sync_events")
+    connection = models.ForeignKey(
+        Connection, on_delete=models.SET_NULL, null=True, related_name="sync_events"
+    )
     # Copied from the connection so the trail survives the connection's removal.
     patient = models.ForeignKey(Patient, on_delete=models.SET_NULL, null=True, related_name="sync_events")
     provider = models.CharField(max_length=16, choices=Provider.choices)
@@ -146,3 +152,6 @@ class SyncFingerprint(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["connection", "resource", "day"], name="fingerprint_unique_day"),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.resource} {self.day}"

@@ -114,7 +114,9 @@ class JobResult:
             "job": self.job,
             "started_at": self.started_at.isoformat(),
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
-            "duration_s": round((self.finished_at - self.started_at).total_seconds(), 3) if self.finished_at else None,
+            "duration_s": round((self.finished_at - self.started_at).total_seconds(), 3)
+            if self.finished_at
+            else None,
             "users_total": len(self.users),
             "users_synced": self.users_synced,
             "users_failed": self.users_failed,
@@ -147,10 +149,7 @@ def ensure_junction_connections(config: JunctionSyncConfig, client: JunctionClie
     A configured user unknown to the database gets a patient (time zone from Junction when it has one)
     and a Junction connection. A configured user whose connection ops deactivated stays deactivated.
     """
-    known = {
-        p.junction_user_id: p
-        for p in Patient.objects.filter(junction_user_id__in=config.user_ids)
-    }
+    known = {p.junction_user_id: p for p in Patient.objects.filter(junction_user_id__in=config.user_ids)}
     for user_id in config.user_ids:
         patient = known.get(user_id)
         if patient is None:
@@ -249,13 +248,18 @@ def store_junction_window(connection: Connection, window: FetchedWindow, window_
         locked = Connection.objects.select_for_update().select_related("patient").get(pk=connection.pk)
         patient = locked.patient
         result = store_batch(
-            patient.pk, patient.time_zone, window.payload.readings, window.payload.glucose,
+            patient.pk,
+            patient.time_zone,
+            window.payload.readings,
+            window.payload.glucose,
             connection_id=locked.pk,
         )
         if window.fingerprints:
             SyncFingerprint.objects.bulk_create(
                 [
-                    SyncFingerprint(connection=locked, resource=resource, day=day, digest=digest, records=records)
+                    SyncFingerprint(
+                        connection=locked, resource=resource, day=day, digest=digest, records=records
+                    )
                     for (resource, day), (digest, records) in window.fingerprints.items()
                 ],
                 update_conflicts=True,
@@ -267,7 +271,9 @@ def store_junction_window(connection: Connection, window: FetchedWindow, window_
         locked.last_attempt_at = now
         locked.failure_streak = 0
         locked.last_error = ""
-        locked.save(update_fields=["last_sync_at", "last_attempt_at", "failure_streak", "last_error", "updated_at"])
+        locked.save(
+            update_fields=["last_sync_at", "last_attempt_at", "failure_streak", "last_error", "updated_at"]
+        )
     return result.written
 
 
@@ -294,15 +300,23 @@ def sync_junction_connection(
     window_start = window_end - timedelta(days=config.lookback_days)
     days = utc_days(window_start, window_end)
     event = SyncEvent.objects.create(
-        connection=connection, patient=connection.patient, provider=Provider.JUNCTION, trigger=trigger,
-        actor=actor, started_at=window_end, window_start=window_start, window_end=window_end,
+        connection=connection,
+        patient=connection.patient,
+        provider=Provider.JUNCTION,
+        trigger=trigger,
+        actor=actor,
+        started_at=window_end,
+        window_start=window_start,
+        window_end=window_end,
     )
     known = {
         (fp.resource, fp.day): (fp.digest, fp.records)
         for fp in SyncFingerprint.objects.filter(connection=connection, day__in=days)
     }
     tz = ZoneInfo(connection.patient.time_zone)
-    policy = RetryPolicy(attempts=settings.SYNC_USER_ATTEMPTS, base=settings.SYNC_RETRY_BASE_SECONDS, cap=60.0)
+    policy = RetryPolicy(
+        attempts=settings.SYNC_USER_ATTEMPTS, base=settings.SYNC_RETRY_BASE_SECONDS, cap=60.0
+    )
     own_executor = executor is None
     pool = executor or ThreadPoolExecutor(max_workers=FETCH_CONCURRENCY, thread_name_prefix="junction-fetch")
     try:
@@ -345,9 +359,17 @@ def _finish_event(event: SyncEvent, connection: Connection, summary: UserSyncSum
     event.records_stored = summary.records_stored
     event.records_skipped = summary.records_skipped
     event.error = "\n".join(summary.errors)[:2000]
-    event.save(update_fields=[
-        "finished_at", "status", "attempts", "records_fetched", "records_stored", "records_skipped", "error",
-    ])
+    event.save(
+        update_fields=[
+            "finished_at",
+            "status",
+            "attempts",
+            "records_fetched",
+            "records_stored",
+            "records_skipped",
+            "error",
+        ]
+    )
     if summary.status == "failed":
         Connection.objects.filter(pk=connection.pk).update(
             last_attempt_at=now,
@@ -357,9 +379,15 @@ def _finish_event(event: SyncEvent, connection: Connection, summary: UserSyncSum
         )
     logger.info(
         "user sync finished",
-        extra={"connection_id": connection.pk, "status": summary.status, "attempts": summary.attempts,
-               "records_fetched": summary.records_fetched, "records_stored": summary.records_stored,
-               "records_skipped": summary.records_skipped, "duration_s": summary.duration_s},
+        extra={
+            "connection_id": connection.pk,
+            "status": summary.status,
+            "attempts": summary.attempts,
+            "records_fetched": summary.records_fetched,
+            "records_stored": summary.records_stored,
+            "records_skipped": summary.records_skipped,
+            "duration_s": summary.duration_s,
+        },
     )
 
 
@@ -386,7 +414,9 @@ def run_wearable_sync_job(
         total = len(connections)
 
         def one(connection: Connection) -> UserSyncSummary:
-            with ThreadPoolExecutor(max_workers=FETCH_CONCURRENCY, thread_name_prefix="junction-fetch") as pool:
+            with ThreadPoolExecutor(
+                max_workers=FETCH_CONCURRENCY, thread_name_prefix="junction-fetch"
+            ) as pool:
                 try:
                     return sync_junction_connection(
                         connection, config, client, trigger=trigger, executor=pool, force=force, sleep=sleep
@@ -394,7 +424,8 @@ def run_wearable_sync_job(
                 except Exception as exc:  # noqa: BLE001 - one user's bug must not stop the others
                     logger.exception("user sync crashed", extra={"connection_id": connection.pk})
                     return UserSyncSummary(
-                        user_id=connection.patient.junction_user_id or "", status="failed",
+                        user_id=connection.patient.junction_user_id or "",
+                        status="failed",
                         errors=[f"internal error: {type(exc).__name__}"],
                     )
 
@@ -405,6 +436,7 @@ def run_wearable_sync_job(
                 if progress:
                     progress(done, total, summary)
         else:
+
             def threaded(connection: Connection) -> UserSyncSummary:
                 try:
                     return one(connection)
@@ -437,7 +469,22 @@ def log_job_summary(result: JobResult) -> None:
     logger.log(
         level,
         "%s finished: %d/%d users synced, %d records stored, %d errors",
-        result.job, result.users_synced, len(result.users), result.records_stored, len(result.errors),
-        extra={k: summary[k] for k in ("job", "users_total", "users_synced", "users_failed", "records_fetched",
-                                         "records_stored", "records_skipped", "duration_s")},
+        result.job,
+        result.users_synced,
+        len(result.users),
+        result.records_stored,
+        len(result.errors),
+        extra={
+            k: summary[k]
+            for k in (
+                "job",
+                "users_total",
+                "users_synced",
+                "users_failed",
+                "records_fetched",
+                "records_stored",
+                "records_skipped",
+                "duration_s",
+            )
+        },
     )

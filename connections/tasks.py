@@ -28,8 +28,11 @@ def wearable_sync_daily() -> dict[str, Any]:
     queued = 0
     for connection in connections:
         async_task(
-            "connections.tasks.sync_junction_user", connection.pk, SyncTrigger.SCHEDULE,
-            group=JOB_NAME, task_name=f"{JOB_NAME}:{connection.pk}",
+            "connections.tasks.sync_junction_user",
+            connection.pk,
+            SyncTrigger.SCHEDULE,
+            group=JOB_NAME,
+            task_name=f"{JOB_NAME}:{connection.pk}",
         )
         queued += 1
     logger.info("%s queued %d user syncs", JOB_NAME, queued, extra={"job": JOB_NAME, "users_queued": queued})
@@ -38,7 +41,9 @@ def wearable_sync_daily() -> dict[str, Any]:
 
 def sync_junction_user(connection_id: int, trigger: str = SyncTrigger.SCHEDULE) -> dict[str, Any]:
     connection = (
-        Connection.objects.select_related("patient").filter(pk=connection_id, provider=Provider.JUNCTION).first()
+        Connection.objects.select_related("patient")
+        .filter(pk=connection_id, provider=Provider.JUNCTION)
+        .first()
     )
     if connection is None:
         return {"connection_id": connection_id, "status": "gone"}

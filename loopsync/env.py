@@ -23,7 +23,9 @@ def env_str(name: str, default: str = "") -> str:
             with open(file_path, encoding="utf-8") as fh:
                 return fh.read().strip()
         except OSError as exc:
-            raise ImproperlyConfigured(f"{name}_FILE points at {file_path!r}, which cannot be read: {exc}") from exc
+            raise ImproperlyConfigured(
+                f"{name}_FILE points at {file_path!r}, which cannot be read: {exc}"
+            ) from exc
     return os.environ.get(name, default).strip()
 
 

@@ -30,7 +30,12 @@ class WearableReading(models.Model):
     unit = models.CharField(max_length=16)
     # The connection that delivered it; no constraint, so removing a connection never rewrites readings.
     connection = models.ForeignKey(
-        Connection, on_delete=models.DO_NOTHING, null=True, db_constraint=False, db_index=False, related_name="+"
+        Connection,
+        on_delete=models.DO_NOTHING,
+        null=True,
+        db_constraint=False,
+        db_index=False,
+        related_name="+",
     )
     ingested_at = models.DateTimeField(db_default=Now())
 
@@ -40,6 +45,9 @@ class WearableReading(models.Model):
             # Retention and per-day aggregation scan by time.
             models.Index(fields=["measured_at"], name="wearable_reading_measured_at"),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.metric} at {self.measured_at:%Y-%m-%d %H:%M}"
 
 
 class GlucoseReading(models.Model):
@@ -56,7 +64,12 @@ class GlucoseReading(models.Model):
     trend_rate = models.FloatField(null=True, blank=True)
     device = models.CharField(max_length=64, blank=True, default="")
     connection = models.ForeignKey(
-        Connection, on_delete=models.DO_NOTHING, null=True, db_constraint=False, db_index=False, related_name="+"
+        Connection,
+        on_delete=models.DO_NOTHING,
+        null=True,
+        db_constraint=False,
+        db_index=False,
+        related_name="+",
     )
     ingested_at = models.DateTimeField(db_default=Now())
 
@@ -65,6 +78,9 @@ class GlucoseReading(models.Model):
         indexes = [
             models.Index(fields=["measured_at"], name="glucose_reading_measured_at"),
         ]
+
+    def __str__(self) -> str:
+        return f"glucose at {self.measured_at:%Y-%m-%d %H:%M}"
 
 
 class DailyStat(models.Model):

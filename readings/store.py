@@ -200,7 +200,18 @@ def _store_sqlite(
         raw.executemany(
             _SQLITE_MERGE_WEARABLE,
             [
-                (patient_id, m, s, st, sqlite_ts(at), sqlite_ts(end) if end else None, v, u, connection_id, now)
+                (
+                    patient_id,
+                    m,
+                    s,
+                    st,
+                    sqlite_ts(at),
+                    sqlite_ts(end) if end else None,
+                    v,
+                    u,
+                    connection_id,
+                    now,
+                )
                 for m, s, st, at, end, v, u in readings
             ],
         )
@@ -317,11 +328,17 @@ def refresh_daily_stats(patient_id: int, time_zone: str, touched: TouchedDays) -
             if wearable:
                 cursor.execute(
                     _PG_DAILY_WEARABLE,
-                    {"patient": patient_id, "tz": time_zone, "metrics": [m for m, _ in wearable],
-                     "days": [d for _, d in wearable]},
+                    {
+                        "patient": patient_id,
+                        "tz": time_zone,
+                        "metrics": [m for m, _ in wearable],
+                        "days": [d for _, d in wearable],
+                    },
                 )
             if glucose_days:
-                cursor.execute(_PG_DAILY_GLUCOSE, {"patient": patient_id, "tz": time_zone, "days": glucose_days})
+                cursor.execute(
+                    _PG_DAILY_GLUCOSE, {"patient": patient_id, "tz": time_zone, "days": glucose_days}
+                )
         return
     tz = ZoneInfo(time_zone)
     now = datetime.now(UTC).isoformat(sep=" ")[:-6]
@@ -334,11 +351,16 @@ def refresh_daily_stats(patient_id: int, time_zone: str, touched: TouchedDays) -
     if wearable:
         raw.executemany(
             _SQLITE_DAILY_WEARABLE,
-            [(day.isoformat(), now, patient_id, metric, text(bounds[day][0]), text(bounds[day][1]))
-             for metric, day in wearable],
+            [
+                (day.isoformat(), now, patient_id, metric, text(bounds[day][0]), text(bounds[day][1]))
+                for metric, day in wearable
+            ],
         )
     if glucose_days:
         raw.executemany(
             _SQLITE_DAILY_GLUCOSE,
-            [(day.isoformat(), now, patient_id, text(bounds[day][0]), text(bounds[day][1])) for day in glucose_days],
+            [
+                (day.isoformat(), now, patient_id, text(bounds[day][0]), text(bounds[day][1]))
+                for day in glucose_days
+            ],
         )

@@ -39,7 +39,9 @@ def test_defaults_are_sandbox_us_with_a_7_day_lookback(clean_env: pytest.MonkeyP
         ("sandbox", "eu", "https://api.sandbox.eu.junction.com"),
     ],
 )
-def test_host_follows_environment_and_region(clean_env: pytest.MonkeyPatch, env: str, region: str, host: str) -> None:
+def test_host_follows_environment_and_region(
+    clean_env: pytest.MonkeyPatch, env: str, region: str, host: str
+) -> None:
     clean_env.setenv("JUNCTION_ENV", env)
     clean_env.setenv("JUNCTION_REGION", region)
     clean_env.setenv("JUNCTION_API_KEY", "pk_us_x")
@@ -87,8 +89,12 @@ def test_patient_graph_url_needs_its_key(clean_env: pytest.MonkeyPatch) -> None:
 def _manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("JUNCTION_", "DJANGO_SETTINGS"))}
     return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env={**base, "DEBUG": "true", **env},
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env={**base, "DEBUG": "true", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

@@ -33,7 +33,8 @@ def served_counts(sandbox: SandboxServer, user_id: str, start: datetime, end: da
 
 def stored_counts(patient: Patient) -> dict[str, int]:
     counts = {
-        spec.metric: WearableReading.objects.filter(patient=patient, metric=spec.metric).count() for spec in TIMESERIES
+        spec.metric: WearableReading.objects.filter(patient=patient, metric=spec.metric).count()
+        for spec in TIMESERIES
     }
     counts["glucose"] = GlucoseReading.objects.filter(patient=patient).count()
     return counts
@@ -66,13 +67,19 @@ def test_syncing_the_same_window_twice_stores_nothing_new(junction_config: Junct
 
     assert first.records_stored > 0
     assert second.ok and second.records_stored == 0
-    assert (WearableReading.objects.count(), GlucoseReading.objects.count(), DailyStat.objects.count()) == rows
+    assert (
+        WearableReading.objects.count(),
+        GlucoseReading.objects.count(),
+        DailyStat.objects.count(),
+    ) == rows
     # The second run skipped the unchanged days without parsing them, yet reports what it fetched.
     assert all(u.unchanged_days > 0 for u in second.users)
     assert [u.records_fetched for u in second.users] == [u.records_fetched for u in first.users]
 
 
-def test_forced_resync_parses_everything_and_still_stores_nothing_new(junction_config: JunctionSyncConfig) -> None:
+def test_forced_resync_parses_everything_and_still_stores_nothing_new(
+    junction_config: JunctionSyncConfig,
+) -> None:
     run_wearable_sync_job(junction_config)
     forced = run_wearable_sync_job(junction_config, force=True)
     assert forced.records_stored == 0
@@ -86,7 +93,9 @@ def test_unknown_listed_user_gets_a_patient_and_connection_with_junction_time_zo
     run_wearable_sync_job(junction_config)
     patient = Patient.objects.get(junction_user_id=user_id)
     assert patient.time_zone == clean_sandbox.junction.user(user_id).time_zone
-    assert Connection.objects.filter(patient=patient, provider=Provider.JUNCTION, status="active").count() == 1
+    assert (
+        Connection.objects.filter(patient=patient, provider=Provider.JUNCTION, status="active").count() == 1
+    )
 
 
 def test_active_connections_in_the_database_are_synced_too(junction_config: JunctionSyncConfig) -> None:
@@ -144,8 +153,14 @@ def test_429_with_retry_after_then_success_gives_complete_data(
 ) -> None:
     user_id = junction_config.user_ids[0]
     clean_sandbox.faults.add(
-        {"provider": "junction", "user_id": user_id, "path_contains": "heartrate", "status": 429,
-         "retry_after": 0.2, "count": 2}
+        {
+            "provider": "junction",
+            "user_id": user_id,
+            "path_contains": "heartrate",
+            "status": 429,
+            "retry_after": 0.2,
+            "count": 2,
+        }
     )
     config = junction_config.replace(user_ids=(user_id,))
 
@@ -153,14 +168,19 @@ def test_429_with_retry_after_then_success_gives_complete_data(
 
     assert result.ok and result.users[0].attempts == 1
     patient = Patient.objects.get(junction_user_id=user_id)
-    assert stored_counts(patient) == served_counts(clean_sandbox, user_id, window_start(config, frozen_time),
-                                                   frozen_time)
+    assert stored_counts(patient) == served_counts(
+        clean_sandbox, user_id, window_start(config, frozen_time), frozen_time
+    )
     assert [r["status"] for r in clean_sandbox.requests if "heartrate" in r["path"]].count(429) == 2
 
 
-def test_503_twice_then_success_is_retried(junction_config: JunctionSyncConfig, clean_sandbox: SandboxServer) -> None:
+def test_503_twice_then_success_is_retried(
+    junction_config: JunctionSyncConfig, clean_sandbox: SandboxServer
+) -> None:
     user_id = junction_config.user_ids[0]
-    clean_sandbox.faults.add({"user_id": user_id, "path_contains": "summary/sleep", "status": 503, "count": 2})
+    clean_sandbox.faults.add(
+        {"user_id": user_id, "path_contains": "summary/sleep", "status": 503, "count": 2}
+    )
 
     result = run_wearable_sync_job(junction_config.replace(user_ids=(user_id,)))
 
@@ -190,7 +210,9 @@ def test_user_down_beyond_3_attempts_is_skipped_and_the_others_sync(
 
 @override_settings(PROVIDER_HTTP_TIMEOUT=0.3)
 def test_a_timeout_is_retried(
-    junction_config: JunctionSyncConfig, clean_sandbox: SandboxServer, frozen_time: datetime,
+    junction_config: JunctionSyncConfig,
+    clean_sandbox: SandboxServer,
+    frozen_time: datetime,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     user_id = junction_config.user_ids[0]
@@ -210,11 +232,15 @@ def test_a_timeout_is_retried(
 
 
 def test_a_malformed_record_is_skipped_with_a_warning_and_the_rest_is_stored(
-    junction_config: JunctionSyncConfig, clean_sandbox: SandboxServer, frozen_time: datetime,
+    junction_config: JunctionSyncConfig,
+    clean_sandbox: SandboxServer,
+    frozen_time: datetime,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     user_id = junction_config.user_ids[0]
-    clean_sandbox.faults.add({"user_id": user_id, "path_contains": "heartrate", "kind": "malformed", "mode": "value"})
+    clean_sandbox.faults.add(
+        {"user_id": user_id, "path_contains": "heartrate", "kind": "malformed", "mode": "value"}
+    )
     config = junction_config.replace(user_ids=(user_id,))
 
     with caplog.at_level(logging.WARNING, logger="loopsync"):
@@ -231,7 +257,9 @@ def test_a_malformed_record_is_skipped_with_a_warning_and_the_rest_is_stored(
 
 
 def test_401_gives_a_clear_error_in_the_summary(junction_config: JunctionSyncConfig) -> None:
-    result = run_wearable_sync_job(junction_config.replace(api_key="sk_us_wrong", user_ids=junction_config.user_ids[:1]))
+    result = run_wearable_sync_job(
+        junction_config.replace(api_key="sk_us_wrong", user_ids=junction_config.user_ids[:1])
+    )
 
     assert not result.ok
     summary = result.users[0]

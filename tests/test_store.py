@@ -90,8 +90,16 @@ def test_dst_day_has_23_hours_of_samples(patient: Patient) -> None:
 def test_glucose_is_stored_once_and_aggregated_in_mg_dl(patient: Patient) -> None:
     start = datetime(2026, 3, 1, 10, tzinfo=UTC)
     glucose = [
-        ("freestyle_libre", ts(start + timedelta(minutes=5 * n)), 100.0 + n, (100.0 + n) / 18.0156, "mmol/L", "",
-         None, "automatic")
+        (
+            "freestyle_libre",
+            ts(start + timedelta(minutes=5 * n)),
+            100.0 + n,
+            (100.0 + n) / 18.0156,
+            "mmol/L",
+            "",
+            None,
+            "automatic",
+        )
         for n in range(12)
     ]
     assert store(patient, [], glucose).glucose_written == 12

@@ -26,7 +26,9 @@ RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 # and the job's own retry (or the next schedule) picks it up.
 MAX_RETRY_AFTER_SECONDS = 120.0
 
-_ID_SEGMENT = re.compile(r"/(?:[0-9a-fA-F]{8}-[0-9a-fA-F-]{27,}|[A-Za-z0-9_.@-]*\d[A-Za-z0-9_.@-]{5,})(?=/|$)")
+_ID_SEGMENT = re.compile(
+    r"/(?:[0-9a-fA-F]{8}-[0-9a-fA-F-]{27,}|[A-Za-z0-9_.@-]*\d[A-Za-z0-9_.@-]{5,})(?=/|$)"
+)
 
 
 def route_of(path: str) -> str:
@@ -60,7 +62,9 @@ class ProviderRequestError(ProviderError):
 class ProviderRateLimited(ProviderError):
     retryable = True
 
-    def __init__(self, provider: str, message: str, *, status: int | None = 429, retry_after: float | None = None):
+    def __init__(
+        self, provider: str, message: str, *, status: int | None = 429, retry_after: float | None = None
+    ):
         super().__init__(provider, message, status=status)
         self.retry_after = retry_after
 
@@ -153,17 +157,23 @@ class ProviderHTTP:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def get_bytes(self, path: str, params: Mapping[str, Any] | None = None, *, route: str | None = None) -> bytes:
+    def get_bytes(
+        self, path: str, params: Mapping[str, Any] | None = None, *, route: str | None = None
+    ) -> bytes:
         return self.request("GET", path, params=params, route=route).content
 
-    def get_json(self, path: str, params: Mapping[str, Any] | None = None, *, route: str | None = None) -> Any:
+    def get_json(
+        self, path: str, params: Mapping[str, Any] | None = None, *, route: str | None = None
+    ) -> Any:
         return self.decode(route or route_of(path), self.get_bytes(path, params, route=route))
 
     def decode(self, route: str, body: bytes) -> Any:
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
-            raise ProviderBadResponse(self.provider, f"{route} answered with a body that is not JSON") from None
+            raise ProviderBadResponse(
+                self.provider, f"{route} answered with a body that is not JSON"
+            ) from None
 
     def request(
         self,
@@ -187,7 +197,9 @@ class ProviderHTTP:
         for attempt in range(1, attempts + 1):
             last = attempt == attempts
             try:
-                response = self._client.request(method, path, params=params, json=json, data=data, headers=headers)
+                response = self._client.request(
+                    method, path, params=params, json=json, data=data, headers=headers
+                )
             except httpx.TimeoutException:
                 error: ProviderError = ProviderUnavailable(self.provider, f"{method} {route} timed out")
                 retry_after = None
@@ -209,8 +221,13 @@ class ProviderHTTP:
             delay = self.policy.backoff(attempt, retry_after)
             logger.info(
                 "provider request retry",
-                extra={"provider": self.provider, "route": route, "attempt": attempt, "delay_s": round(delay, 3),
-                       "reason": error.status or "network"},
+                extra={
+                    "provider": self.provider,
+                    "route": route,
+                    "attempt": attempt,
+                    "delay_s": round(delay, 3),
+                    "reason": error.status or "network",
+                },
             )
             self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover

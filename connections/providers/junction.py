@@ -170,7 +170,9 @@ def _source_of(group_key: str, source: Any) -> tuple[str, str]:
 
 def _warn_invalid(resource: str, index: int, error: InvalidRecord) -> None:
     # Values are PHI: the log names the resource, position and rule only.
-    logger.warning("skipped invalid record", extra={"resource": resource, "index": index, "reason": str(error)})
+    logger.warning(
+        "skipped invalid record", extra={"resource": resource, "index": index, "reason": str(error)}
+    )
 
 
 def parse_timeseries(spec: SeriesSpec, payload: Any) -> ParsedPayload:
@@ -221,7 +223,10 @@ def parse_glucose(payload: Any) -> ParsedPayload:
                         original = mg_dl
                     else:
                         original = _number(
-                            raw_value, "value", GLUCOSE_LOW_MGDL / MGDL_PER_MMOLL, GLUCOSE_HIGH_MGDL / MGDL_PER_MMOLL
+                            raw_value,
+                            "value",
+                            GLUCOSE_LOW_MGDL / MGDL_PER_MMOLL,
+                            GLUCOSE_HIGH_MGDL / MGDL_PER_MMOLL,
                         )
                         mg_dl = round(original * MGDL_PER_MMOLL, 2)
                     measured_at = canonical_utc(sample.get("timestamp"))
@@ -295,7 +300,12 @@ def _summary_rows(kind: str, record: Any, tz: ZoneInfo) -> list[WearableRow]:
         raw = _dig(record, path)
         if raw is None:
             continue
-        if metric == "sleep_efficiency" and isinstance(raw, int | float) and not isinstance(raw, bool) and raw <= 1:
+        if (
+            metric == "sleep_efficiency"
+            and isinstance(raw, int | float)
+            and not isinstance(raw, bool)
+            and raw <= 1
+        ):
             raw = raw * 100  # documented as a fraction (0.97); stored as percent
         rows.append((metric, source, source_type, measured_at, None, _number(raw, path, low, high), unit))
     if kind == "workouts":
@@ -359,8 +369,11 @@ class JunctionClient:
     def refresh_user(self, user_id: str, timeout_s: int = 10) -> dict[str, Any]:
         # Not idempotent in cost (8 an hour per user): never retried blindly.
         response = self.http.request(
-            "POST", f"/v2/user/refresh/{user_id}", params={"timeout": timeout_s},
-            idempotent=False, route="/v2/user/refresh/{user_id}",
+            "POST",
+            f"/v2/user/refresh/{user_id}",
+            params={"timeout": timeout_s},
+            idempotent=False,
+            route="/v2/user/refresh/{user_id}",
         )
         return self.http.decode("/v2/user/refresh/{user_id}", response.content)
 
@@ -408,7 +421,10 @@ def has_cgm(providers: list[dict[str, Any]]) -> bool:
         if provider.get("slug") in CGM_PROVIDER_SLUGS:
             return True
         availability = provider.get("resource_availability") or {}
-        if isinstance(availability, dict) and (availability.get("glucose") or {}).get("status") == "available":
+        if (
+            isinstance(availability, dict)
+            and (availability.get("glucose") or {}).get("status") == "available"
+        ):
             return True
     return False
 

@@ -16,17 +16,26 @@ class Command(BaseCommand):
         created = updated = removed = 0
         with transaction.atomic():
             # Lock the schedule table's rows we own: two deploys running this at once serialise here.
-            existing = {s.name: s for s in Schedule.objects.select_for_update().filter(name__startswith=PREFIX)}
+            existing = {
+                s.name: s for s in Schedule.objects.select_for_update().filter(name__startswith=PREFIX)
+            }
             for job in SCHEDULES:
                 schedule = existing.pop(job.schedule_name, None)
                 if schedule is None:
                     Schedule.objects.create(
-                        name=job.schedule_name, func=job.func, schedule_type=Schedule.CRON, cron=job.cron,
+                        name=job.schedule_name,
+                        func=job.func,
+                        schedule_type=Schedule.CRON,
+                        cron=job.cron,
                         repeats=-1,
                     )
                     created += 1
                     continue
-                if (schedule.func, schedule.cron, schedule.schedule_type) != (job.func, job.cron, Schedule.CRON):
+                if (schedule.func, schedule.cron, schedule.schedule_type) != (
+                    job.func,
+                    job.cron,
+                    Schedule.CRON,
+                ):
                     schedule.func, schedule.cron, schedule.schedule_type = job.func, job.cron, Schedule.CRON
                     # django-q2 computes next_run from cron only on creation.
                     schedule.next_run = schedule.calculate_next_run()
@@ -35,5 +44,6 @@ class Command(BaseCommand):
             for stale in existing.values():
                 stale.delete()
                 removed += 1
-        self.stdout.write(f"schedules: {created} created, {updated} updated, {removed} removed, "
-                          f"{len(SCHEDULES)} declared")
+        self.stdout.write(
+            f"schedules: {created} created, {updated} updated, {removed} removed, {len(SCHEDULES)} declared"
+        )

@@ -18,17 +18,28 @@ class Command(BaseCommand):
     help = "Run the Junction wearable sync (wearable-sync-daily) now."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--sandbox", action="store_true",
-                            help="start the provider sandbox in-process, register its users and sync from it")
-        parser.add_argument("--sandbox-users", type=int, default=20, help="users the sandbox serves (default 20)")
+        parser.add_argument(
+            "--sandbox",
+            action="store_true",
+            help="start the provider sandbox in-process, register its users and sync from it",
+        )
+        parser.add_argument(
+            "--sandbox-users", type=int, default=20, help="users the sandbox serves (default 20)"
+        )
         parser.add_argument("--seed", type=int, default=42, help="sandbox data seed (default 42)")
-        parser.add_argument("--users", default=None, help="comma-separated Junction user ids (overrides "
-                                                         "JUNCTION_SYNC_USER_IDS)")
-        parser.add_argument("--lookback-days", default=None, help="days to fetch (overrides "
-                                                                 "JUNCTION_SYNC_LOOKBACK_DAYS)")
+        parser.add_argument(
+            "--users",
+            default=None,
+            help="comma-separated Junction user ids (overrides JUNCTION_SYNC_USER_IDS)",
+        )
+        parser.add_argument(
+            "--lookback-days", default=None, help="days to fetch (overrides JUNCTION_SYNC_LOOKBACK_DAYS)"
+        )
         parser.add_argument("--concurrency", type=int, default=1, help="users synced in parallel (default 1)")
         parser.add_argument("--force", action="store_true", help="parse and store even unchanged days")
-        parser.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
+        parser.add_argument(
+            "--json", action="store_true", help="print the result as one JSON object on stdout"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         config: JunctionSyncConfig = settings.JUNCTION_SYNC
@@ -51,10 +62,14 @@ class Command(BaseCommand):
                 base_url_override=sandbox.junction_url,
                 api_key=sandbox.api_key,
                 environment="sandbox",
-                user_ids=config.user_ids if options["users"] is not None else tuple(sandbox.junction.user_ids),
+                user_ids=config.user_ids
+                if options["users"] is not None
+                else tuple(sandbox.junction.user_ids),
             )
             if not options["json"]:
-                self.stdout.write(f"sandbox serving {len(sandbox.junction.user_ids)} users at {sandbox.junction_url}")
+                self.stdout.write(
+                    f"sandbox serving {len(sandbox.junction.user_ids)} users at {sandbox.junction_url}"
+                )
         show_progress = not options["json"] and sys.stderr.isatty()
         try:
             result = run_wearable_sync_job(
@@ -77,22 +92,32 @@ class Command(BaseCommand):
             raise CommandError(f"{result.users_failed} of {len(result.users)} users failed")
 
     def _progress(self, done: int, total: int, summary: UserSyncSummary) -> None:
-        sys.stderr.write(f"\r[{done}/{total}] {summary.user_id[:12]:<12} {summary.status:<8} "
-                         f"{summary.records_stored:>8} stored")
+        sys.stderr.write(
+            f"\r[{done}/{total}] {summary.user_id[:12]:<12} {summary.status:<8} "
+            f"{summary.records_stored:>8} stored"
+        )
         if done == total:
             sys.stderr.write("\n")
         sys.stderr.flush()
 
     def _print_summary(self, result: JobResult) -> None:
         data = result.as_dict()
-        self.stdout.write(f"\n{result.job}: {data['users_synced']}/{data['users_total']} users synced in "
-                          f"{data['duration_s']}s")
-        self.stdout.write(f"{'user':<38} {'status':<8} {'fetched':>9} {'stored':>9} {'skipped':>8} {'tries':>5}")
+        self.stdout.write(
+            f"\n{result.job}: {data['users_synced']}/{data['users_total']} users synced in "
+            f"{data['duration_s']}s"
+        )
+        self.stdout.write(
+            f"{'user':<38} {'status':<8} {'fetched':>9} {'stored':>9} {'skipped':>8} {'tries':>5}"
+        )
         for user in result.users:
-            self.stdout.write(f"{user.user_id:<38} {user.status:<8} {user.records_fetched:>9} "
-                              f"{user.records_stored:>9} {user.records_skipped:>8} {user.attempts:>5}")
-        self.stdout.write(f"records: {data['records_fetched']} fetched, {data['records_stored']} stored, "
-                          f"{data['records_skipped']} skipped")
+            self.stdout.write(
+                f"{user.user_id:<38} {user.status:<8} {user.records_fetched:>9} "
+                f"{user.records_stored:>9} {user.records_skipped:>8} {user.attempts:>5}"
+            )
+        self.stdout.write(
+            f"records: {data['records_fetched']} fetched, {data['records_stored']} stored, "
+            f"{data['records_skipped']} skipped"
+        )
         if result.errors:
             self.stdout.write(self.style.WARNING(f"errors ({len(result.errors)}):"))
             for error in result.errors:
