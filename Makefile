@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # PostgreSQL used by the test suite (production is PostgreSQL); `make test` skips it, saying so, if absent.
 TEST_PG_URL ?= postgres://postgres@127.0.0.1:5432/loopsync
-DEMO_ENV := DEBUG=true
+DEMO_ENV := DEBUG=true LOG_LEVEL=warning
 
 .PHONY: demo test test-postgres test-sqlite lint format bench sandbox migrate clean
 
