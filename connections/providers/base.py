@@ -186,10 +186,13 @@ class ProviderHTTP:
         headers: Mapping[str, str] | None = None,
         idempotent: bool | None = None,
         route: str | None = None,
+        accept: frozenset[int] = frozenset(),
     ) -> httpx.Response:
         """Send a request, retrying transient failures; return a 2xx response or raise a ProviderError.
 
         `route` is the path template used in logs and errors (no user ids); derived from `path` if omitted.
+        `accept`: error statuses returned to the caller instead of raised (an OAuth token endpoint's 400/401,
+        whose `error` code decides between "refresh lost a race" and "refresh token dead").
         """
         retry = method in ("GET", "HEAD", "PUT", "DELETE") if idempotent is None else idempotent
         route = route or route_of(path)
@@ -208,7 +211,7 @@ class ProviderHTTP:
                 retry_after = None
             else:
                 status = response.status_code
-                if status < 300:
+                if status < 300 or status in accept:
                     return response
                 retry_after = parse_retry_after(response.headers)
                 error = self._error_for(method, route, status, retry_after)
