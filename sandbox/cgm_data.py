@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 SLOT = timedelta(minutes=5)
 SLOT_SECONDS = 300
@@ -30,9 +31,14 @@ def slot_start(slot: int) -> datetime:
     return EPOCH + timedelta(seconds=slot * SLOT_SECONDS)
 
 
+@lru_cache(maxsize=65_536)
+def _factor(seed: int, provider: str, user: int, *parts: object) -> float:
+    return unit_random(seed, provider, user, *parts)
+
+
 def glucose_mg_dl(seed: int, provider: str, user: int, slot: int, utc_offset_hours: float = 0.0) -> int:
     """mg/dL at a slot for one user, 40..400 like a sensor's reporting range."""
-    baseline = 95 + 30 * unit_random(seed, provider, user, "baseline")
+    baseline = 95 + 30 * _factor(seed, provider, user, "baseline")
     local_hour = ((slot * 5 / 60) + utc_offset_hours) % 24
     dawn = 15 * math.exp(-(((local_hour - 6.5) / 1.5) ** 2))
     meals = 0.0

@@ -67,6 +67,8 @@ class DexcomSandbox:
         )
         self._calls: deque[float] = deque()
         self._calls_lock = threading.Lock()
+        # Knobs tests turn; reset() puts them back.
+        self._defaults = {"delay": self.delay, "hourly_limit": self.hourly_limit}
 
     # ------------------------------------------------------------------------------ helpers for tests
 
@@ -87,6 +89,8 @@ class DexcomSandbox:
         return self._records(user, start, end, now or datetime.now(UTC))
 
     def reset(self) -> None:
+        for knob, value in self._defaults.items():
+            setattr(self, knob, value)
         self.oauth.reset()
         self.delays.clear()
         with self._calls_lock:
@@ -135,7 +139,7 @@ class DexcomSandbox:
     # ------------------------------------------------------------------------------ endpoints
 
     def _count_call(self) -> None:
-        moment = time.monotonic()
+        moment = time.perf_counter()  # not frozen by time-machine, unlike monotonic
         with self._calls_lock:
             while self._calls and self._calls[0] <= moment - 3600:
                 self._calls.popleft()
@@ -239,12 +243,13 @@ class DexcomSandbox:
         generation = ("g6", "g7", "g6+", "g7")[user % 4]
         transmitter = hashlib.sha256(f"{self.seed}:{user}:tx".encode()).hexdigest()
         records = []
+        previous = cgm_data.glucose_mg_dl(self.seed, "dexcom", user, lo - 1, offset_hours)
         for slot in range(lo, hi + 1):
+            value = cgm_data.glucose_mg_dl(self.seed, "dexcom", user, slot, offset_hours)
             moment = self._time_of(user, slot)
             if not start <= moment <= end:
+                previous = value
                 continue
-            value = cgm_data.glucose_mg_dl(self.seed, "dexcom", user, slot, offset_hours)
-            previous = cgm_data.glucose_mg_dl(self.seed, "dexcom", user, slot - 1, offset_hours)
             rate = round((value - previous) / 5, 1)
             if device == "receiver":
                 system_time = moment.strftime("%Y-%m-%dT%H:%MZ")  # no seconds
@@ -271,6 +276,7 @@ class DexcomSandbox:
                     "transmitterGeneration": generation,
                 }
             )
+            previous = value
         return records
 
 

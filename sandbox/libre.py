@@ -99,6 +99,8 @@ class LibreSandbox:
         self._locked_until: dict[str, float] = {}
         self._polls: dict[int, list[float]] = {}
         self.logins = 0
+        # Knobs tests turn; reset() puts them back.
+        self._defaults = {"min_version": self.min_version, "poll_limit": self.poll_limit, "poll_window": self.poll_window}
 
     def _make_user(self, i: int) -> LibreUser:
         region = REGIONS[i % len(REGIONS)]
@@ -131,6 +133,8 @@ class LibreSandbox:
         return self._graph(self.user(index), now or datetime.now(UTC))[0]
 
     def reset(self) -> None:
+        for knob, value in self._defaults.items():
+            setattr(self, knob, value)
         with self._lock:
             self._failures.clear()
             self._locked_until.clear()
@@ -232,7 +236,7 @@ class LibreSandbox:
         except orjson.JSONDecodeError:
             raise HTTPError(400, "body must be JSON") from None
         email = str(body.get("email", "")).strip().lower()
-        moment = time.monotonic()
+        moment = time.perf_counter()  # not frozen by time-machine, unlike monotonic
         with self._lock:
             if self._locked_until.get(email, 0) > moment:
                 raise HTTPError(
@@ -311,7 +315,7 @@ class LibreSandbox:
         return {"token": token, "expires": int(expires.timestamp()), "duration": TICKET_DURATION_MS}
 
     def _count_poll(self, user: LibreUser) -> None:
-        moment = time.monotonic()
+        moment = time.perf_counter()  # not frozen by time-machine, unlike monotonic
         with self._lock:
             recent = [t for t in self._polls.get(user.index, []) if t > moment - self.poll_window]
             if len(recent) >= self.poll_limit:

@@ -85,6 +85,8 @@ class WhoopSandbox:
         )
         self._calls: deque[float] = deque()
         self._calls_lock = threading.Lock()
+        # Knobs tests turn; reset() puts them back.
+        self._defaults = {"score_delay": self.score_delay, "per_minute": self.per_minute, "per_day": self.per_day, "minute_seconds": self.minute_seconds}
 
     # ------------------------------------------------------------------------------ helpers for tests
 
@@ -98,6 +100,8 @@ class WhoopSandbox:
         return self._collect(user, collection, start, end, now or datetime.now(UTC))
 
     def reset(self) -> None:
+        for knob, value in self._defaults.items():
+            setattr(self, knob, value)
         self.oauth.reset()
         with self._calls_lock:
             self._calls.clear()
@@ -134,7 +138,7 @@ class WhoopSandbox:
     # ------------------------------------------------------------------------------ endpoints
 
     def _rate_limit(self) -> list[tuple[str, str]]:
-        moment = time.monotonic()
+        moment = time.perf_counter()  # not frozen by time-machine, unlike monotonic
         with self._calls_lock:
             while self._calls and self._calls[0] <= moment - 86_400:
                 self._calls.popleft()
