@@ -100,7 +100,11 @@ class LibreSandbox:
         self._polls: dict[int, list[float]] = {}
         self.logins = 0
         # Knobs tests turn; reset() puts them back.
-        self._defaults = {"min_version": self.min_version, "poll_limit": self.poll_limit, "poll_window": self.poll_window}
+        self._defaults = {
+            "min_version": self.min_version,
+            "poll_limit": self.poll_limit,
+            "poll_window": self.poll_window,
+        }
 
     def _make_user(self, i: int) -> LibreUser:
         region = REGIONS[i % len(REGIONS)]

@@ -86,7 +86,12 @@ class WhoopSandbox:
         self._calls: deque[float] = deque()
         self._calls_lock = threading.Lock()
         # Knobs tests turn; reset() puts them back.
-        self._defaults = {"score_delay": self.score_delay, "per_minute": self.per_minute, "per_day": self.per_day, "minute_seconds": self.minute_seconds}
+        self._defaults = {
+            "score_delay": self.score_delay,
+            "per_minute": self.per_minute,
+            "per_day": self.per_day,
+            "minute_seconds": self.minute_seconds,
+        }
 
     # ------------------------------------------------------------------------------ helpers for tests
 
@@ -194,7 +199,9 @@ class WhoopSandbox:
         except ValueError:
             raise HTTPError(400, "Client error constructing the request: start/end") from None
         records = self._collect(user, collection, start, end, request.now)
-        fingerprint = hashlib.sha256(f"{user}|{collection}|{start}|{end}|{limit}".encode()).hexdigest()[:12]
+        fingerprint = hashlib.sha256(
+            f"{user}|{collection}|{q.get('start')}|{q.get('end')}|{limit}".encode()
+        ).hexdigest()[:12]
         offset = 0
         if q.get("nextToken"):
             try:

@@ -23,8 +23,12 @@ def expire_stored_token(connection: Connection) -> None:
     """The stored access token looks expired to us (and is expired at the provider)."""
     from datetime import UTC, datetime
 
-    ProviderCredential.objects.filter(connection=connection).update(expires_at=datetime(2000, 1, 1, tzinfo=UTC))
+    ProviderCredential.objects.filter(connection=connection).update(
+        expires_at=datetime(2000, 1, 1, tzinfo=UTC)
+    )
 
 
-def requests_to(sandbox: SandboxServer, provider: str, path_contains: str = "", method: str | None = None) -> list[dict]:
+def requests_to(
+    sandbox: SandboxServer, provider: str, path_contains: str = "", method: str | None = None
+) -> list[dict]:
     return sandbox.requests.snapshot(provider=provider, path_contains=path_contains or None, method=method)

@@ -66,7 +66,7 @@ def test_a_reconnect_reactivates_an_inactive_connection_and_keeps_its_cursor(
 ) -> None:  # type: ignore[no-untyped-def]
     patient = Patient.objects.create()
     client = Client()
-    client.get(f"/connect/whoop/callback", approve(start(client, "whoop", patient)))
+    client.get("/connect/whoop/callback", approve(start(client, "whoop", patient)))
     connection = Connection.objects.get(patient=patient)
     Connection.objects.filter(pk=connection.pk).update(
         status=ConnectionStatus.INACTIVE, status_reason="revoked", last_sync_at=frozen_time
@@ -80,7 +80,9 @@ def test_a_reconnect_reactivates_an_inactive_connection_and_keeps_its_cursor(
     assert Connection.objects.filter(patient=patient).count() == 1
 
 
-def test_start_needs_a_valid_unexpired_connect_token(direct_config: DirectProvidersConfig, frozen_time) -> None:  # type: ignore[no-untyped-def]
+def test_start_needs_a_valid_unexpired_connect_token(
+    direct_config: DirectProvidersConfig, frozen_time
+) -> None:  # type: ignore[no-untyped-def]
     patient = Patient.objects.create()
     client = Client()
     assert client.get("/connect/whoop/start").status_code == 403

@@ -13,7 +13,14 @@ from django.db import connection as db
 from django.test import override_settings
 
 from connections.config import DirectProvidersConfig
-from connections.models import Connection, ConnectionStatus, Provider, ProviderCredential, SyncEvent, SyncStatus
+from connections.models import (
+    Connection,
+    ConnectionStatus,
+    Provider,
+    ProviderCredential,
+    SyncEvent,
+    SyncStatus,
+)
 from connections.sync_direct import CGM_JOB, WHOOP_JOB, run_direct_job
 from readings.models import GlucoseReading, WearableReading
 from sandbox import SandboxServer
@@ -35,13 +42,24 @@ def test_whoop_sync_stores_recovery_strain_sleep_and_workouts(
 
     assert summary.status == "success", summary.errors
     metrics = set(WearableReading.objects.filter(patient=connection.patient).values_list("metric", flat=True))
-    assert {"recovery_score", "strain", "sleep_duration", "sleep_rem", "workout_strain", "resting_heart_rate"} <= metrics
+    assert {
+        "recovery_score",
+        "strain",
+        "sleep_duration",
+        "sleep_rem",
+        "workout_strain",
+        "resting_heart_rate",
+    } <= metrics
     start = frozen_time - timedelta(days=direct_config.whoop_initial_days)
     sleeps = clean_sandbox.whoop.records(2, "activity/sleep", start, frozen_time)
     scored = [s for s in sleeps if s["score_state"] == "SCORED"]
-    assert WearableReading.objects.filter(patient=connection.patient, metric="sleep_duration").count() == len(scored)
+    assert WearableReading.objects.filter(patient=connection.patient, metric="sleep_duration").count() == len(
+        scored
+    )
     workouts = clean_sandbox.whoop.records(2, "activity/workout", start, frozen_time)
-    assert WearableReading.objects.filter(patient=connection.patient, metric="workout_duration").count() == len(workouts)
+    assert WearableReading.objects.filter(
+        patient=connection.patient, metric="workout_duration"
+    ).count() == len(workouts)
     # Paginated at the documented maximum of 25 with nextToken.
     cycle_pages = requests_to(clean_sandbox, "whoop", "/developer/v2/cycle")
     assert all(r["query"]["limit"] == "25" for r in cycle_pages)
@@ -111,7 +129,9 @@ def test_dexcom_sync_stores_mg_dl_with_original_value_unit_trend_and_device(
     direct_config: DirectProvidersConfig, clean_sandbox: SandboxServer, frozen_time: datetime
 ) -> None:
     mmol = connect(clean_sandbox, direct_config, Provider.DEXCOM, 5)  # user 5 reports mmol/L
-    receiver = connect(clean_sandbox, direct_config, Provider.DEXCOM, 2)  # receiver: systemTime without seconds
+    receiver = connect(
+        clean_sandbox, direct_config, Provider.DEXCOM, 2
+    )  # receiver: systemTime without seconds
     clean_sandbox.requests.clear()
 
     assert sync(mmol, direct_config).status == "success"
@@ -125,7 +145,9 @@ def test_dexcom_sync_stores_mg_dl_with_original_value_unit_trend_and_device(
     newest = max(datetime.fromisoformat(r["systemTime"].replace("Z", "+00:00")) for r in served)
     stored = GlucoseReading.objects.filter(patient=receiver.patient)
     first_day = newest - timedelta(days=direct_config.cgm_initial_days)
-    assert stored.count() == len([r for r in served if datetime.fromisoformat(r["systemTime"].replace("Z", "+00:00")) >= first_day])
+    assert stored.count() == len(
+        [r for r in served if datetime.fromisoformat(r["systemTime"].replace("Z", "+00:00")) >= first_day]
+    )
     assert all(r.original_unit == "mg/dL" and r.measured_at.second == 0 for r in stored)
     # dataRange only for the first sync; the cursor is the newest reading, not the wall clock (1 h delay).
     assert len(requests_to(clean_sandbox, "dexcom", "dataRange")) == 2
@@ -167,7 +189,11 @@ def test_dexcom_late_data_is_picked_up_by_the_overlap(
 def test_rerunning_sync_cgm_readings_stores_nothing_new(
     direct_config: DirectProvidersConfig, clean_sandbox: SandboxServer
 ) -> None:
-    ids = [connect(clean_sandbox, direct_config, p, i).pk for p in (Provider.DEXCOM, Provider.LIBRE) for i in (1, 2)]
+    ids = [
+        connect(clean_sandbox, direct_config, p, i).pk
+        for p in (Provider.DEXCOM, Provider.LIBRE)
+        for i in (1, 2)
+    ]
     first = run_direct_job(CGM_JOB, direct_config, connection_ids=ids)
     count = GlucoseReading.objects.count()
 
@@ -191,7 +217,10 @@ def test_libre_login_follows_the_region_redirect_and_graph_is_stored_by_factory_
 
     assert summary.status == "success", summary.errors
     logins = requests_to(clean_sandbox, "libre", "/llu/auth/login")
-    assert [r["path"] for r in logins] == ["/libre/llu/auth/login", f"/libre/api-{user.region}/llu/auth/login"]
+    assert [r["path"] for r in logins] == [
+        "/libre/llu/auth/login",
+        f"/libre/api-{user.region}/llu/auth/login",
+    ]
     points = clean_sandbox.libre.graph_points(1)
     rows = GlucoseReading.objects.filter(patient=connection.patient).order_by("measured_at")
     assert rows.count() == len(points) + 1  # the history plus the current reading
@@ -212,7 +241,9 @@ def test_libre_mmol_user_keeps_original_value_and_unit(
     assert abs(row.original_value * MGDL_PER_MMOLL - row.value_mg_dl) < 1.0
 
 
-def test_libre_expired_ticket_logs_in_again(direct_config: DirectProvidersConfig, clean_sandbox: SandboxServer) -> None:
+def test_libre_expired_ticket_logs_in_again(
+    direct_config: DirectProvidersConfig, clean_sandbox: SandboxServer
+) -> None:
     connection = connect(clean_sandbox, direct_config, Provider.LIBRE, 2)
     clean_sandbox.libre.expire_tickets(2)
     logins = clean_sandbox.libre.logins
@@ -237,7 +268,9 @@ def test_libre_old_version_header_fails_without_deactivating(
     assert connection.status == ConnectionStatus.ACTIVE
 
 
-def test_libre_heavy_polling_429_is_waited_out(direct_config: DirectProvidersConfig, clean_sandbox: SandboxServer) -> None:
+def test_libre_heavy_polling_429_is_waited_out(
+    direct_config: DirectProvidersConfig, clean_sandbox: SandboxServer
+) -> None:
     connection = connect(clean_sandbox, direct_config, Provider.LIBRE, 3)
     clean_sandbox.libre.poll_limit = 1
     clean_sandbox.libre.poll_window = 0.5
@@ -369,7 +402,11 @@ def test_api_unavailable_is_retried_three_times_then_that_connection_is_skipped(
     assert by_id[str(broken.pk)].status == "failed" and by_id[str(broken.pk)].attempts == 3
     assert by_id[str(healthy.pk)].status == "success"
     broken.refresh_from_db()
-    assert broken.status == ConnectionStatus.ACTIVE and broken.failure_streak == 1 and broken.last_sync_at is None
+    assert (
+        broken.status == ConnectionStatus.ACTIVE
+        and broken.failure_streak == 1
+        and broken.last_sync_at is None
+    )
 
 
 def test_a_transient_503_is_retried_and_the_sync_succeeds(
@@ -384,7 +421,9 @@ def test_invalid_reading_is_logged_without_values_and_skipped(
     direct_config: DirectProvidersConfig, clean_sandbox: SandboxServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     connection = connect(clean_sandbox, direct_config, Provider.DEXCOM, 4)
-    clean_sandbox.faults.add({"provider": "dexcom", "path_contains": "/egvs", "kind": "malformed", "mode": "value"})
+    clean_sandbox.faults.add(
+        {"provider": "dexcom", "path_contains": "/egvs", "kind": "malformed", "mode": "value"}
+    )
 
     with caplog.at_level(logging.WARNING, logger="loopsync"):
         summary = sync(connection, direct_config)
@@ -396,9 +435,13 @@ def test_invalid_reading_is_logged_without_values_and_skipped(
 
 
 @override_settings(PROVIDER_HTTP_TIMEOUT=0.3)
-def test_network_timeout_is_retried(direct_config: DirectProvidersConfig, clean_sandbox: SandboxServer) -> None:
+def test_network_timeout_is_retried(
+    direct_config: DirectProvidersConfig, clean_sandbox: SandboxServer
+) -> None:
     connection = connect(clean_sandbox, direct_config, Provider.LIBRE, 6)
-    clean_sandbox.faults.add({"provider": "libre", "path_contains": "/graph", "kind": "timeout", "delay": 0.8})
+    clean_sandbox.faults.add(
+        {"provider": "libre", "path_contains": "/graph", "kind": "timeout", "delay": 0.8}
+    )
 
     summary = sync(connection, direct_config)
 
@@ -414,7 +457,8 @@ def test_credentials_are_encrypted_in_the_database(
     credential = ProviderCredential.objects.get(connection=connection)
     with db.cursor() as cursor:
         cursor.execute(
-            "SELECT access_token, libre_password FROM provider_credentials WHERE connection_id = %s", [connection.pk]
+            "SELECT access_token, libre_password FROM provider_credentials WHERE connection_id = %s",
+            [connection.pk],
         )
         stored_token, stored_password = cursor.fetchone()
     assert stored_token.startswith("fernet:") and credential.access_token not in stored_token
