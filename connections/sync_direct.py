@@ -22,6 +22,7 @@ One connection's run:
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -72,24 +73,28 @@ class DirectClients:
         self._whoop: WhoopClient | None = None
         self._dexcom: DexcomClient | None = None
         self._libre: LibreClient | None = None
+        self._lock = threading.Lock()  # worker threads share one client per provider
 
     @property
     def whoop(self) -> WhoopClient:
-        if self._whoop is None:
-            self._whoop = WhoopClient.from_config(self.config)
-        return self._whoop
+        with self._lock:
+            if self._whoop is None:
+                self._whoop = WhoopClient.from_config(self.config)
+            return self._whoop
 
     @property
     def dexcom(self) -> DexcomClient:
-        if self._dexcom is None:
-            self._dexcom = DexcomClient.from_config(self.config)
-        return self._dexcom
+        with self._lock:
+            if self._dexcom is None:
+                self._dexcom = DexcomClient.from_config(self.config)
+            return self._dexcom
 
     @property
     def libre(self) -> LibreClient:
-        if self._libre is None:
-            self._libre = LibreClient(self.config)
-        return self._libre
+        with self._lock:
+            if self._libre is None:
+                self._libre = LibreClient(self.config)
+            return self._libre
 
     def close(self) -> None:
         for client in (self._whoop, self._dexcom, self._libre):
@@ -121,13 +126,20 @@ class TokenSession:
     """The connection's current access token; a 401 refreshes it once and repeats the call."""
 
     def __init__(
-        self, connection: Connection, refresher: Refresher, config: DirectProvidersConfig, trigger: str
+        self,
+        connection: Connection,
+        refresher: Refresher,
+        config: DirectProvidersConfig,
+        trigger: str,
+        credential: ProviderCredential | None = None,
     ):
         self.connection = connection
         self.refresher = refresher
         self.margin = timedelta(seconds=config.token_refresh_margin_seconds)
         self.trigger = trigger
-        self.token = access_token(connection, refresher, margin=self.margin, trigger=trigger)
+        self.token = access_token(
+            connection, refresher, margin=self.margin, trigger=trigger, credential=credential
+        )
 
     def call(self, fn: Callable[[str], T]) -> T:
         try:
@@ -179,7 +191,7 @@ def fetch_whoop(connection: Connection, clients: DirectClients, trigger: str) ->
         if credential.pending_since is not None:
             start = min(start, credential.pending_since)
     start = max(start, now - timedelta(days=config.whoop_max_lookback_days))
-    session = TokenSession(connection, _oauth_refresher(client), config, trigger)
+    session = TokenSession(connection, _oauth_refresher(client), config, trigger, credential)
     parsed = WhoopParsed()
     for name in COLLECTIONS:
         records = session.call(lambda token, name=name: client.collection(name, lambda: token, start, now))
@@ -226,7 +238,7 @@ def fetch_libre(connection: Connection, clients: DirectClients, trigger: str) ->
     client = clients.libre
     now = timezone.now()
     credential = ProviderCredential.objects.get(connection_id=connection.pk)
-    session = TokenSession(connection, libre_refresher(client), config, trigger)
+    session = TokenSession(connection, libre_refresher(client), config, trigger, credential)
     since = (
         connection.last_sync_at - timedelta(minutes=config.cgm_overlap_minutes)
         if connection.last_sync_at

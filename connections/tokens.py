@@ -53,13 +53,16 @@ def access_token(
     margin: timedelta,
     stale_token: str | None = None,
     trigger: str = SyncTrigger.SCHEDULE,
+    credential: ProviderCredential | None = None,
 ) -> str:
     """A usable access token for the connection, refreshing it first if it expires within `margin`.
 
     `stale_token`: a token the provider just answered 401 to; it is refreshed even if it looks unexpired.
+    `credential`: the row as just read by the caller (saves a query); re-read under the lock before any refresh.
     """
     now = timezone.now()
-    credential = ProviderCredential.objects.get(connection_id=connection.pk)
+    if credential is None or stale_token is not None:
+        credential = ProviderCredential.objects.get(connection_id=connection.pk)
     if _fresh(credential, now, margin) and credential.access_token != stale_token:
         return credential.access_token
     return refresh_access_token(

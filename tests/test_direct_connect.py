@@ -184,3 +184,16 @@ def test_direct_provider_settings_are_validated() -> None:
         DirectProvidersConfig(whoop_client_id="x")
     with pytest.raises(ImproperlyConfigured, match="LIBRE_VERSION"):
         DirectProvidersConfig(libre_version="latest")
+
+
+def test_rotate_credentials_reencrypts_with_the_new_first_key(settings) -> None:  # type: ignore[no-untyped-def]
+    from django.core.management import call_command
+
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    settings.FIELD_ENCRYPTION_KEYS = [old]
+    connection = Connection.objects.create(patient=Patient.objects.create(), provider=Provider.DEXCOM)
+    ProviderCredential.objects.create(connection=connection, refresh_token="rt-value")
+    settings.FIELD_ENCRYPTION_KEYS = [new, old]
+    call_command("rotate_credentials", stdout=__import__("io").StringIO())
+    settings.FIELD_ENCRYPTION_KEYS = [new]
+    assert ProviderCredential.objects.get(connection=connection).refresh_token == "rt-value"

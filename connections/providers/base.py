@@ -10,6 +10,7 @@ import email.utils
 import logging
 import random
 import re
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -136,6 +137,7 @@ class ProviderHTTP:
         policy: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
         max_connections: int = 16,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.provider = provider
         self.policy = policy or RetryPolicy()
@@ -146,6 +148,7 @@ class ProviderHTTP:
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             follow_redirects=False,
+            verify=verify,
         )
 
     def close(self) -> None:
