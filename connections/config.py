@@ -82,7 +82,11 @@ class JunctionSyncConfig:
 # --- Direct providers (WHOOP, Dexcom, FreeStyle Libre through LibreLinkUp) ------------------------------------
 
 WHOOP_API_URL = "https://api.prod.whoop.com"
-DEXCOM_API_URLS = {"us": "https://api.dexcom.com", "eu": "https://api.dexcom.eu", "jp": "https://api.dexcom.jp"}
+DEXCOM_API_URLS = {
+    "us": "https://api.dexcom.com",
+    "eu": "https://api.dexcom.eu",
+    "jp": "https://api.dexcom.jp",
+}
 DEXCOM_SANDBOX_URL = "https://sandbox-api.dexcom.com"
 LIBRE_API_URL = "https://api.libreview.io"
 LIBRE_REGIONAL_URL_TEMPLATE = "https://api-{region}.libreview.io"

@@ -70,7 +70,9 @@ def _fan_out(job: str) -> dict[str, Any]:
             task_name=f"{job}:{connection.pk}",
         )
         queued += 1
-    logger.info("%s queued %d connection syncs", job, queued, extra={"job": job, "connections_queued": queued})
+    logger.info(
+        "%s queued %d connection syncs", job, queued, extra={"job": job, "connections_queued": queued}
+    )
     return {"job": job, "connections_queued": queued}
 
 
