@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TEST_PG_URL ?= postgres://postgres@127.0.0.1:5432/loopsync
 DEMO_ENV := DEBUG=true LOG_LEVEL=warning
 
-.PHONY: demo test test-postgres test-sqlite lint format bench sandbox migrate clean
+.PHONY: demo test test-postgres test-sqlite lint format bench bench-cgm sandbox migrate clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ migrate: $(STAMP)
 ## demo: install, migrate the SQLite default, sync 20 sandbox users over the last 7 days, print the summary
 demo: migrate
 	$(DEMO_ENV) $(PY) manage.py sync_wearables --sandbox --sandbox-users 20 --lookback-days 7
+	# Direct providers: connect sandbox WHOOP, Dexcom and Libre users (real OAuth / login flows), run both jobs.
+	$(DEMO_ENV) $(PY) manage.py run_job sync-whoop-data --sandbox --sandbox-users 5
+	$(DEMO_ENV) $(PY) manage.py run_job sync-cgm-readings --sandbox --sandbox-users 5
 
 ## test: the suite against PostgreSQL (when reachable) and against SQLite
 test: $(STAMP)
@@ -53,6 +56,10 @@ format: $(STAMP)
 ## bench: sync throughput on PostgreSQL (see bench/README in the README's Performance section)
 bench: $(STAMP)
 	DATABASE_URL=$(TEST_PG_URL)_bench $(PY) bench/sync_throughput.py --users 100 --days 7
+
+## bench-cgm: one sync-cgm-readings run over 2,000 sandbox CGM connections on PostgreSQL (budget 90 s)
+bench-cgm: $(STAMP)
+	DATABASE_URL=$(TEST_PG_URL)_bench_cgm $(PY) bench/cgm_sync.py --connections 2000 --concurrency 16
 
 sandbox: $(STAMP)
 	$(DEMO_ENV) $(PY) manage.py sandbox --port 8765

@@ -24,6 +24,11 @@ def sync_connection_now(
             return sync_junction_connection(
                 connection, config, client, trigger=trigger, actor=actor, force=force
             )
+    if connection.provider in (Provider.WHOOP, Provider.DEXCOM, Provider.LIBRE):
+        from connections.sync_direct import DirectClients, sync_direct_connection
+
+        with DirectClients(settings.DIRECT_PROVIDERS) as clients:
+            return sync_direct_connection(connection, clients, trigger=trigger, actor=actor)
     raise NotImplementedError(f"no sync for provider {connection.provider!r} yet")
 
 

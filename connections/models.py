@@ -8,6 +8,8 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models.functions import Now
 
+from connections.crypto import EncryptedTextField
+
 
 def validate_time_zone(value: str) -> None:
     try:
@@ -155,3 +157,59 @@ class SyncFingerprint(models.Model):
 
     def __str__(self) -> str:
         return f"{self.resource} {self.day}"
+
+
+class ProviderCredential(models.Model):
+    """How we reach a direct provider for one connection: OAuth tokens (WHOOP, Dexcom) or a LibreLinkUp login.
+
+    Secrets are encrypted at rest (connections.crypto); `expires_at` stays plaintext so schedules can find tokens
+    due for refresh. Rows are changed only under `select_for_update` (connections.tokens), because refresh tokens
+    are single use: two workers must never spend the same one.
+    """
+
+    connection = models.OneToOneField(Connection, on_delete=models.CASCADE, related_name="credential")
+    access_token = EncryptedTextField(blank=True, default="")
+    refresh_token = EncryptedTextField(blank=True, default="")
+    expires_at = models.DateTimeField(null=True, blank=True)
+    scope = models.CharField(max_length=255, blank=True, default="")
+    # WHOOP user_id, Dexcom's per-app userId, or the LibreLinkUp account's user id.
+    external_user_id = models.CharField(max_length=128, blank=True, default="")
+    # LibreLinkUp: the follower account's login, its region, and the patient it follows.
+    libre_email = EncryptedTextField(blank=True, default="")
+    libre_password = EncryptedTextField(blank=True, default="")
+    region = models.CharField(max_length=16, blank=True, default="")
+    libre_patient_id = models.CharField(max_length=64, blank=True, default="")
+    # WHOOP: the start of the oldest record not yet final (PENDING_SCORE, or the open cycle); the next sync
+    # fetches from here so the record is fetched again until it is scored. Moves with the data it covers.
+    pending_since = models.DateTimeField(null=True, blank=True)
+    refreshed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(db_default=Now())
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "provider_credentials"
+
+    def __str__(self) -> str:
+        return f"Credential of connection {self.connection_id}"
+
+    def __repr__(self) -> str:  # never the tokens
+        return f"<ProviderCredential connection={self.connection_id} expires_at={self.expires_at}>"
+
+
+class OAuthState(models.Model):
+    """One authorization-code flow in progress: single use, expiring, bound to the patient who started it."""
+
+    state = models.CharField(max_length=64, unique=True)
+    patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="+")
+    provider = models.CharField(max_length=16, choices=Provider.choices)
+    redirect_uri = models.CharField(max_length=500)
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "oauth_states"
+        indexes = [models.Index(fields=["expires_at"], name="oauth_state_expires")]
+
+    def __str__(self) -> str:
+        return f"OAuth state for {self.provider} (patient {self.patient_id})"

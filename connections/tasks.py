@@ -51,3 +51,52 @@ def sync_junction_user(connection_id: int, trigger: str = SyncTrigger.SCHEDULE) 
     with JunctionClient.from_config(config) as client:
         summary = sync_junction_connection(connection, config, client, trigger=trigger)
     return summary.as_dict()
+
+
+# --- Direct providers: sync-whoop-data (daily) and sync-cgm-readings (every 30 minutes) ----------------------
+
+
+def _fan_out(job: str) -> dict[str, Any]:
+    """Queue one task per active connection of the job's providers; inactive ones are not even queued."""
+    from connections.sync_direct import active_connections
+
+    queued = 0
+    for connection in active_connections(job):
+        async_task(
+            "connections.tasks.sync_direct_connection_task",
+            connection.pk,
+            SyncTrigger.SCHEDULE,
+            group=job,
+            task_name=f"{job}:{connection.pk}",
+        )
+        queued += 1
+    logger.info(
+        "%s queued %d connection syncs", job, queued, extra={"job": job, "connections_queued": queued}
+    )
+    return {"job": job, "connections_queued": queued}
+
+
+def sync_whoop_data() -> dict[str, Any]:
+    from connections.sync_direct import WHOOP_JOB
+
+    return _fan_out(WHOOP_JOB)
+
+
+def sync_cgm_readings() -> dict[str, Any]:
+    from connections.sync_direct import CGM_JOB
+
+    return _fan_out(CGM_JOB)
+
+
+def sync_direct_connection_task(connection_id: int, trigger: str = SyncTrigger.SCHEDULE) -> dict[str, Any]:
+    from connections.sync_direct import FETCHERS, DirectClients, sync_direct_connection
+
+    connection = (
+        Connection.objects.select_related("patient")
+        .filter(pk=connection_id, provider__in=list(FETCHERS))
+        .first()
+    )
+    if connection is None:
+        return {"connection_id": connection_id, "status": "gone"}
+    with DirectClients(settings.DIRECT_PROVIDERS) as clients:
+        return sync_direct_connection(connection, clients, trigger=trigger).as_dict()

@@ -32,6 +32,38 @@ def wearable_sync_daily(sandbox: SandboxServer | None) -> dict[str, Any]:
     return run_wearable_sync_job(config, trigger=SyncTrigger.COMMAND).as_dict()
 
 
+def _direct_job(job: str, sandbox: SandboxServer | None) -> dict[str, Any]:
+    from connections.models import SyncTrigger
+    from connections.sandbox_setup import ensure_sandbox_connections, sandbox_config
+    from connections.sync_direct import JOB_PROVIDERS, run_direct_job
+
+    config = settings.DIRECT_PROVIDERS
+    connection_ids = None
+    if sandbox is not None:
+        # Sandbox-backed connections (connected through the real OAuth / login flows); only they are synced.
+        config = sandbox_config(sandbox, config)
+        connection_ids = ensure_sandbox_connections(
+            sandbox, config, JOB_PROVIDERS[job], len(sandbox.libre.users)
+        )
+    return run_direct_job(
+        job,
+        config,
+        trigger=SyncTrigger.COMMAND,
+        connection_ids=connection_ids,
+        concurrency=settings.DIRECT_SYNC_CONCURRENCY,
+    ).as_dict()
+
+
+def sync_whoop_data(sandbox: SandboxServer | None) -> dict[str, Any]:
+    return _direct_job("sync-whoop-data", sandbox)
+
+
+def sync_cgm_readings(sandbox: SandboxServer | None) -> dict[str, Any]:
+    return _direct_job("sync-cgm-readings", sandbox)
+
+
 JOBS: dict[str, JobRunner] = {
     "wearable-sync-daily": wearable_sync_daily,
+    "sync-whoop-data": sync_whoop_data,
+    "sync-cgm-readings": sync_cgm_readings,
 }

@@ -27,4 +27,17 @@ SCHEDULES: tuple[JobSchedule, ...] = (
         cron="0 3 * * *",
         description="Junction users: last JUNCTION_SYNC_LOOKBACK_DAYS days of wearable data, one task per user.",
     ),
+    JobSchedule(
+        name="sync-whoop-data",
+        func="connections.tasks.sync_whoop_data",
+        # After the night's sleep and recovery are usually scored in the Americas and Europe.
+        cron="0 6 * * *",
+        description="WHOOP: recovery, strain (cycles), sleep and workouts since the cursor; one task per connection.",
+    ),
+    JobSchedule(
+        name="sync-cgm-readings",
+        func="connections.tasks.sync_cgm_readings",
+        cron="*/30 * * * *",
+        description="Dexcom and FreeStyle Libre: glucose since the newest stored reading; one task per connection.",
+    ),
 )

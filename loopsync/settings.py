@@ -11,7 +11,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from connections.config import JunctionSyncConfig
+from connections.config import DirectProvidersConfig, JunctionSyncConfig, field_encryption_keys
 from loopsync.env import env_bool, env_choice, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -124,6 +124,19 @@ PROVIDER_BACKOFF_CAP = env_float("PROVIDER_BACKOFF_CAP", 30.0)
 # Attempts per user sync (the spec: retry a failed user sync up to 3 times, then skip the user).
 SYNC_USER_ATTEMPTS = env_int("SYNC_USER_ATTEMPTS", 3, minimum=1, maximum=10)
 SYNC_RETRY_BASE_SECONDS = env_float("SYNC_RETRY_BASE_SECONDS", 2.0)
+
+# --- Direct providers: WHOOP, Dexcom, FreeStyle Libre (LibreLinkUp) and OAuth connections ----------------
+# WHOOP_CLIENT_ID/SECRET, WHOOP_API_URL, WHOOP_REDIRECT_URI, DEXCOM_CLIENT_ID/SECRET, DEXCOM_REGION or
+# DEXCOM_API_URL, DEXCOM_REDIRECT_URI, LIBRE_API_URL, LIBRE_REGIONAL_URL_TEMPLATE, LIBRE_VERSION, LIBRE_PRODUCT,
+# WHOOP_SYNC_INITIAL_DAYS, CGM_SYNC_OVERLAP_MINUTES, CGM_SYNC_INITIAL_DAYS.
+DIRECT_PROVIDERS = DirectProvidersConfig.from_env()
+# Fernet keys for credentials at rest, comma-separated: the first encrypts, all decrypt (rotation).
+FIELD_ENCRYPTION_KEYS = field_encryption_keys(env_list("FIELD_ENCRYPTION_KEYS"), debug=DEBUG)
+# Seconds an OAuth state (and a patient's signed connect link) stays valid.
+OAUTH_STATE_TTL_SECONDS = env_int("OAUTH_STATE_TTL_SECONDS", 600, minimum=60, maximum=3600)
+# Parallel connections per run of the direct-provider jobs when run inline (run_job); the scheduled jobs fan
+# out one django-q2 task per connection instead.
+DIRECT_SYNC_CONCURRENCY = env_int("DIRECT_SYNC_CONCURRENCY", 16, minimum=1, maximum=128)
 
 # --- django-q2 --------------------------------------------------------------------------------------------
 # ORM broker: delivery receipts, so a task lost with its worker is re-delivered; every task is idempotent.

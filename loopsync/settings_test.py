@@ -6,6 +6,8 @@ import os
 
 os.environ.setdefault("SECRET_KEY", "test-only-secret-key")
 os.environ.setdefault("JUNCTION_ENV", "sandbox")
+# A fixed test key (not the DEBUG development key): tests run with DEBUG off, as production does.
+os.environ.setdefault("FIELD_ENCRYPTION_KEYS", "dGVzdC1vbmx5LWtleS1mb3ItbG9vcHN5bmMtdGVzdHM=")
 
 from loopsync.settings import *  # noqa: E402,F403
 from loopsync.settings import Q_CLUSTER  # noqa: E402

@@ -34,8 +34,11 @@ import orjson
 
 from sandbox import junction_data
 from sandbox.base import Provider, Request, Response, json_response
+from sandbox.dexcom import DexcomSandbox
 from sandbox.faults import FaultError, FaultSet
 from sandbox.junction import DEFAULT_API_KEY, JunctionSandbox
+from sandbox.libre import LibreSandbox
+from sandbox.whoop import WhoopSandbox
 
 logger = logging.getLogger("sandbox")
 
@@ -211,6 +214,12 @@ class SandboxServer(ThreadingHTTPServer):
             users=users, seed=seed, api_key=api_key, page_size=page_size, data_start=data_start
         )
         self.register(self.junction)
+        # The direct providers: same user count and seed, their own deterministic data and OAuth servers.
+        self.whoop = WhoopSandbox(users=users, seed=seed)
+        self.dexcom = DexcomSandbox(users=users, seed=seed)
+        self.libre = LibreSandbox(users=users, seed=seed)
+        for direct in (self.whoop, self.dexcom, self.libre):
+            self.register(direct)
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
@@ -236,6 +245,18 @@ class SandboxServer(ThreadingHTTPServer):
     @property
     def junction_url(self) -> str:
         return self.base_url + self.junction.prefix
+
+    @property
+    def whoop_url(self) -> str:
+        return self.base_url + self.whoop.prefix
+
+    @property
+    def dexcom_url(self) -> str:
+        return self.base_url + self.dexcom.prefix
+
+    @property
+    def libre_url(self) -> str:
+        return self.base_url + self.libre.prefix
 
     def register(self, provider: Provider) -> None:
         """Mount a provider at its prefix (one path segment, e.g. "/whoop")."""
@@ -331,6 +352,9 @@ class SandboxServer(ThreadingHTTPServer):
         else:
             subpath = path[len(provider.prefix) :] or "/"
             user_id = provider.user_id_for(method, subpath)
+            if user_id is None and hasattr(provider, "user_id_from_headers"):
+                # Token-authenticated providers (WHOOP, Dexcom, Libre) know the user from the bearer token.
+                user_id = provider.user_id_from_headers(headers)
             fault = self.faults.match(provider.name, user_id, path, method, query_string)
             response = self._answer(provider, fault, method, path, subpath, query, headers, body)
         self.requests.append(

@@ -43,3 +43,13 @@ def junction_config(clean_sandbox: SandboxServer) -> JunctionSyncConfig:
         user_ids=tuple(clean_sandbox.junction.user_ids[:3]),
         lookback_days=2,
     )
+
+
+@pytest.fixture
+def direct_config(clean_sandbox: SandboxServer, settings):  # type: ignore[no-untyped-def]
+    """The direct providers pointed at the sandbox; also installed as settings.DIRECT_PROVIDERS."""
+    from connections.sandbox_setup import sandbox_config
+
+    config = sandbox_config(clean_sandbox, settings.DIRECT_PROVIDERS)
+    settings.DIRECT_PROVIDERS = config
+    return config

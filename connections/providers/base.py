@@ -7,9 +7,11 @@ has exhausted these. Only idempotent requests are retried unless the caller says
 from __future__ import annotations
 
 import email.utils
+import functools
 import logging
 import random
 import re
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -124,6 +126,11 @@ def parse_retry_after(headers: Mapping[str, str], now: Callable[[], datetime] | 
     return None
 
 
+@functools.cache
+def _shared_ssl_context() -> ssl.SSLContext:
+    return ssl.create_default_context()
+
+
 class ProviderHTTP:
     """An httpx client per thread for one provider, with the retry rules above.
 
@@ -141,6 +148,8 @@ class ProviderHTTP:
         timeout: float = 30.0,
         policy: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        max_connections: int = 2,
+        verify: ssl.SSLContext | bool | None = None,
     ) -> None:
         self.provider = provider
         self.policy = policy or RetryPolicy()
@@ -149,8 +158,11 @@ class ProviderHTTP:
             "base_url": base_url.rstrip("/"),
             "headers": {"accept": "application/json", "user-agent": "loopsync/0.1", **(headers or {})},
             "timeout": httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-            "limits": httpx.Limits(max_connections=2, max_keepalive_connections=2),
+            # Per thread: one connection in use, one spare for a request made while a response streams.
+            "limits": httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             "follow_redirects": False,
+            # One CA bundle for every client: loading it costs ~60 ms, and clients are made per thread.
+            "verify": _shared_ssl_context() if verify is None else verify,
         }
         self._local = threading.local()
         self._clients: list[httpx.Client] = []
@@ -208,10 +220,13 @@ class ProviderHTTP:
         headers: Mapping[str, str] | None = None,
         idempotent: bool | None = None,
         route: str | None = None,
+        accept: frozenset[int] = frozenset(),
     ) -> httpx.Response:
         """Send a request, retrying transient failures; return a 2xx response or raise a ProviderError.
 
         `route` is the path template used in logs and errors (no user ids); derived from `path` if omitted.
+        `accept`: error statuses returned to the caller instead of raised (an OAuth token endpoint's 400/401,
+        whose `error` code decides between "refresh lost a race" and "refresh token dead").
         """
         retry = method in ("GET", "HEAD", "PUT", "DELETE") if idempotent is None else idempotent
         route = route or route_of(path)
@@ -230,7 +245,7 @@ class ProviderHTTP:
                 retry_after = None
             else:
                 status = response.status_code
-                if status < 300:
+                if status < 300 or status in accept:
                     return response
                 retry_after = parse_retry_after(response.headers)
                 error = self._error_for(method, route, status, retry_after)

@@ -1,0 +1,189 @@
+"""Connecting a patient's WHOOP or Dexcom account (OAuth 2.0 authorization code) or LibreLinkUp login.
+
+    url = begin_oauth(patient, "whoop", redirect_uri)      # redirect the patient's browser here
+    connection = complete_oauth("whoop", state, code)       # the callback: exchange, create/update, store
+
+The state is random (256 bits), bound to the patient and provider, single use and expiring
+(OAUTH_STATE_TTL_SECONDS). It is claimed with one conditional UPDATE before the code is exchanged, so a replayed
+callback can never connect twice, and the patient comes from the state row, never from the callback's request.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+
+from django.conf import settings
+from django.core import signing
+from django.db import transaction
+from django.utils import timezone
+
+from connections.config import DirectProvidersConfig
+from connections.models import (
+    Connection,
+    ConnectionStatus,
+    OAuthState,
+    Patient,
+    Provider,
+    ProviderCredential,
+)
+from connections.providers.dexcom import DexcomClient
+from connections.providers.libre import LibreClient
+from connections.providers.whoop import WhoopClient
+
+OAUTH_PROVIDERS = (Provider.WHOOP, Provider.DEXCOM)
+CONNECT_TOKEN_SALT = "loopsync.connections.connect"
+
+
+class OAuthFlowError(ValueError):
+    """The flow cannot continue (unknown or used state, provider mismatch, denial); the message is safe to show."""
+
+
+def oauth_client(provider: str, config: DirectProvidersConfig) -> WhoopClient | DexcomClient:
+    if provider == Provider.WHOOP:
+        if not config.whoop_client_id:
+            raise OAuthFlowError("WHOOP is not configured (WHOOP_CLIENT_ID)")
+        return WhoopClient.from_config(config)
+    if provider == Provider.DEXCOM:
+        if not config.dexcom_client_id:
+            raise OAuthFlowError("Dexcom is not configured (DEXCOM_CLIENT_ID)")
+        return DexcomClient.from_config(config)
+    raise OAuthFlowError(f"{provider!r} does not connect through OAuth")
+
+
+# --- Who is connecting -------------------------------------------------------------------------------------
+
+
+def connect_token_for(patient: Patient) -> str:
+    """A short-lived signed link parameter naming the patient (until Clerk sessions identify them)."""
+    return signing.TimestampSigner(salt=CONNECT_TOKEN_SALT).sign(str(patient.pk))
+
+
+def patient_from_connect_token(token: str) -> Patient:
+    """The patient a connect token names; OAuthFlowError when it is forged, expired or names nobody."""
+    try:
+        raw = signing.TimestampSigner(salt=CONNECT_TOKEN_SALT).unsign(
+            token, max_age=settings.OAUTH_STATE_TTL_SECONDS
+        )
+    except signing.SignatureExpired:
+        raise OAuthFlowError("the connect link has expired") from None
+    except signing.BadSignature:
+        raise OAuthFlowError("the connect link is not valid") from None
+    patient = Patient.objects.filter(pk=int(raw)).first() if raw.isdigit() else None
+    if patient is None:
+        raise OAuthFlowError("the connect link is not valid")
+    return patient
+
+
+# --- The flow ----------------------------------------------------------------------------------------------
+
+
+def begin_oauth(
+    patient: Patient, provider: str, redirect_uri: str, config: DirectProvidersConfig | None = None
+) -> str:
+    """Store a fresh state for this patient and return the provider's authorize URL."""
+    config = config or settings.DIRECT_PROVIDERS
+    client = oauth_client(provider, config)
+    try:
+        now = timezone.now()
+        state = OAuthState.objects.create(
+            state=secrets.token_urlsafe(32),
+            patient=patient,
+            provider=provider,
+            redirect_uri=redirect_uri,
+            created_at=now,
+            expires_at=now + timedelta(seconds=settings.OAUTH_STATE_TTL_SECONDS),
+        )
+        return client.authorize_url(redirect_uri, state.state)
+    finally:
+        client.close()
+
+
+def claim_state(provider: str, state: str) -> OAuthState:
+    """Use up a state exactly once; OAuthFlowError if it is unknown, used, expired or for another provider."""
+    now = timezone.now()
+    claimed = OAuthState.objects.filter(
+        state=state, provider=provider, used_at__isnull=True, expires_at__gt=now
+    ).update(used_at=now)
+    if claimed != 1:
+        raise OAuthFlowError("the authorization state is unknown, expired or already used; start again")
+    return OAuthState.objects.select_related("patient").get(state=state)
+
+
+def complete_oauth(
+    provider: str, state: str, code: str, config: DirectProvidersConfig | None = None
+) -> Connection:
+    """The callback: claim the state, exchange the code, create or update the connection and its credential."""
+    config = config or settings.DIRECT_PROVIDERS
+    if not state or not code:
+        raise OAuthFlowError("the callback needs both code and state")
+    flow = claim_state(provider, state)
+    client = oauth_client(provider, config)
+    try:
+        tokens = client.exchange_code(code, flow.redirect_uri)
+        external_id = ""
+        if isinstance(client, WhoopClient):
+            external_id = str(client.profile(tokens.access_token).get("user_id") or "")
+        else:
+            # Dexcom has no profile route; every v3 response carries the per-app userId.
+            external_id = str(client.data_range(tokens.access_token).get("userId") or "")
+    finally:
+        client.close()
+    with transaction.atomic():
+        connection, _ = Connection.objects.select_for_update().get_or_create(
+            patient=flow.patient, provider=provider
+        )
+        credential, _ = ProviderCredential.objects.select_for_update().get_or_create(connection=connection)
+        credential.access_token = tokens.access_token
+        credential.refresh_token = tokens.refresh_token
+        credential.expires_at = tokens.expires_at
+        credential.scope = tokens.scope[:255]
+        credential.external_user_id = external_id[:128]
+        credential.refreshed_at = timezone.now()
+        credential.save()
+        _reactivate(connection)
+    return connection
+
+
+def connect_libre(
+    patient: Patient, email: str, password: str, config: DirectProvidersConfig | None = None
+) -> Connection:
+    """Connect LibreLinkUp: log in (following the region redirect), find the followed patient, store it all."""
+    config = config or settings.DIRECT_PROVIDERS
+    with LibreClient(config) as client:
+        session = client.login(email, password)
+        followed = client.connections(session)
+    if not followed or not followed[0].get("patientId"):
+        raise OAuthFlowError("this LibreLinkUp account follows nobody: accept an invitation in the app first")
+    with transaction.atomic():
+        connection, _ = Connection.objects.select_for_update().get_or_create(
+            patient=patient, provider=Provider.LIBRE
+        )
+        credential, _ = ProviderCredential.objects.select_for_update().get_or_create(connection=connection)
+        credential.libre_email = email
+        credential.libre_password = password
+        credential.access_token = session.token
+        credential.refresh_token = ""
+        credential.expires_at = session.expires_at
+        credential.region = session.region[:16]
+        credential.external_user_id = session.user_id[:128]
+        credential.libre_patient_id = str(followed[0]["patientId"])[:64]
+        credential.refreshed_at = timezone.now()
+        credential.save()
+        _reactivate(connection)
+    return connection
+
+
+def _reactivate(connection: Connection) -> None:
+    """A reconnect revives an inactive connection; the cursor stays, so nothing is fetched twice."""
+    if connection.status != ConnectionStatus.ACTIVE or connection.status_reason:
+        connection.status = ConnectionStatus.ACTIVE
+        connection.status_reason = ""
+        connection.failure_streak = 0
+        connection.save(update_fields=["status", "status_reason", "failure_streak", "updated_at"])
+
+
+def purge_expired_states() -> int:
+    """Delete states that can no longer be used (called opportunistically by begin)."""
+    deleted, _ = OAuthState.objects.filter(expires_at__lt=timezone.now() - timedelta(days=1)).delete()
+    return deleted

@@ -1,0 +1,79 @@
+"""Small helpers the direct-provider clients share (the HTTP layer itself is providers/base.py)."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+
+from django.conf import settings
+
+from connections.providers.base import ProviderHTTP, RetryPolicy
+from connections.providers.junction import InvalidRecord
+
+logger = logging.getLogger("loopsync.providers")
+
+
+@lru_cache(maxsize=1)
+def shared_ssl_context() -> ssl.SSLContext:
+    # Loading the CA bundle costs ~60 ms; one context serves every client (contexts are thread-safe).
+    return ssl.create_default_context()
+
+
+def http_for(provider: str, base_url: str, headers: dict[str, str] | None = None) -> ProviderHTTP:
+    """A ProviderHTTP with the configured timeout (30 s by spec) and retry policy."""
+    return ProviderHTTP(
+        provider,
+        base_url,
+        headers=headers,
+        timeout=settings.PROVIDER_HTTP_TIMEOUT,
+        policy=RetryPolicy(
+            attempts=settings.PROVIDER_HTTP_ATTEMPTS,
+            base=settings.PROVIDER_BACKOFF_BASE,
+            cap=settings.PROVIDER_BACKOFF_CAP,
+        ),
+        max_connections=64,
+        verify=shared_ssl_context(),
+    )
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+def canonical(moment: datetime) -> str:
+    """The canonical UTC text readings.store takes: "YYYY-MM-DD HH:MM:SS[.ffffff]+00:00"."""
+    return moment.astimezone(UTC).isoformat(sep=" ")
+
+
+def parse_instant(raw: object, field_name: str, *, naive_is_utc: bool = False) -> datetime:
+    """An ISO-8601 instant ("Z" or an offset; naive only where the API documents UTC)."""
+    if not isinstance(raw, str) or not raw:
+        raise InvalidRecord(f"{field_name} is missing")
+    try:
+        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00") if raw.endswith("Z") else raw)
+    except ValueError:
+        raise InvalidRecord(f"{field_name} is not an ISO-8601 datetime") from None
+    if parsed.tzinfo is None:
+        if not naive_is_utc:
+            raise InvalidRecord(f"{field_name} has no UTC offset")
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def warn_invalid(provider: str, resource: str, index: int, error: InvalidRecord) -> None:
+    # Values are PHI: the log names the provider, resource, position and rule only.
+    logger.warning(
+        "skipped invalid record",
+        extra={"provider": provider, "resource": resource, "index": index, "reason": str(error)},
+    )
+
+
+def as_dict(body: Any, what: str) -> dict[str, Any]:
+    from connections.providers.junction import InvalidPayload
+
+    if not isinstance(body, dict):
+        raise InvalidPayload(f"{what} response is not a JSON object")
+    return body

@@ -1,0 +1,191 @@
+"""Dexcom API v3 client and EGV parsing (provider_apis.md §2).
+
+OAuth stays under `/v2/oauth2/login|token` (scope `offline_access`) even with the v3 data API. EGVs come from
+`/v3/users/self/egvs` with `startDate`/`endDate` as UTC without offset (`YYYY-MM-DDThh:mm:ss`), at most 30 days
+per request; `systemTime` (UTC) is the key, never `displayTime` (user-settable, sometimes without an offset).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from connections.config import DirectProvidersConfig
+from connections.providers.common import as_dict, bearer, canonical, http_for, parse_instant, warn_invalid
+from connections.providers.junction import (
+    GLUCOSE_HIGH_MGDL,
+    GLUCOSE_LOW_MGDL,
+    MGDL_PER_MMOLL,
+    GlucoseRow,
+    InvalidPayload,
+    InvalidRecord,
+)
+from connections.providers.oauth2 import TokenSet, request_tokens
+
+PROVIDER = "dexcom"
+SOURCE = "dexcom"
+MAX_WINDOW = timedelta(days=30)
+DATE_FORMAT = "%Y-%m-%dT%H:%M:%S"
+
+
+def dexcom_date(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime(DATE_FORMAT)
+
+
+def windows(start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
+    """[start, end] cut into windows of at most 30 days (Dexcom rejects longer ones)."""
+    out = []
+    cursor = start
+    while cursor < end:
+        upper = min(end, cursor + MAX_WINDOW)
+        out.append((cursor, upper))
+        cursor = upper
+    return out
+
+
+class DexcomClient:
+    provider = PROVIDER
+
+    def __init__(self, base_url: str, client_id: str, client_secret: str) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.http = http_for(PROVIDER, self.base_url)
+
+    @classmethod
+    def from_config(cls, config: DirectProvidersConfig) -> DexcomClient:
+        return cls(config.dexcom_api_url, config.dexcom_client_id, config.dexcom_client_secret)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> DexcomClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def authorize_url(self, redirect_uri: str, state: str) -> str:
+        query = urlencode(
+            {
+                "client_id": self.client_id,
+                "redirect_uri": redirect_uri,
+                "response_type": "code",
+                "scope": "offline_access",
+                "state": state,
+            }
+        )
+        return f"{self.base_url}/v2/oauth2/login?{query}"
+
+    def exchange_code(self, code: str, redirect_uri: str) -> TokenSet:
+        form = {
+            "client_id": self.client_id,
+            "client_secret": self.client_secret,
+            "code": code,
+            "grant_type": "authorization_code",
+            "redirect_uri": redirect_uri,
+        }
+        return request_tokens(self.http, "/v2/oauth2/token", form, now=datetime.now(UTC))
+
+    def refresh(self, refresh_token: str) -> TokenSet:
+        form = {
+            "client_id": self.client_id,
+            "client_secret": self.client_secret,
+            "refresh_token": refresh_token,
+            "grant_type": "refresh_token",
+        }
+        return request_tokens(self.http, "/v2/oauth2/token", form, now=datetime.now(UTC))
+
+    def data_range(self, access_token: str) -> dict[str, Any]:
+        route = "/v3/users/self/dataRange"
+        response = self.http.request("GET", route, headers=bearer(access_token), route=route)
+        return as_dict(self.http.decode(route, response.content), "dataRange")
+
+    def egvs(self, access_token: str, start: datetime, end: datetime) -> dict[str, Any]:
+        """One window (<= 30 days) of EGVs: the v3 wrapper {recordType, recordVersion, userId, records}."""
+        if end - start > MAX_WINDOW:
+            raise ValueError("Dexcom windows are at most 30 days")
+        route = "/v3/users/self/egvs"
+        params = {"startDate": dexcom_date(start), "endDate": dexcom_date(end)}
+        response = self.http.request("GET", route, params=params, headers=bearer(access_token), route=route)
+        body = as_dict(self.http.decode(route, response.content), "egvs")
+        if not isinstance(body.get("records"), list):
+            raise InvalidPayload("egvs response has no records list")
+        return body
+
+
+def newest_egv(data_range: dict[str, Any]) -> datetime | None:
+    """The end of the user's EGV data (dataRange times are UTC, with or without a zone)."""
+    egvs = data_range.get("egvs")
+    if not isinstance(egvs, dict) or not isinstance(egvs.get("end"), dict):
+        return None
+    try:
+        return parse_instant(egvs["end"].get("systemTime"), "egvs.end.systemTime", naive_is_utc=True)
+    except InvalidRecord:
+        return None
+
+
+@dataclass
+class ParsedGlucose:
+    glucose: list[GlucoseRow] = field(default_factory=list)
+    records: int = 0
+    skipped: int = 0
+    newest: datetime | None = None
+
+
+def parse_egvs(body: dict[str, Any], out: ParsedGlucose, *, since: datetime | None = None) -> None:
+    """EGV records → glucose rows (mg/dL, original value and unit, trend, trend rate, device)."""
+    for index, record in enumerate(body.get("records") or []):
+        out.records += 1
+        try:
+            if not isinstance(record, dict):
+                raise InvalidRecord("record is not an object")
+            measured = parse_instant(record.get("systemTime"), "systemTime", naive_is_utc=True)
+            unit = str(record.get("unit") or "mg/dL")
+            raw = record.get("value")
+            if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+                raise InvalidRecord("value is not a number")
+            if unit.lower() == "mmol/l":
+                mg_dl = round(float(raw) * MGDL_PER_MMOLL, 1)
+            elif unit.lower() in ("mg/dl", "unknown"):
+                # Tidepool tolerates "unknown"; v3 values are mg/dL unless the unit says otherwise.
+                mg_dl = float(raw)
+                unit = "mg/dL"
+            else:
+                raise InvalidRecord("unit is not mg/dL or mmol/L")
+            if not GLUCOSE_LOW_MGDL <= mg_dl <= GLUCOSE_HIGH_MGDL:
+                raise InvalidRecord("value is outside the plausible range")
+            rate = record.get("trendRate")
+            trend_rate = (
+                float(rate)
+                if isinstance(rate, int | float) and not isinstance(rate, bool) and math.isfinite(rate)
+                else None
+            )
+        except InvalidRecord as exc:
+            out.skipped += 1
+            warn_invalid(PROVIDER, "egvs", index, exc)
+            continue
+        if since is not None and measured < since:
+            continue
+        device = "/".join(
+            str(part)
+            for part in (record.get("transmitterGeneration"), record.get("displayDevice"))
+            if part not in (None, "", "unknown")
+        )
+        out.glucose.append(
+            (
+                SOURCE,
+                canonical(measured),
+                mg_dl,
+                float(raw),
+                unit[:16],
+                str(record.get("trend") or "")[:32],
+                trend_rate,
+                device[:64],
+            )
+        )
+        if out.newest is None or measured > out.newest:
+            out.newest = measured

@@ -1,0 +1,67 @@
+"""The OAuth 2.0 token endpoint calls WHOOP and Dexcom share (RFC 6749 §4.1.3 and §6, form-encoded).
+
+Token requests are never retried by the HTTP layer: a refresh whose response was lost may already have rotated
+the refresh token, and re-sending it would spend a dead token (cloudflare/mcp PR #136). The caller (tokens.py)
+decides what a failure means.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from connections.providers.base import ProviderBadResponse, ProviderError, ProviderHTTP
+
+# Statuses the token endpoint uses for OAuth errors (RFC 6749 §5.2); their body's `error` is read.
+OAUTH_ERROR_STATUSES = frozenset({400, 401})
+
+
+class OAuthGrantError(ProviderError):
+    """The token endpoint refused the grant. `error` is the RFC 6749 code (invalid_grant, invalid_client...)."""
+
+    def __init__(self, provider: str, error: str, *, status: int | None) -> None:
+        super().__init__(provider, f"token endpoint refused the grant ({error})", status=status)
+        self.error = error
+
+    @property
+    def refresh_token_dead(self) -> bool:
+        # invalid_grant: spent, expired or revoked. Oura-like servers say invalid_request for a spent token.
+        return self.error in ("invalid_grant", "invalid_request")
+
+
+@dataclass(frozen=True)
+class TokenSet:
+    access_token: str = field(repr=False)
+    refresh_token: str = field(repr=False)
+    expires_at: datetime
+    scope: str = ""
+
+
+def request_tokens(http: ProviderHTTP, path: str, form: dict[str, str], *, now: datetime) -> TokenSet:
+    response = http.request(
+        "POST", path, data=form, idempotent=False, accept=OAUTH_ERROR_STATUSES, route=path
+    )
+    body: Any
+    try:
+        body = http.decode(path, response.content)
+    except ProviderBadResponse:
+        if response.status_code in OAUTH_ERROR_STATUSES:
+            # A non-conformant error body (Tidepool handles these for Dexcom): treat as a refused grant.
+            raise OAuthGrantError(http.provider, "invalid_grant", status=response.status_code) from None
+        raise
+    if response.status_code in OAUTH_ERROR_STATUSES:
+        error = body.get("error") if isinstance(body, dict) else None
+        raise OAuthGrantError(http.provider, str(error or "invalid_grant")[:40], status=response.status_code)
+    if not isinstance(body, dict) or not body.get("access_token"):
+        raise ProviderBadResponse(http.provider, f"POST {path} answered without an access_token")
+    try:
+        expires_in = int(body.get("expires_in") or 3600)
+    except (TypeError, ValueError):
+        expires_in = 3600
+    return TokenSet(
+        access_token=str(body["access_token"]),
+        refresh_token=str(body.get("refresh_token") or ""),
+        expires_at=now + timedelta(seconds=expires_in),
+        scope=str(body.get("scope") or ""),
+    )

@@ -1,0 +1,10 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from connections import views
+
+urlpatterns = [
+    path("connect/<str:provider>/start", views.connect_start, name="connect-start"),
+    path("connect/<str:provider>/callback", views.connect_callback, name="connect-callback"),
+]
