@@ -43,3 +43,7 @@ def junction_config(clean_sandbox: SandboxServer) -> JunctionSyncConfig:
         user_ids=tuple(clean_sandbox.junction.user_ids[:3]),
         lookback_days=2,
     )
+
+
+# Ops admin personas and the capturing Sentry transport (tests/ops_fixtures.py).
+from tests.ops_fixtures import ops_user, sentry_capture, support_user  # noqa: E402,F401
