@@ -64,8 +64,8 @@ _TEXT_PATTERNS = [
     re.compile(r"(?i)\b(bearer|basic)\s+[\w.~+/=-]+"),
     # key=value / "key": "value" for credential-like keys.
     re.compile(
-        r"(?i)\b(access_token|refresh_token|id_token|client_secret|api[_-]?key|password|secret|token|code)"
-        r"(\"?\s*[:=]\s*\"?)[^\s\"&,;}]+"
+        r"(?i)\b(?P<key>access_token|refresh_token|id_token|client_secret|api[_-]?key|password|secret|token|code)"
+        r"(?P<sep>\"?\s*[:=]\s*\"?)[^\s\"&,;}]+"
     ),
     # Provider API keys (sk_us_..., sk_eu_...).
     re.compile(r"\bsk_[a-z]{2}_[\w-]+"),
@@ -75,8 +75,8 @@ _TEXT_PATTERNS = [
     # Long opaque strings with a digit: hex digests, base64url tokens (routes have no digits run this long).
     re.compile(r"\b(?=[A-Za-z_\-]*\d)[A-Za-z0-9_\-]{24,}"),
     # Decimal numbers with a unit or after "value": a reading that slipped into a message.
-    re.compile(r"(?i)\b\d+(\.\d+)?\s*(mg/dl|mmol/l|bpm|ms|kcal|steps)\b"),
-    re.compile(r"(?i)\b(value|reading|glucose)(\"?\s*[:=]\s*\"?)-?\d+(\.\d+)?"),
+    re.compile(r"(?i)\b\d+(?:\.\d+)?\s*(?:mg/dl|mmol/l|bpm|ms|kcal|steps)\b"),
+    re.compile(r"(?i)\b(?P<key>value|reading|glucose)(?P<sep>\"?\s*[:=]\s*\"?)-?\d+(?:\.\d+)?"),
 ]
 
 
@@ -89,8 +89,9 @@ def scrub_text(text: str) -> str:
 
 def _replacement(match: re.Match[str]) -> str:
     # Keep the key of a key=value pair so the message still says what was removed.
-    if match.re.groups >= 2 and match.group(2) is not None and match.group(1) is not None:
-        return f"{match.group(1)}{match.group(2)}{FILTERED}"
+    parts = match.groupdict()
+    if parts.get("key") is not None:
+        return f"{parts['key']}{parts['sep']}{FILTERED}"
     return FILTERED
 
 
@@ -164,8 +165,14 @@ def init_sentry(
     options: dict[str, Any] = {
         "dsn": dsn,
         "integrations": [DjangoIntegration(), LoggingIntegration()],
+        # Only what we list (plus the SDK's defaults): no integration turns itself on because a package
+        # happens to be installed, and none adds data we did not review.
+        "auto_enabling_integrations": False,
         "send_default_pii": False,
         "include_local_variables": False,
+        # Source lines around a frame are code, not data, but a literal in a test or a debug line is not
+        # worth the risk; file, function and line number are enough to find it.
+        "include_source_context": False,
         "max_request_body_size": "never",
         "event_scrubber": EventScrubber(
             denylist=[*DEFAULT_DENYLIST, *PHI_DENYLIST], pii_denylist=DEFAULT_PII_DENYLIST, recursive=True
