@@ -173,6 +173,7 @@ class ConnectionAdmin(admin.ModelAdmin):
     )
     readonly_fields = fields
     change_form_template = "admin/connections/connection/change_form.html"
+    change_list_template = "admin/connections/connection/change_list.html"
 
     # Connections are created by syncs and onboarding, and their cursor is the sync's to move: the admin
     # only views them and acts through the ops operations.

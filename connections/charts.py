@@ -156,7 +156,7 @@ def daily_bars_svg(
                 f'<rect x="{bx:.1f}" y="{PAD_TOP + plot_h - h:.1f}" width="{bar_w:.1f}" height="{h:.1f}" '
                 f'fill="{color}"><title>{day:%Y-%m-%d} {escape(label)}: {value}</title></rect>'
             )
-        if i % 7 == 0 or i == len(days) - 1:
+        if i % 7 == 0 or (i == len(days) - 1 and i % 7 >= 4):
             parts.append(
                 f'<text x="{PAD_LEFT + i * slot:.1f}" y="{height - 8}" font-size="10" fill="#555">'
                 f"{day:%b %d}</text>"

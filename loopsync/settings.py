@@ -175,7 +175,9 @@ SENTRY_DSN = env_str("SENTRY_DSN")
 SENTRY_ENVIRONMENT = env_str("SENTRY_ENVIRONMENT", "development" if DEBUG else "production")
 SENTRY_TRACES_SAMPLE_RATE = env_float("SENTRY_TRACES_SAMPLE_RATE", 0.0)
 if SENTRY_TRACES_SAMPLE_RATE > 1:
-    raise ImproperlyConfigured(f"SENTRY_TRACES_SAMPLE_RATE={SENTRY_TRACES_SAMPLE_RATE} must be between 0 and 1")
+    raise ImproperlyConfigured(
+        f"SENTRY_TRACES_SAMPLE_RATE={SENTRY_TRACES_SAMPLE_RATE} must be between 0 and 1"
+    )
 # Minutes Sentry waits past a scheduled time for the check-in, and the longest a run may take, before alerting.
 SENTRY_CRONS_MARGIN_MINUTES = env_int("SENTRY_CRONS_MARGIN_MINUTES", 30, minimum=1)
 SENTRY_CRONS_MAX_RUNTIME_MINUTES = env_int("SENTRY_CRONS_MAX_RUNTIME_MINUTES", 240, minimum=1)
