@@ -62,11 +62,18 @@ class Connection(models.Model):
     # Scrubbed: an error class and status code, never a token, a reading or a response body.
     last_error = models.TextField(blank=True, default="")
     status_reason = models.TextField(blank=True, default="")
+    # The newest measured_at stored from this connection, kept by readings.store in the storing transaction:
+    # the admin shows it for 100,000 connections without a max() over tens of millions of readings.
+    latest_reading_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(db_default=Now())
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         db_table = "patient_connections"
+        permissions = [
+            ("force_resync_connection", "Can force a resync of a connection"),
+            ("deactivate_connection", "Can deactivate or reactivate a connection"),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["patient", "provider"], name="connection_one_per_patient_provider"
@@ -94,8 +101,15 @@ class SyncStatus(models.TextChoices):
     FAILED = "failed", "Failed"
 
 
+class SyncEventKind(models.TextChoices):
+    SYNC = "sync", "Sync run"
+    RESYNC_REQUESTED = "resync_requested", "Resync requested"
+    DEACTIVATED = "deactivated", "Deactivated"
+    REACTIVATED = "reactivated", "Reactivated"
+
+
 class SyncEvent(models.Model):
-    """One row per sync run of one connection: the `wearable_sync` audit trail."""
+    """One row per sync run of one connection, and one per staff action on it: the `wearable_sync` audit trail."""
 
     connection = models.ForeignKey(
         Connection, on_delete=models.SET_NULL, null=True, related_name="sync_events"
@@ -116,6 +130,10 @@ class SyncEvent(models.Model):
     error = models.TextField(blank=True, default="")
     # Who acted, for manual and admin triggers (a staff username or "patient"); empty for schedules.
     actor = models.CharField(max_length=150, blank=True, default="")
+    # A sync run, or an ops action (resync requested, deactivated, reactivated) recorded with its actor.
+    kind = models.CharField(max_length=20, choices=SyncEventKind.choices, default=SyncEventKind.SYNC)
+    # The reason staff gave for an action; never PHI by policy (the admin form says so).
+    note = models.CharField(max_length=500, blank=True, default="")
 
     class Meta:
         db_table = "wearable_sync"
@@ -213,3 +231,59 @@ class OAuthState(models.Model):
 
     def __str__(self) -> str:
         return f"OAuth state for {self.provider} (patient {self.patient_id})"
+
+
+class JobRunStatus(models.TextChoices):
+    RUNNING = "running", "Running"
+    SUCCESS = "success", "Success"
+    # Finished, but some users failed (they are retried by the next run).
+    PARTIAL = "partial", "Partial"
+    FAILED = "failed", "Failed"
+
+
+class JobRun(models.Model):
+    """One run of a scheduled job, written by `connections.jobruns.track_job` around its entry point.
+
+    A fan-out job's run stays `running` until its per-user tasks have all reported (`record_unit`), so
+    users, records and duration are those of the whole run, not of the dispatcher.
+    """
+
+    job = models.CharField(max_length=64)
+    status = models.CharField(max_length=16, choices=JobRunStatus.choices, default=JobRunStatus.RUNNING)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    users_expected = models.PositiveIntegerField(default=0)
+    users_synced = models.PositiveIntegerField(default=0)
+    users_failed = models.PositiveIntegerField(default=0)
+    # Users the run chose not to sync (an inactive connection, a connection removed meanwhile).
+    users_skipped = models.PositiveIntegerField(default=0)
+    records_stored = models.PositiveBigIntegerField(default=0)
+    # An exception class and a scrubbed message when the entry point itself failed.
+    error = models.TextField(blank=True, default="")
+    # The Sentry Crons check-in opened by the dispatcher and closed by whichever task finishes the run.
+    sentry_check_in_id = models.CharField(max_length=64, blank=True, default="")
+
+    class Meta:
+        db_table = "job_runs"
+        indexes = [
+            # The job health page reads each job's recent runs.
+            models.Index(fields=["job", "-started_at"], name="job_run_recent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.job} run {self.pk} ({self.status})"
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+class JobHealth(JobRun):
+    """The admin's job health page (a proxy so it gets its own entry and permission in the admin)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "job health"
+        verbose_name_plural = "job health"

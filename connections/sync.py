@@ -56,6 +56,7 @@ from connections.providers.junction import (
     parse_timeseries,
     utc_days,
 )
+from loopsync.sentry import capture_sync_failure
 from readings.store import store_batch
 
 logger = logging.getLogger("loopsync.sync")
@@ -371,6 +372,12 @@ def _finish_event(event: SyncEvent, connection: Connection, summary: UserSyncSum
         ]
     )
     if summary.status == "failed":
+        capture_sync_failure(
+            provider=connection.provider,
+            trigger=event.trigger,
+            connection_id=connection.pk,
+            error=summary.errors[-1] if summary.errors else "",
+        )
         Connection.objects.filter(pk=connection.pk).update(
             last_attempt_at=now,
             failure_streak=F("failure_streak") + 1,

@@ -181,3 +181,30 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
 }
+
+# --- Sentry and ops monitoring (loopsync/sentry.py, connections/jobruns.py) ------------------------------
+# SENTRY_DSN turns on error reporting and Crons check-ins; PHI is scrubbed before anything leaves.
+SENTRY_DSN = env_str("SENTRY_DSN")
+SENTRY_ENVIRONMENT = env_str("SENTRY_ENVIRONMENT", "development" if DEBUG else "production")
+SENTRY_TRACES_SAMPLE_RATE = env_float("SENTRY_TRACES_SAMPLE_RATE", 0.0)
+if SENTRY_TRACES_SAMPLE_RATE > 1:
+    raise ImproperlyConfigured(
+        f"SENTRY_TRACES_SAMPLE_RATE={SENTRY_TRACES_SAMPLE_RATE} must be between 0 and 1"
+    )
+# Minutes Sentry waits past a scheduled time for the check-in, and the longest a run may take, before alerting.
+SENTRY_CRONS_MARGIN_MINUTES = env_int("SENTRY_CRONS_MARGIN_MINUTES", 30, minimum=1)
+SENTRY_CRONS_MAX_RUNTIME_MINUTES = env_int("SENTRY_CRONS_MAX_RUNTIME_MINUTES", 240, minimum=1)
+if SENTRY_DSN:
+    from sentry_sdk.utils import BadDsn
+
+    from loopsync.sentry import init_sentry
+
+    try:
+        init_sentry(
+            SENTRY_DSN,
+            environment=SENTRY_ENVIRONMENT,
+            release=env_str("SENTRY_RELEASE") or env_str("RENDER_GIT_COMMIT"),
+            traces_sample_rate=SENTRY_TRACES_SAMPLE_RATE,
+        )
+    except BadDsn as exc:
+        raise ImproperlyConfigured(f"SENTRY_DSN is not a Sentry DSN: {exc}") from None

@@ -53,3 +53,7 @@ def direct_config(clean_sandbox: SandboxServer, settings):  # type: ignore[no-un
     config = sandbox_config(clean_sandbox, settings.DIRECT_PROVIDERS)
     settings.DIRECT_PROVIDERS = config
     return config
+
+
+# Ops admin personas and the capturing Sentry transport (tests/ops_fixtures.py).
+from tests.ops_fixtures import ops_user, sentry_capture, support_user  # noqa: E402,F401

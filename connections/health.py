@@ -1,0 +1,118 @@
+"""Connection health: ok / stale / failing / inactive, in Python and as SQL the admin filters and sorts on.
+
+The rules (README "Ops admin" has the table):
+1. inactive: the connection's status is not active (ops deactivated it, or the patient revoked access).
+2. failing: its last `failing_streak` sync runs in a row failed. A daily run already retried the user
+   3 times, so one failed run is failing; a CGM run every 30 minutes gets one run's slack for blips.
+3. stale: no successful sync for longer than the provider's cadence plus a grace period: CGM providers
+   (Dexcom, Libre) sync every 30 minutes, stale after 60; daily providers (Junction, WHOOP) sync every
+   24 hours, stale after 30 (a missed 03:00 run, with 6 hours for a long run to finish). A connection that
+   has never synced counts from its creation, so a new one gets the same grace.
+4. ok: everything else.
+
+`health_q(state, now)` gives mutually exclusive filters and `health_expression(now)` the CASE built from
+them, so the list column, the filter and `health_of()` (one object in Python) cannot disagree; a test
+checks the Python and SQL forms on the same rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db import models
+from django.db.models import Case, Q, Value, When
+from django.db.models.functions import Coalesce
+
+from connections.models import Connection, ConnectionStatus, Provider
+
+
+class Health(models.TextChoices):
+    OK = "ok", "OK"
+    STALE = "stale", "Stale"
+    FAILING = "failing", "Failing"
+    INACTIVE = "inactive", "Inactive"
+
+
+@dataclass(frozen=True)
+class Cadence:
+    every: timedelta
+    grace: timedelta
+    failing_streak: int
+
+    @property
+    def stale_after(self) -> timedelta:
+        return self.every + self.grace
+
+
+CGM = Cadence(every=timedelta(minutes=30), grace=timedelta(minutes=30), failing_streak=2)
+DAILY = Cadence(every=timedelta(hours=24), grace=timedelta(hours=6), failing_streak=1)
+
+CADENCES: dict[str, Cadence] = {
+    Provider.DEXCOM: CGM,
+    Provider.LIBRE: CGM,
+    Provider.JUNCTION: DAILY,
+    Provider.WHOOP: DAILY,
+}
+# A provider added to the choices without a cadence here is judged as a daily one.
+DEFAULT_CADENCE = DAILY
+
+
+def cadence_for(provider: str) -> Cadence:
+    return CADENCES.get(provider, DEFAULT_CADENCE)
+
+
+def _by_cadence(build: Callable[[Cadence], Q]) -> Q:
+    """OR over providers grouped by cadence: `build(cadence)` is the rule for that group's rows."""
+    groups: dict[Cadence, list[str]] = {}
+    for provider, cadence in CADENCES.items():
+        groups.setdefault(cadence, []).append(str(provider))
+    q = Q(pk__in=[])
+    for cadence, providers in groups.items():
+        q |= Q(provider__in=providers) & build(cadence)
+    return q | (~Q(provider__in=[str(p) for p in CADENCES]) & build(DEFAULT_CADENCE))
+
+
+def health_q(state: str, now: datetime) -> Q:
+    """Rows in `state`; the four states partition the table."""
+    inactive = ~Q(status=ConnectionStatus.ACTIVE)
+    failing = _by_cadence(lambda c: Q(failure_streak__gte=c.failing_streak))
+    stale = _by_cadence(lambda c: Q(health_since__lt=now - c.stale_after))
+    if state == Health.INACTIVE:
+        return inactive
+    if state == Health.FAILING:
+        return ~inactive & failing
+    if state == Health.STALE:
+        return ~inactive & ~failing & stale
+    if state == Health.OK:
+        return ~inactive & ~failing & ~stale
+    raise ValueError(f"unknown health {state!r}")
+
+
+def with_health(queryset: models.QuerySet[Connection], now: datetime) -> models.QuerySet[Connection]:
+    """Annotate `health` (and the `health_since` it needs) in SQL; filter with `health_q` on the result."""
+    return queryset.annotate(
+        health_since=Coalesce("last_sync_at", "created_at"),
+        health=Case(
+            *(When(health_q(state, now), then=Value(str(state))) for state in Health),
+            default=Value(str(Health.OK)),
+            output_field=models.CharField(),
+        ),
+    )
+
+
+def health_of(connection: Connection, now: datetime) -> Health:
+    """The same rules for one connection in memory."""
+    if connection.status != ConnectionStatus.ACTIVE:
+        return Health.INACTIVE
+    cadence = cadence_for(connection.provider)
+    if connection.failure_streak >= cadence.failing_streak:
+        return Health.FAILING
+    since = connection.last_sync_at or connection.created_at
+    if not isinstance(since, datetime):
+        # created_at is a database default: an instance not yet re-read was created just now.
+        since = now
+    if since < now - cadence.stale_after:
+        return Health.STALE
+    return Health.OK

@@ -1,0 +1,225 @@
+"""Job runs: one wrapper around every scheduled job's entry point records its run, its Sentry Crons
+check-ins and its summary log line.
+
+Two shapes of job:
+
+* Inline (the entry point does all the work): decorate it.
+
+      @tracked_job("readings-retention")
+      def readings_retention() -> dict[str, Any]:
+          ...
+          return {"users_synced": n, "records_stored": m}   # optional counts, read into the run
+
+* Fan-out (the entry point queues one task per user): open the run, say how many tasks will report, pass
+  `run.id` to each task, and let each task call `record_unit` when it ends (in a `finally`). The run stays
+  `running` until the last task reports; that task finishes it, closes the Crons check-in and logs the
+  summary. So the job health page shows users, records and duration of the whole run, not of the dispatcher.
+
+      with track_job(JOB_NAME) as run:
+          run.expect_units(len(connections))
+          for c in connections:
+              async_task("connections.tasks.sync_junction_user", c.pk, trigger, run.id)
+
+A run still open when the next run of the same job starts (a worker died, a task was lost) is closed as
+failed, naming how many users never reported.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, ParamSpec, TypeVar
+
+from django.conf import settings
+from django.db.models import F
+from django.utils import timezone
+from sentry_sdk.crons import capture_checkin
+from sentry_sdk.crons.consts import MonitorStatus
+
+from connections.models import JobRun, JobRunStatus
+from loopsync.schedules import SCHEDULES
+from loopsync.sentry import scrub_text
+
+logger = logging.getLogger("loopsync.jobs")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+UNIT_SUCCESS = "success"
+UNIT_FAILED = "failed"
+UNIT_SKIPPED = "skipped"
+
+
+def monitor_config(job: str) -> dict[str, Any] | None:
+    """Sentry Crons monitor for a scheduled job: its cron, so Sentry alerts on a missed run too."""
+    schedule = next((s for s in SCHEDULES if s.name == job), None)
+    if schedule is None:
+        return None
+    return {
+        "schedule": {"type": "crontab", "value": schedule.cron},
+        "timezone": settings.TIME_ZONE,
+        "checkin_margin": settings.SENTRY_CRONS_MARGIN_MINUTES,
+        "max_runtime": settings.SENTRY_CRONS_MAX_RUNTIME_MINUTES,
+        "failure_issue_threshold": 1,
+        "recovery_threshold": 1,
+    }
+
+
+class TrackedRun:
+    """The handle `track_job` yields."""
+
+    def __init__(self, run: JobRun) -> None:
+        self.run = run
+        self.fan_out = False
+
+    @property
+    def id(self) -> int:
+        return self.run.pk
+
+    def expect_units(self, count: int) -> None:
+        """Fan-out: `count` tasks will each call `record_unit(self.id, ...)`. Call before queuing them."""
+        self.fan_out = True
+        self.run.users_expected = count
+        JobRun.objects.filter(pk=self.run.pk).update(users_expected=count)
+
+    def record(
+        self, *, users_synced: int = 0, users_failed: int = 0, users_skipped: int = 0, records_stored: int = 0
+    ) -> None:
+        """Inline: add counts to the run."""
+        JobRun.objects.filter(pk=self.run.pk).update(
+            users_synced=F("users_synced") + users_synced,
+            users_failed=F("users_failed") + users_failed,
+            users_skipped=F("users_skipped") + users_skipped,
+            records_stored=F("records_stored") + records_stored,
+        )
+
+    def record_summary(self, summary: Mapping[str, Any]) -> None:
+        self.record(
+            users_synced=int(summary.get("users_synced") or 0),
+            users_failed=int(summary.get("users_failed") or 0),
+            users_skipped=int(summary.get("users_skipped") or 0),
+            records_stored=int(summary.get("records_stored") or 0),
+        )
+
+
+@contextmanager
+def track_job(job: str) -> Iterator[TrackedRun]:
+    """Record one run of `job`: a JobRun row, Crons check-ins (in progress, then ok or error), a summary log."""
+    now = timezone.now()
+    _close_abandoned_runs(job, now)
+    check_in_id = capture_checkin(
+        monitor_slug=job, status=MonitorStatus.IN_PROGRESS, monitor_config=monitor_config(job)
+    )
+    tracked = TrackedRun(JobRun.objects.create(job=job, started_at=now, sentry_check_in_id=check_in_id or ""))
+    try:
+        yield tracked
+    except Exception as exc:
+        _finish(tracked.run.pk, error=f"{type(exc).__name__}: {scrub_text(str(exc))}"[:2000])
+        raise
+    if not tracked.fan_out:
+        _finish(tracked.run.pk)
+    else:
+        # Every task may already have reported (sync mode, or fast workers), or none was queued.
+        _finish_if_complete(tracked.run.pk)
+
+
+def tracked_job(job: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorator form of `track_job` for inline jobs; a returned mapping's counts are recorded."""
+
+    def decorate(func: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(func)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            with track_job(job) as run:
+                result = func(*args, **kwargs)
+                if isinstance(result, Mapping):
+                    run.record_summary(result)
+                return result
+
+        return wrapper
+
+    return decorate
+
+
+def record_unit(job_run_id: int | None, outcome: str, *, records_stored: int = 0) -> None:
+    """A fan-out task reports its user's outcome; the last one to report finishes the run."""
+    if job_run_id is None:
+        return
+    JobRun.objects.filter(pk=job_run_id).update(
+        users_synced=F("users_synced") + (1 if outcome == UNIT_SUCCESS else 0),
+        users_failed=F("users_failed") + (1 if outcome == UNIT_FAILED else 0),
+        users_skipped=F("users_skipped") + (1 if outcome == UNIT_SKIPPED else 0),
+        records_stored=F("records_stored") + records_stored,
+    )
+    _finish_if_complete(job_run_id)
+
+
+def _finish_if_complete(job_run_id: int) -> None:
+    run = JobRun.objects.filter(pk=job_run_id, status=JobRunStatus.RUNNING).first()
+    if run is None:
+        return
+    if run.users_synced + run.users_failed + run.users_skipped >= run.users_expected:
+        _finish(job_run_id)
+
+
+def _status_of(run: JobRun, error: str) -> str:
+    if error:
+        return JobRunStatus.FAILED
+    if run.users_failed == 0:
+        return JobRunStatus.SUCCESS
+    if run.users_synced == 0:
+        return JobRunStatus.FAILED
+    return JobRunStatus.PARTIAL
+
+
+def _finish(job_run_id: int, *, error: str = "", now: datetime | None = None) -> None:
+    run = JobRun.objects.get(pk=job_run_id)
+    status = _status_of(run, error)
+    finished_at = now or timezone.now()
+    # The conditional update is the claim: when two tasks both see the run complete, one finishes it.
+    claimed = JobRun.objects.filter(pk=job_run_id, status=JobRunStatus.RUNNING).update(
+        status=status, finished_at=finished_at, error=error
+    )
+    if claimed != 1:
+        return
+    duration = (finished_at - run.started_at).total_seconds()
+    capture_checkin(
+        monitor_slug=run.job,
+        check_in_id=run.sentry_check_in_id or None,
+        status=MonitorStatus.OK if status == JobRunStatus.SUCCESS else MonitorStatus.ERROR,
+        duration=duration,
+    )
+    logger.log(
+        logging.INFO if status == JobRunStatus.SUCCESS else logging.WARNING,
+        "%s finished: %s, %d/%d users synced, %d failed, %d records stored in %.1f s",
+        run.job,
+        status,
+        run.users_synced,
+        run.users_expected or run.users_synced + run.users_failed + run.users_skipped,
+        run.users_failed,
+        run.records_stored,
+        duration,
+        extra={
+            "job": run.job,
+            "job_run_id": run.pk,
+            "status": status,
+            "duration_s": round(duration, 3),
+            "users_expected": run.users_expected,
+            "users_synced": run.users_synced,
+            "users_failed": run.users_failed,
+            "users_skipped": run.users_skipped,
+            "records_stored": run.records_stored,
+        },
+    )
+
+
+def _close_abandoned_runs(job: str, now: datetime) -> None:
+    for run in JobRun.objects.filter(job=job, status=JobRunStatus.RUNNING):
+        missing = max(run.users_expected - run.users_synced - run.users_failed - run.users_skipped, 0)
+        _finish(
+            run.pk,
+            error=f"abandoned: {missing} of {run.users_expected} users never reported before the next run",
+            now=now,
+        )

@@ -1,0 +1,92 @@
+"""Health rules: ok / stale / failing / inactive per provider cadence, identical in Python and in SQL."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+
+from connections.health import CADENCES, CGM, DAILY, Health, health_of, health_q, with_health
+from connections.models import Connection, ConnectionStatus, Provider
+from tests.ops_fixtures import make_connection
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen_time")]
+
+
+def sql_health(connection: Connection, now: datetime) -> str:
+    return with_health(Connection.objects.filter(pk=connection.pk), now).get().health
+
+
+def test_cadences_are_30_minutes_for_cgm_and_24_hours_for_daily_providers() -> None:
+    assert CADENCES[Provider.DEXCOM] == CADENCES[Provider.LIBRE] == CGM
+    assert CADENCES[Provider.JUNCTION] == CADENCES[Provider.WHOOP] == DAILY
+    assert CGM.every == timedelta(minutes=30) and CGM.stale_after == timedelta(minutes=60)
+    assert DAILY.every == timedelta(hours=24) and DAILY.stale_after == timedelta(hours=30)
+
+
+CASES = [
+    # provider, status, minutes since last success (None = never), failure streak, expected
+    (Provider.JUNCTION, ConnectionStatus.ACTIVE, 60, 0, Health.OK),
+    (Provider.JUNCTION, ConnectionStatus.ACTIVE, 29 * 60, 0, Health.OK),
+    (Provider.JUNCTION, ConnectionStatus.ACTIVE, 31 * 60, 0, Health.STALE),
+    (Provider.JUNCTION, ConnectionStatus.ACTIVE, 60, 1, Health.FAILING),
+    (Provider.WHOOP, ConnectionStatus.ACTIVE, 31 * 60, 0, Health.STALE),
+    (Provider.DEXCOM, ConnectionStatus.ACTIVE, 25, 0, Health.OK),
+    (Provider.DEXCOM, ConnectionStatus.ACTIVE, 59, 0, Health.OK),
+    (Provider.DEXCOM, ConnectionStatus.ACTIVE, 61, 0, Health.STALE),
+    (Provider.LIBRE, ConnectionStatus.ACTIVE, 61, 0, Health.STALE),
+    # One failed CGM run is a blip; two in a row is failing.
+    (Provider.DEXCOM, ConnectionStatus.ACTIVE, 40, 1, Health.OK),
+    (Provider.DEXCOM, ConnectionStatus.ACTIVE, 70, 1, Health.STALE),
+    (Provider.LIBRE, ConnectionStatus.ACTIVE, 70, 2, Health.FAILING),
+    # Failing wins over stale; inactive wins over everything.
+    (Provider.JUNCTION, ConnectionStatus.ACTIVE, 90 * 60, 4, Health.FAILING),
+    (Provider.JUNCTION, ConnectionStatus.INACTIVE, 60, 0, Health.INACTIVE),
+    (Provider.DEXCOM, ConnectionStatus.INACTIVE, 900, 9, Health.INACTIVE),
+    # Never synced: counted from creation (30 days ago in make_connection).
+    (Provider.JUNCTION, ConnectionStatus.ACTIVE, None, 0, Health.STALE),
+]
+
+
+@pytest.mark.parametrize(("provider", "status", "minutes", "streak", "expected"), CASES)
+def test_health_rules_agree_in_python_and_sql(
+    provider: str, status: str, minutes: int | None, streak: int, expected: Health, frozen_time: datetime
+) -> None:
+    connection = make_connection(
+        1,
+        provider=provider,
+        status=status,
+        last_sync_at=None if minutes is None else frozen_time - timedelta(minutes=minutes),
+        failure_streak=streak,
+    )
+
+    assert health_of(connection, frozen_time) == expected
+    assert sql_health(connection, frozen_time) == expected
+
+
+def test_a_new_connection_that_never_synced_is_ok_during_its_grace_period(frozen_time: datetime) -> None:
+    connection = make_connection(1, created_at=frozen_time - timedelta(hours=2))
+    assert health_of(connection, frozen_time) == Health.OK == sql_health(connection, frozen_time)
+    later = frozen_time + timedelta(hours=29)
+    assert health_of(connection, later) == Health.STALE == sql_health(connection, later)
+
+
+def test_health_filters_partition_the_connections(frozen_time: datetime) -> None:
+    for i, (provider, status, minutes, streak, _) in enumerate(CASES):
+        make_connection(
+            i,
+            provider=provider,
+            status=status,
+            last_sync_at=None if minutes is None else frozen_time - timedelta(minutes=minutes),
+            failure_streak=streak,
+        )
+    annotated = with_health(Connection.objects.all(), frozen_time)
+    by_filter = {
+        state: set(annotated.filter(health_q(state, frozen_time)).values_list("pk", flat=True))
+        for state in Health
+    }
+
+    assert sum(len(ids) for ids in by_filter.values()) == len(CASES)
+    for state, ids in by_filter.items():
+        assert ids == {c.pk for c in annotated if c.health == state}
+        assert len(ids) == sum(1 for case in CASES if case[4] == state)

@@ -1,0 +1,140 @@
+"""Sentry gets errors without PHI: no token, no reading value, no identifier, no request body."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timedelta
+
+import pytest
+import sentry_sdk
+
+from connections.config import JunctionSyncConfig
+from connections.sync import run_wearable_sync_job
+from loopsync.sentry import before_breadcrumb, before_send, scrub_text
+from sandbox import SandboxServer
+from tests.conftest import SANDBOX_KEY
+from tests.ops_fixtures import CapturingTransport
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen_time")]
+
+
+def served_values(sandbox: SandboxServer, user_id: str, now: datetime) -> set[str]:
+    """Reading values the sandbox served, as they would be printed (only those unlikely to occur by chance)."""
+    values: set[str] = set()
+    for resource in ("hrv", "respiratory_rate", "calories_active"):
+        for sample in sandbox.junction.samples(user_id, resource, now - timedelta(days=2), now):
+            text = repr(sample["value"])
+            if "." in text and len(text) >= 4:
+                values.add(text)
+    return values
+
+
+def appears(value: str, text: str) -> bool:
+    return re.search(rf"(?<![\d.]){re.escape(value)}(?![\d])", text) is not None
+
+
+def test_a_failing_sync_sends_an_event_without_token_or_reading_values(
+    junction_config: JunctionSyncConfig,
+    clean_sandbox: SandboxServer,
+    sentry_capture: CapturingTransport,
+    frozen_time: datetime,
+) -> None:
+    user_id = next(u for u in junction_config.user_ids if clean_sandbox.junction.user(u).cgm_provider)
+    # Every other resource is fetched and parsed (readings in memory), then workouts fail the user.
+    clean_sandbox.faults.add(
+        {"user_id": user_id, "path_contains": "summary/workouts", "status": 503, "count": -1}
+    )
+
+    result = run_wearable_sync_job(junction_config.replace(user_ids=(user_id,)))
+
+    assert result.users_failed == 1
+    events = sentry_capture.events()
+    assert len(events) == 1
+    event = events[0]
+    assert event["level"] == "error" and event["tags"]["provider"] == "junction"
+    assert "junction sync failed" in event["message"] and "503" in event["message"]
+    sent = sentry_capture.serialized()
+    assert SANDBOX_KEY not in sent
+    assert user_id not in sent
+    values = served_values(clean_sandbox, user_id, frozen_time)
+    assert len(values) > 100  # the check below is not vacuous
+    # The installed packages' versions ("pip 26.3") are the one place numbers like readings appear.
+    without_versions = json.dumps(
+        [{k: v for k, v in i.items() if k != "modules"} for i in sentry_capture.items()]
+    )
+    assert [v for v in values if appears(v, without_versions)] == []
+
+
+def test_an_exception_with_readings_and_a_token_in_scope_sends_neither(
+    sentry_capture: CapturingTransport,
+) -> None:
+    access_token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJwYXRpZW50In0.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
+    readings = [{"glucose": 187.25, "measured_at": "2026-03-10T11:55:00Z"}]
+
+    def parse(batch: list[dict[str, object]], token: str) -> None:
+        raise ValueError(f"bad batch for Bearer {token}: value=187.25 mg/dL")
+
+    try:
+        parse(readings, access_token)
+    except ValueError:
+        sentry_sdk.capture_exception()
+
+    (event,) = sentry_capture.events()
+    sent = sentry_capture.serialized()
+    assert event["exception"]["values"][0]["type"] == "ValueError"
+    assert access_token not in sent and "eyJhbGciOiJIUzI1NiJ9" not in sent
+    assert "187.25" not in sent
+    assert all("vars" not in f for f in event["exception"]["values"][0]["stacktrace"]["frames"])
+
+
+def test_before_send_drops_bodies_cookies_queries_extra_and_user() -> None:
+    event = {
+        "request": {
+            "url": "https://loopsync.example/api/users/52231bda-c92b-545a-bf6a-f2c422e30c43/sync",
+            "data": {"glucose": 142},
+            "cookies": {"sessionid": "abc"},
+            "query_string": "code=secret-oauth-code",
+            "headers": {"Authorization": "Bearer x", "User-Agent": "app/1.0"},
+        },
+        "extra": {"readings": [1, 2, 3]},
+        "user": {"id": "52231bda", "email": "a@b.c"},
+        "logentry": {"message": "refresh_token=rt_0123456789abcdef0123 failed", "params": [142]},
+    }
+
+    scrubbed = before_send(event, {})
+
+    request = scrubbed["request"]
+    assert "data" not in request and "cookies" not in request and "query_string" not in request
+    assert request["headers"] == {"User-Agent": "app/1.0"}
+    assert "52231bda" not in request["url"]
+    assert "extra" not in scrubbed and "user" not in scrubbed
+    assert scrubbed["logentry"] == {"message": "refresh_token=[Filtered] failed"}
+
+
+def test_breadcrumbs_lose_sql_parameters_and_identifiers() -> None:
+    crumb = {
+        "category": "query",
+        "message": "SELECT 1 WHERE junction_user_id = '52231bda-c92b-545a-bf6a-f2c422e30c43'",
+        "data": {"db.params": [187.25], "db.system": "postgresql"},
+    }
+    scrubbed = before_breadcrumb(crumb, {})
+    assert scrubbed is not None and scrubbed["data"] == {"db.system": "postgresql"}
+    assert "52231bda" not in scrubbed["message"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "junction: GET /v2/summary/sleep/{id} answered 503",
+            "junction: GET /v2/summary/sleep/{id} answered 503",
+        ),
+        ("api_key=sk_us_loopsync_tests rejected", "api_key=[Filtered] rejected"),
+        ('{"access_token": "abc.def"}', '{"access_token": "[Filtered]"}'),
+        ("glucose 187.5 mg/dL out of range", "glucose [Filtered] out of range"),
+        ("user ada@example.org", "user [Filtered]"),
+    ],
+)
+def test_scrub_text(text: str, expected: str) -> None:
+    assert scrub_text(text) == expected
