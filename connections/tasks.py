@@ -99,23 +99,31 @@ def sync_connection(
 
 
 def _fan_out(job: str) -> dict[str, Any]:
-    """Queue one task per active connection of the job's providers; inactive ones are not even queued."""
+    """Queue one task per active connection of the job's providers; inactive ones are not even queued.
+
+    Tracked like wearable-sync-daily: the JobRun stays open until every connection's task has reported.
+    """
     from connections.sync_direct import active_connections
 
-    queued = 0
-    for connection in active_connections(job):
-        async_task(
-            "connections.tasks.sync_direct_connection_task",
-            connection.pk,
-            SyncTrigger.SCHEDULE,
-            group=job,
-            task_name=f"{job}:{connection.pk}",
+    with track_job(job) as run:
+        connections = list(active_connections(job))
+        run.expect_units(len(connections))
+        for connection in connections:
+            async_task(
+                "connections.tasks.sync_direct_connection_task",
+                connection.pk,
+                SyncTrigger.SCHEDULE,
+                run.id,
+                group=job,
+                task_name=f"{job}:{connection.pk}",
+            )
+        logger.info(
+            "%s queued %d connection syncs",
+            job,
+            len(connections),
+            extra={"job": job, "job_run_id": run.id, "connections_queued": len(connections)},
         )
-        queued += 1
-    logger.info(
-        "%s queued %d connection syncs", job, queued, extra={"job": job, "connections_queued": queued}
-    )
-    return {"job": job, "connections_queued": queued}
+        return {"job": job, "job_run_id": run.id, "connections_queued": len(connections)}
 
 
 def sync_whoop_data() -> dict[str, Any]:
@@ -130,15 +138,25 @@ def sync_cgm_readings() -> dict[str, Any]:
     return _fan_out(CGM_JOB)
 
 
-def sync_direct_connection_task(connection_id: int, trigger: str = SyncTrigger.SCHEDULE) -> dict[str, Any]:
+def sync_direct_connection_task(
+    connection_id: int, trigger: str = SyncTrigger.SCHEDULE, job_run_id: int | None = None
+) -> dict[str, Any]:
     from connections.sync_direct import FETCHERS, DirectClients, sync_direct_connection
 
-    connection = (
-        Connection.objects.select_related("patient")
-        .filter(pk=connection_id, provider__in=list(FETCHERS))
-        .first()
-    )
-    if connection is None:
-        return {"connection_id": connection_id, "status": "gone"}
-    with DirectClients(settings.DIRECT_PROVIDERS) as clients:
-        return sync_direct_connection(connection, clients, trigger=trigger).as_dict()
+    outcome, stored = UNIT_FAILED, 0
+    try:
+        connection = (
+            Connection.objects.select_related("patient")
+            .filter(pk=connection_id, provider__in=list(FETCHERS))
+            .first()
+        )
+        if connection is None:
+            outcome = UNIT_SKIPPED
+            return {"connection_id": connection_id, "status": "gone"}
+        with DirectClients(settings.DIRECT_PROVIDERS) as clients:
+            summary = sync_direct_connection(connection, clients, trigger=trigger)
+        outcome, stored = summary.status, summary.records_stored
+        return summary.as_dict()
+    finally:
+        # Also when the sync raised: the run must learn this connection is done, or it never finishes.
+        record_unit(job_run_id, outcome, records_stored=stored)

@@ -474,3 +474,25 @@ def test_sync_connection_now_dispatches_direct_providers(
     connection = connect(clean_sandbox, direct_config, Provider.DEXCOM, 6)
     summary = sync_connection_now(Connection.objects.get(pk=connection.pk), trigger="manual", actor="patient")
     assert summary.status == "success" and SyncEvent.objects.get(connection=connection).actor == "patient"
+
+
+def test_scheduled_cgm_job_fans_out_and_its_run_counts_every_connection(
+    direct_config: DirectProvidersConfig, clean_sandbox: SandboxServer
+) -> None:
+    from connections import tasks
+    from connections.models import JobRun, JobRunStatus
+
+    for provider in (Provider.DEXCOM, Provider.LIBRE):
+        connect(clean_sandbox, direct_config, provider, 1)
+
+    result = tasks.sync_cgm_readings()  # django-q2 sync mode: each connection task runs as it is queued
+
+    run = JobRun.objects.get(job=CGM_JOB)
+    assert result["job_run_id"] == run.pk and result["connections_queued"] == 2
+    assert (run.status, run.users_expected, run.users_synced, run.users_failed) == (
+        JobRunStatus.SUCCESS,
+        2,
+        2,
+        0,
+    )
+    assert run.records_stored == GlucoseReading.objects.count() > 0
