@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
@@ -315,40 +315,59 @@ def sync_junction_connection(
         for fp in SyncFingerprint.objects.filter(connection=connection, day__in=days)
     }
     tz = ZoneInfo(connection.patient.time_zone)
-    policy = RetryPolicy(
-        attempts=settings.SYNC_USER_ATTEMPTS, base=settings.SYNC_RETRY_BASE_SECONDS, cap=60.0
-    )
     own_executor = executor is None
     pool = executor or ThreadPoolExecutor(max_workers=FETCH_CONCURRENCY, thread_name_prefix="junction-fetch")
+
+    def attempt() -> tuple[FetchedWindow, int]:
+        window = fetch_junction_window(client, user_id, days, known, tz, executor=pool, force=force)
+        return window, store_junction_window(connection, window, window_end)
+
     try:
-        for attempt in range(1, policy.attempts + 1):
-            summary.attempts = attempt
-            try:
-                window = fetch_junction_window(client, user_id, days, known, tz, executor=pool, force=force)
-                stored = store_junction_window(connection, window, window_end)
-            except (ProviderError, InvalidPayload) as exc:
-                message = str(exc)
-                summary.errors.append(f"attempt {attempt}: {message}")
-                retryable = isinstance(exc, InvalidPayload) or exc.retryable
-                if not retryable or attempt == policy.attempts:
-                    summary.status = "failed"
-                    break
-                delay = policy.backoff(attempt, getattr(exc, "retry_after", None))
-                logger.info("user sync retry", extra={"attempt": attempt, "delay_s": round(delay, 2)})
-                sleep(delay)
-                continue
-            summary.status = "success"
-            summary.records_fetched = window.payload.records + window.unchanged_records
-            summary.records_skipped = window.payload.skipped
-            summary.records_stored = stored
-            summary.unchanged_days = window.unchanged_days
-            break
+        outcome = run_with_retries(summary, attempt, sleep=sleep)
     finally:
         if own_executor:
             pool.shutdown(wait=True)
+    if outcome is not None:
+        window, stored = outcome
+        summary.status = "success"
+        summary.records_fetched = window.payload.records + window.unchanged_records
+        summary.records_skipped = window.payload.skipped
+        summary.records_stored = stored
+        summary.unchanged_days = window.unchanged_days
     summary.duration_s = round(time.monotonic() - started, 3)
     _finish_event(event, connection, summary)
     return summary
+
+
+T = TypeVar("T")
+
+
+def run_with_retries(
+    summary: UserSyncSummary, attempt: Callable[[], T], *, sleep: Callable[[float], None] = time.sleep
+) -> T | None:
+    """Run one connection's fetch-and-store up to SYNC_USER_ATTEMPTS times with exponential backoff.
+
+    Only failures that can pass (retryable provider errors, an unusable page) are retried, after the HTTP
+    layer's own retries gave up; each is recorded in the summary. Returns the successful attempt's result,
+    or None with `summary.status = "failed"`.
+    """
+    policy = RetryPolicy(
+        attempts=settings.SYNC_USER_ATTEMPTS, base=settings.SYNC_RETRY_BASE_SECONDS, cap=60.0
+    )
+    for number in range(1, policy.attempts + 1):
+        summary.attempts = number
+        try:
+            return attempt()
+        except (ProviderError, InvalidPayload) as exc:
+            summary.errors.append(f"attempt {number}: {exc}")
+            retryable = isinstance(exc, InvalidPayload) or exc.retryable
+            if not retryable or number == policy.attempts:
+                summary.status = "failed"
+                return None
+            delay = policy.backoff(number, getattr(exc, "retry_after", None))
+            logger.info("connection sync retry", extra={"attempt": number, "delay_s": round(delay, 2)})
+            sleep(delay)
+    return None
 
 
 def _finish_event(event: SyncEvent, connection: Connection, summary: UserSyncSummary) -> None:

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from django.conf import settings
 from django.db import connections as db_connections
 from django.db import transaction
 from django.utils import timezone
@@ -44,14 +43,14 @@ from connections.models import (
     SyncEvent,
     SyncTrigger,
 )
-from connections.providers.base import ProviderAuthError, ProviderError, RetryPolicy
+from connections.providers.base import ProviderAuthError
 from connections.providers.dexcom import DexcomClient, ParsedGlucose, newest_egv, parse_egvs, windows
-from connections.providers.junction import GlucoseRow, InvalidPayload, WearableRow
+from connections.providers.junction import GlucoseRow, WearableRow
 from connections.providers.libre import LibreClient, LibreSession, parse_graph
 from connections.providers.oauth2 import TokenSet
 from connections.providers.whoop import COLLECTIONS, WhoopClient, WhoopParsed, parse_records
-from connections.sync import JobResult, UserSyncSummary, _finish_event, log_job_summary
-from connections.tokens import ConnectionRevoked, Refresher, access_token
+from connections.sync import JobResult, UserSyncSummary, _finish_event, log_job_summary, run_with_retries
+from connections.tokens import Refresher, access_token
 from readings.store import store_batch
 
 logger = logging.getLogger("loopsync.sync_direct")
@@ -326,34 +325,20 @@ def sync_direct_connection(
         actor=actor,
         started_at=now,
     )
-    policy = RetryPolicy(
-        attempts=settings.SYNC_USER_ATTEMPTS, base=settings.SYNC_RETRY_BASE_SECONDS, cap=60.0
-    )
     fetched: Fetched | None = None
-    for attempt in range(1, policy.attempts + 1):
-        summary.attempts = attempt
-        try:
-            fetched = fetcher(connection, clients, trigger)
-            stored = store_fetched(connection, fetched)
-        except ConnectionRevoked as exc:
-            summary.status = "failed"
-            summary.errors.append(f"{exc}; connection marked inactive")
-            break
-        except (ProviderError, InvalidPayload) as exc:
-            summary.errors.append(f"attempt {attempt}: {exc}")
-            retryable = isinstance(exc, InvalidPayload) or exc.retryable
-            if not retryable or attempt == policy.attempts:
-                summary.status = "failed"
-                break
-            delay = policy.backoff(attempt, getattr(exc, "retry_after", None))
-            logger.info("connection sync retry", extra={"attempt": attempt, "delay_s": round(delay, 2)})
-            sleep(delay)
-            continue
+
+    def attempt() -> int:
+        nonlocal fetched
+        fetched = fetcher(connection, clients, trigger)
+        return store_fetched(connection, fetched)
+
+    # A revoked connection (ConnectionRevoked) is not retryable: it fails on the first attempt.
+    stored = run_with_retries(summary, attempt, sleep=sleep)
+    if stored is not None and fetched is not None:
         summary.status = "success"
         summary.records_fetched = fetched.records
         summary.records_skipped = fetched.skipped
         summary.records_stored = stored
-        break
     summary.duration_s = round(time.monotonic() - started, 3)
     if fetched is not None:
         event.window_start, event.window_end = fetched.window_start, fetched.window_end

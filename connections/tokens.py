@@ -125,7 +125,7 @@ def refresh_access_token(
     mark_revoked(connection, reason, trigger=trigger)
     raise ConnectionRevoked(
         connection.provider,
-        f"credentials refused ({detail}); the patient must reconnect",
+        f"credentials refused ({detail}); connection marked inactive, the patient must reconnect",
         status=grant_error.status if grant_error else None,
     )
 

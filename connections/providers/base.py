@@ -159,7 +159,9 @@ class ProviderHTTP:
             "headers": {"accept": "application/json", "user-agent": "loopsync/0.1", **(headers or {})},
             "timeout": httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             # Per thread: one connection in use, one spare for a request made while a response streams.
-            "limits": httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            "limits": httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
             "follow_redirects": False,
             # One CA bundle for every client: loading it costs ~60 ms, and clients are made per thread.
             "verify": _shared_ssl_context() if verify is None else verify,
