@@ -6,3 +6,6 @@ from django.apps import AppConfig
 class ReadingsConfig(AppConfig):
     name = "readings"
     verbose_name = "Readings"
+
+    def ready(self) -> None:
+        from readings import signals  # noqa: F401  (connects the receivers)

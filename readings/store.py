@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 from django.db import connection as db
 
 from connections.providers.junction import GlucoseRow, WearableRow
+from readings.dirty import mark_dirty
 
 GLUCOSE_METRIC = "glucose"
 
@@ -57,6 +58,8 @@ def store_batch(
     else:
         result = _store_sqlite(patient_id, time_zone, readings, glucose, connection_id)
     refresh_daily_stats(patient_id, time_zone, result.touched)
+    # aggregate-wearable-data recomputes these days' rolling averages (and the 29 days after them).
+    mark_dirty(patient_id, result.touched)
     return result
 
 

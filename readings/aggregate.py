@@ -1,0 +1,613 @@
+"""`aggregate-wearable-data`: daily statistics and sample-weighted rolling 7/30-day averages, in SQL.
+
+Incremental (the daily job): every ingest marked the (patient, metric, patient-local day) keys it touched in
+`patient_wearable_daily_stats_dirty` (readings/dirty.py). A run takes a snapshot of the marks, recomputes
+those days' avg/min/max/sum/count from the raw rows, then the rolling averages of those days and of the 29
+days after each (every day whose 30-day window contains a changed day), then deletes exactly the marks it
+read (same version): a day marked again while the run was busy stays marked for the next run.
+
+Full (`--full`): every patient's days inside the raw-retention horizon are recomputed from the raw rows and
+every stored day's rolling averages are recomputed from the daily sums and counts.
+
+Rolling averages are sample-weighted (sum of daily sums / sum of daily counts) over calendar days: RANGE
+windows on PostgreSQL (`RANGE BETWEEN '6 days' PRECEDING`), the same frame over julianday() on SQLite, so a
+missing day never stretches the window.
+
+Days older than the horizon (`now - RAW_READING_RETENTION_DAYS`, plus a 2-day margin for zone offsets)
+are not recomputed by a full rebuild: retention has removed (some of) their raw rows, and their stored
+statistics are the record. Every write is guarded by IS DISTINCT FROM, so re-running changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time as monotonic
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.db import connection as db
+from django.db import transaction
+from django.utils import timezone
+
+from connections.models import Patient, validate_time_zone
+from readings.store import local_day_bounds
+
+logger = logging.getLogger("loopsync.aggregate")
+
+JOB_NAME = "aggregate-wearable-data"
+# Patients per transaction: bounds lock time and the temp tables, and keeps a failed chunk's damage small
+# (a failed chunk leaves its marks in place for the next run).
+CHUNK_PATIENTS = 500
+# pg_try_advisory_lock key: two deliveries of the job (django-q2 is at-least-once) never run side by side.
+_ADVISORY_LOCK = 0x4C53_4147  # "LSAG"
+# A local day's UTC start is at most 14 hours before its UTC date's start (UTC+14): two days of margin make
+# sure every day a full rebuild recomputes still has all its raw rows.
+_HORIZON_MARGIN = timedelta(days=2)
+
+
+@dataclass
+class AggregateResult:
+    job: str = JOB_NAME
+    mode: str = "incremental"
+    status: str = "success"
+    patients: int = 0
+    marks_read: int = 0
+    marks_cleared: int = 0
+    # Daily rows recomputed from raw rows, and how many of them changed.
+    daily_rows_recomputed: int = 0
+    daily_rows_changed: int = 0
+    # Rows whose rolling averages were recomputed, and how many changed.
+    rolling_rows_recomputed: int = 0
+    rolling_rows_changed: int = 0
+    duration_s: float = 0.0
+
+    def add(self, other: AggregateResult) -> None:
+        for name in (
+            "marks_read",
+            "marks_cleared",
+            "daily_rows_recomputed",
+            "daily_rows_changed",
+            "rolling_rows_recomputed",
+            "rolling_rows_changed",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def is_postgres() -> bool:
+    return db.vendor == "postgresql"
+
+
+def raw_horizon(now: datetime | None = None) -> datetime:
+    """The instant before which retention may already have removed raw rows."""
+    return (now or timezone.now()) - timedelta(days=settings.RAW_READING_RETENTION_DAYS)
+
+
+def first_complete_day(now: datetime | None = None) -> date:
+    """The first local day (in any zone) whose raw rows are all still inside the retention horizon."""
+    return (raw_horizon(now) + _HORIZON_MARGIN).date()
+
+
+# --- Entry points --------------------------------------------------------------------------------------------
+
+
+def run_aggregation(*, full: bool = False) -> AggregateResult:
+    """`aggregate-wearable-data`: incremental by default, `full=True` rebuilds every patient."""
+    started = monotonic.monotonic()
+    result = AggregateResult(mode="full" if full else "incremental")
+    with _single_flight() as acquired:
+        if not acquired:
+            result.status = "skipped: another run holds the lock"
+            return result
+        if full:
+            patient_ids = list(Patient.objects.order_by("pk").values_list("pk", flat=True))
+        else:
+            patient_ids = _dirty_patient_ids()
+        result.patients = len(patient_ids)
+        for chunk in _chunks(patient_ids, CHUNK_PATIENTS):
+            with transaction.atomic():
+                result.add(_rebuild_chunk(chunk) if full else _incremental_chunk(chunk))
+    result.duration_s = round(monotonic.monotonic() - started, 3)
+    logger.info("%s finished", JOB_NAME, extra={"job": JOB_NAME, **result.as_dict()})
+    return result
+
+
+def rebuild_patient(patient_id: int) -> AggregateResult:
+    """Recompute one patient's daily statistics and rolling averages; needs no lock from the caller."""
+    with transaction.atomic():
+        return _rebuild_chunk([patient_id])
+
+
+def change_patient_time_zone(patient_id: int, time_zone: str) -> AggregateResult:
+    """Move a patient to another IANA zone and re-bucket their statistics into the new local days.
+
+    The patient row is locked first: a sync storing this patient's readings locks the same row (its
+    select_related FOR UPDATE), so no batch is bucketed in the old zone after this commits. Days inside
+    the raw horizon are deleted and rebuilt from the raw rows; older days keep their old-zone statistics,
+    because their raw rows are gone and cannot be re-bucketed.
+    """
+    validate_time_zone(time_zone)
+    with transaction.atomic():
+        patient = Patient.objects.select_for_update().get(pk=patient_id)
+        if patient.time_zone == time_zone:
+            return AggregateResult(mode="time-zone-unchanged", patients=1)
+        patient.time_zone = time_zone
+        patient.save(update_fields=["time_zone"])
+        from readings.models import DailyStat
+
+        DailyStat.objects.filter(patient_id=patient_id, day__gte=first_complete_day()).delete()
+        result = _rebuild_chunk([patient_id])
+    result.mode = "time-zone-change"
+    result.patients = 1
+    return result
+
+
+@contextmanager
+def _single_flight() -> Iterator[bool]:
+    if not is_postgres():
+        # SQLite: IMMEDIATE transactions already serialise writers; two runs only repeat idempotent work.
+        yield True
+        return
+    with db.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [_ADVISORY_LOCK])
+        acquired = bool(cursor.fetchone()[0])
+    try:
+        yield acquired
+    finally:
+        if acquired:
+            with db.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [_ADVISORY_LOCK])
+
+
+def _dirty_patient_ids() -> list[int]:
+    with db.cursor() as cursor:
+        cursor.execute("SELECT DISTINCT patient_id FROM patient_wearable_daily_stats_dirty ORDER BY 1")
+        return [row[0] for row in cursor.fetchall()]
+
+
+def _chunks(items: Sequence[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------------------------
+
+_PG_KEYS_TABLE = """
+CREATE TEMP TABLE IF NOT EXISTS agg_keys (
+    patient_id bigint, metric text, day date, version bigint, day_start timestamptz, day_end timestamptz
+) ON COMMIT DELETE ROWS
+"""
+
+_PG_SNAPSHOT = """
+INSERT INTO agg_keys (patient_id, metric, day, version, day_start, day_end)
+SELECT d.patient_id, d.metric, d.day, d.version,
+       d.day::timestamp AT TIME ZONE p.time_zone, (d.day + 1)::timestamp AT TIME ZONE p.time_zone
+FROM patient_wearable_daily_stats_dirty d JOIN patients p ON p.id = d.patient_id
+WHERE d.patient_id = ANY(%(patients)s)
+"""
+
+_PG_DAILY_SET = """
+ON CONFLICT (patient_id, metric, day) DO UPDATE
+    SET avg = EXCLUDED.avg, min = EXCLUDED.min, max = EXCLUDED.max, sum = EXCLUDED.sum,
+        count = EXCLUDED.count, updated_at = EXCLUDED.updated_at
+    WHERE (s.avg, s.min, s.max, s.sum, s.count)
+        IS DISTINCT FROM (EXCLUDED.avg, EXCLUDED.min, EXCLUDED.max, EXCLUDED.sum, EXCLUDED.count)
+"""
+
+_PG_DAILY_WEARABLE_KEYS = (
+    """
+INSERT INTO patient_wearable_daily_stats AS s (patient_id, metric, day, avg, min, max, sum, count, updated_at)
+SELECT k.patient_id, k.metric, k.day, avg(r.value), min(r.value), max(r.value), sum(r.value), count(*), now()
+FROM agg_keys k
+JOIN patient_wearable_readings r
+  ON r.patient_id = k.patient_id AND r.metric = k.metric
+ AND r.measured_at >= k.day_start AND r.measured_at < k.day_end
+WHERE k.metric <> 'glucose' {only}
+GROUP BY k.patient_id, k.metric, k.day
+"""
+    + _PG_DAILY_SET
+)
+
+_PG_DAILY_GLUCOSE_KEYS = (
+    """
+INSERT INTO patient_wearable_daily_stats AS s (patient_id, metric, day, avg, min, max, sum, count, updated_at)
+SELECT k.patient_id, 'glucose', k.day, avg(g.value_mg_dl), min(g.value_mg_dl), max(g.value_mg_dl),
+       sum(g.value_mg_dl), count(*), now()
+FROM agg_keys k
+JOIN patient_glucose_readings g
+  ON g.patient_id = k.patient_id AND g.measured_at >= k.day_start AND g.measured_at < k.day_end
+WHERE k.metric = 'glucose' {only}
+GROUP BY k.patient_id, k.day
+"""
+    + _PG_DAILY_SET
+)
+
+# Every day whose 30-day window holds a changed day: the changed day and the 29 after it. The window input
+# starts 29 days before the first target so the first target's frame is complete.
+_PG_ROLLING_KEYS = """
+WITH targets AS (
+    SELECT DISTINCT k.patient_id, k.metric, k.day + g.n AS day
+    FROM agg_keys k CROSS JOIN generate_series(0, 29) AS g(n)
+),
+spans AS (
+    SELECT patient_id, metric, min(day) - 29 AS lo, max(day) AS hi FROM targets GROUP BY patient_id, metric
+),
+win AS (
+    SELECT s.id, s.patient_id, s.metric, s.day,
+           sum(s.sum) OVER w7 / NULLIF(sum(s.count) OVER w7, 0) AS avg_7d,
+           sum(s.sum) OVER w30 / NULLIF(sum(s.count) OVER w30, 0) AS avg_30d
+    FROM spans p
+    JOIN patient_wearable_daily_stats s
+      ON s.patient_id = p.patient_id AND s.metric = p.metric AND s.day BETWEEN p.lo AND p.hi
+    WINDOW w7 AS (PARTITION BY s.patient_id, s.metric ORDER BY s.day
+                  RANGE BETWEEN INTERVAL '6 days' PRECEDING AND CURRENT ROW),
+           w30 AS (PARTITION BY s.patient_id, s.metric ORDER BY s.day
+                   RANGE BETWEEN INTERVAL '29 days' PRECEDING AND CURRENT ROW)
+),
+recomputed AS (
+    SELECT w.* FROM win w JOIN targets t ON t.patient_id = w.patient_id AND t.metric = w.metric AND t.day = w.day
+),
+changed AS (
+    UPDATE patient_wearable_daily_stats s
+       SET avg_7d = r.avg_7d, avg_30d = r.avg_30d, updated_at = now()
+      FROM recomputed r
+     WHERE s.id = r.id AND (s.avg_7d, s.avg_30d) IS DISTINCT FROM (r.avg_7d, r.avg_30d)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM recomputed), (SELECT count(*) FROM changed)
+"""
+
+_PG_CLEAR_MARKS = """
+DELETE FROM patient_wearable_daily_stats_dirty d
+USING agg_keys k
+WHERE d.patient_id = k.patient_id AND d.metric = k.metric AND d.day = k.day AND d.version = k.version
+"""
+
+# Full rebuild. The local day is computed per row in SQL (AT TIME ZONE the patient's zone, DST-safe);
+# rows before the horizon are not read, days before the first complete day are not written.
+_PG_DAILY_WEARABLE_FULL = (
+    """
+INSERT INTO patient_wearable_daily_stats AS s (patient_id, metric, day, avg, min, max, sum, count, updated_at)
+SELECT patient_id, metric, day, avg, min, max, sum, count, now() FROM (
+    SELECT r.patient_id, r.metric, (r.measured_at AT TIME ZONE p.time_zone)::date AS day,
+           avg(r.value) AS avg, min(r.value) AS min, max(r.value) AS max, sum(r.value) AS sum, count(*) AS count
+    FROM patient_wearable_readings r JOIN patients p ON p.id = r.patient_id
+    WHERE r.patient_id = ANY(%(patients)s) AND r.measured_at >= %(raw_from)s
+    GROUP BY r.patient_id, r.metric, day
+) AS d
+WHERE d.day >= %(first_day)s
+"""
+    + _PG_DAILY_SET
+)
+
+_PG_DAILY_GLUCOSE_FULL = (
+    """
+INSERT INTO patient_wearable_daily_stats AS s (patient_id, metric, day, avg, min, max, sum, count, updated_at)
+SELECT patient_id, 'glucose', day, avg, min, max, sum, count, now() FROM (
+    SELECT g.patient_id, (g.measured_at AT TIME ZONE p.time_zone)::date AS day,
+           avg(g.value_mg_dl) AS avg, min(g.value_mg_dl) AS min, max(g.value_mg_dl) AS max,
+           sum(g.value_mg_dl) AS sum, count(*) AS count
+    FROM patient_glucose_readings g JOIN patients p ON p.id = g.patient_id
+    WHERE g.patient_id = ANY(%(patients)s) AND g.measured_at >= %(raw_from)s
+    GROUP BY g.patient_id, day
+) AS d
+WHERE d.day >= %(first_day)s
+"""
+    + _PG_DAILY_SET
+)
+
+_PG_ROLLING_FULL = """
+WITH recomputed AS (
+    SELECT s.id,
+           sum(s.sum) OVER w7 / NULLIF(sum(s.count) OVER w7, 0) AS avg_7d,
+           sum(s.sum) OVER w30 / NULLIF(sum(s.count) OVER w30, 0) AS avg_30d
+    FROM patient_wearable_daily_stats s
+    WHERE s.patient_id = ANY(%(patients)s)
+    WINDOW w7 AS (PARTITION BY s.patient_id, s.metric ORDER BY s.day
+                  RANGE BETWEEN INTERVAL '6 days' PRECEDING AND CURRENT ROW),
+           w30 AS (PARTITION BY s.patient_id, s.metric ORDER BY s.day
+                   RANGE BETWEEN INTERVAL '29 days' PRECEDING AND CURRENT ROW)
+),
+changed AS (
+    UPDATE patient_wearable_daily_stats s
+       SET avg_7d = r.avg_7d, avg_30d = r.avg_30d, updated_at = now()
+      FROM recomputed r
+     WHERE s.id = r.id AND (s.avg_7d, s.avg_30d) IS DISTINCT FROM (r.avg_7d, r.avg_30d)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM recomputed), (SELECT count(*) FROM changed)
+"""
+
+
+def _pg_snapshot(cursor: Any, patient_ids: list[int]) -> int:
+    cursor.execute(_PG_KEYS_TABLE)
+    cursor.execute("TRUNCATE agg_keys")
+    cursor.execute(_PG_SNAPSHOT, {"patients": patient_ids})
+    return cursor.rowcount
+
+
+def _pg_count(cursor: Any, sql: str, params: dict[str, Any] | None) -> int:
+    cursor.execute(sql, params)
+    return cursor.rowcount
+
+
+def _incremental_chunk(patient_ids: list[int]) -> AggregateResult:
+    if not is_postgres():
+        return _sqlite_incremental_chunk(patient_ids)
+    result = AggregateResult()
+    with db.cursor() as cursor:
+        result.marks_read = result.daily_rows_recomputed = _pg_snapshot(cursor, patient_ids)
+        result.daily_rows_changed = _pg_count(cursor, _PG_DAILY_WEARABLE_KEYS.format(only=""), None)
+        result.daily_rows_changed += _pg_count(cursor, _PG_DAILY_GLUCOSE_KEYS.format(only=""), None)
+        cursor.execute(_PG_ROLLING_KEYS)
+        result.rolling_rows_recomputed, result.rolling_rows_changed = cursor.fetchone()
+        result.marks_cleared = _pg_count(cursor, _PG_CLEAR_MARKS, None)
+    return result
+
+
+def _rebuild_chunk(patient_ids: list[int]) -> AggregateResult:
+    if not is_postgres():
+        return _sqlite_rebuild_chunk(patient_ids)
+    result = AggregateResult(mode="full")
+    now = timezone.now()
+    params = {"patients": patient_ids, "raw_from": raw_horizon(now), "first_day": first_complete_day(now)}
+    with db.cursor() as cursor:
+        # The marks of these patients are consumed by the rebuild: snapshot them first, clear them last.
+        result.marks_read = _pg_snapshot(cursor, patient_ids)
+        # Marked days before the horizon (a far backfill) are not covered by the scan below: do them here.
+        older = "AND k.day < %(first_day)s"
+        result.daily_rows_changed = _pg_count(cursor, _PG_DAILY_WEARABLE_KEYS.format(only=older), params)
+        result.daily_rows_changed += _pg_count(cursor, _PG_DAILY_GLUCOSE_KEYS.format(only=older), params)
+        result.daily_rows_changed += _pg_count(cursor, _PG_DAILY_WEARABLE_FULL, params)
+        result.daily_rows_changed += _pg_count(cursor, _PG_DAILY_GLUCOSE_FULL, params)
+        cursor.execute(
+            "SELECT count(*) FROM patient_wearable_daily_stats WHERE patient_id = ANY(%(patients)s) "
+            "AND day >= %(first_day)s",
+            params,
+        )
+        result.daily_rows_recomputed = cursor.fetchone()[0]
+        cursor.execute(_PG_ROLLING_FULL, params)
+        result.rolling_rows_recomputed, result.rolling_rows_changed = cursor.fetchone()
+        result.marks_cleared = _pg_count(cursor, _PG_CLEAR_MARKS, None)
+    return result
+
+
+# --- SQLite ------------------------------------------------------------------------------------------------------
+# SQLite has no time zones: the UTC bounds of each local day are computed in Python (zoneinfo, DST-safe) into
+# a temp table, and the raw rows are joined to it by range. Timestamps are Django's naive-UTC text, which
+# sorts like time.
+
+_SQLITE_KEYS_TABLE = """
+CREATE TEMP TABLE IF NOT EXISTS agg_keys (
+    patient_id integer, metric text, day text, version integer, day_start text, day_end text
+)
+"""
+
+_SQLITE_DAILY_SET = """
+ON CONFLICT (patient_id, metric, day) DO UPDATE
+    SET avg = excluded.avg, min = excluded.min, max = excluded.max, sum = excluded.sum,
+        count = excluded.count, updated_at = excluded.updated_at
+    WHERE avg IS NOT excluded.avg OR min IS NOT excluded.min OR max IS NOT excluded.max
+        OR sum IS NOT excluded.sum OR count IS NOT excluded.count
+"""
+
+_SQLITE_DAILY_WEARABLE = (
+    """
+INSERT INTO patient_wearable_daily_stats (patient_id, metric, day, avg, min, max, sum, count, updated_at)
+SELECT k.patient_id, k.metric, k.day, avg(r.value), min(r.value), max(r.value), sum(r.value), count(*), ?
+FROM agg_keys k
+JOIN patient_wearable_readings r
+  ON r.patient_id = k.patient_id AND r.metric = k.metric
+ AND r.measured_at >= k.day_start AND r.measured_at < k.day_end
+WHERE k.metric <> 'glucose'
+GROUP BY k.patient_id, k.metric, k.day
+"""
+    + _SQLITE_DAILY_SET
+)
+
+_SQLITE_DAILY_GLUCOSE = (
+    """
+INSERT INTO patient_wearable_daily_stats (patient_id, metric, day, avg, min, max, sum, count, updated_at)
+SELECT k.patient_id, 'glucose', k.day, avg(g.value_mg_dl), min(g.value_mg_dl), max(g.value_mg_dl),
+       sum(g.value_mg_dl), count(*), ?
+FROM agg_keys k
+JOIN patient_glucose_readings g
+  ON g.patient_id = k.patient_id AND g.measured_at >= k.day_start AND g.measured_at < k.day_end
+WHERE k.metric = 'glucose'
+GROUP BY k.patient_id, k.day
+"""
+    + _SQLITE_DAILY_SET
+)
+
+_SQLITE_WINDOWS = """
+    WINDOW w7 AS (PARTITION BY s.patient_id, s.metric ORDER BY julianday(s.day)
+                  RANGE BETWEEN 6 PRECEDING AND CURRENT ROW),
+           w30 AS (PARTITION BY s.patient_id, s.metric ORDER BY julianday(s.day)
+                   RANGE BETWEEN 29 PRECEDING AND CURRENT ROW)
+"""
+
+_SQLITE_ROLLING_KEYS = (
+    """
+CREATE TEMP TABLE agg_rolling AS
+WITH RECURSIVE offsets(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM offsets WHERE n < 29),
+targets AS (
+    SELECT DISTINCT k.patient_id, k.metric, date(k.day, '+' || o.n || ' days') AS day
+    FROM agg_keys k CROSS JOIN offsets o
+),
+spans AS (
+    SELECT patient_id, metric, date(min(day), '-29 days') AS lo, max(day) AS hi
+    FROM targets GROUP BY patient_id, metric
+),
+win AS (
+    SELECT s.id, s.patient_id, s.metric, s.day,
+           sum(s.sum) OVER w7 / NULLIF(sum(s.count) OVER w7, 0) AS avg_7d,
+           sum(s.sum) OVER w30 / NULLIF(sum(s.count) OVER w30, 0) AS avg_30d
+    FROM spans p
+    JOIN patient_wearable_daily_stats s
+      ON s.patient_id = p.patient_id AND s.metric = p.metric AND s.day BETWEEN p.lo AND p.hi
+"""
+    + _SQLITE_WINDOWS
+    + """
+)
+SELECT w.id, w.avg_7d, w.avg_30d
+FROM win w JOIN targets t ON t.patient_id = w.patient_id AND t.metric = w.metric AND t.day = w.day
+"""
+)
+
+_SQLITE_ROLLING_FULL = (
+    """
+CREATE TEMP TABLE agg_rolling AS
+SELECT s.id,
+       sum(s.sum) OVER w7 / NULLIF(sum(s.count) OVER w7, 0) AS avg_7d,
+       sum(s.sum) OVER w30 / NULLIF(sum(s.count) OVER w30, 0) AS avg_30d
+FROM patient_wearable_daily_stats s
+WHERE s.patient_id IN (SELECT value FROM json_each(?))
+"""
+    + _SQLITE_WINDOWS
+)
+
+_SQLITE_ROLLING_APPLY = """
+UPDATE patient_wearable_daily_stats
+   SET avg_7d = r.avg_7d, avg_30d = r.avg_30d, updated_at = ?
+  FROM agg_rolling r
+ WHERE patient_wearable_daily_stats.id = r.id
+   AND (patient_wearable_daily_stats.avg_7d IS NOT r.avg_7d OR patient_wearable_daily_stats.avg_30d IS NOT r.avg_30d)
+"""
+
+_SQLITE_CLEAR_MARKS = """
+DELETE FROM patient_wearable_daily_stats_dirty
+WHERE EXISTS (
+    SELECT 1 FROM agg_keys k
+    WHERE k.patient_id = patient_wearable_daily_stats_dirty.patient_id
+      AND k.metric = patient_wearable_daily_stats_dirty.metric
+      AND k.day = patient_wearable_daily_stats_dirty.day
+      AND k.version = patient_wearable_daily_stats_dirty.version
+)
+"""
+
+
+def _naive_utc(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(sep=" ")[:-6]
+
+
+def _sqlite_now() -> str:
+    return _naive_utc(timezone.now())
+
+
+def _sqlite_snapshot(raw: Any, patient_ids: list[int]) -> int:
+    raw.execute(_SQLITE_KEYS_TABLE)
+    raw.execute("DELETE FROM agg_keys")
+    rows = raw.execute(
+        "SELECT d.patient_id, d.metric, d.day, d.version, p.time_zone "
+        "FROM patient_wearable_daily_stats_dirty d JOIN patients p ON p.id = d.patient_id "
+        "WHERE d.patient_id IN (SELECT value FROM json_each(?))",
+        [_json_ids(patient_ids)],
+    ).fetchall()
+    raw.executemany(
+        "INSERT INTO agg_keys VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (patient, metric, day, version, *_sqlite_bounds(date.fromisoformat(day), zone))
+            for patient, metric, day, version, zone in rows
+        ],
+    )
+    return len(rows)
+
+
+def _sqlite_bounds(day: date, zone: str) -> tuple[str, str]:
+    start, end = local_day_bounds(day, ZoneInfo(zone))
+    return _naive_utc(start), _naive_utc(end)
+
+
+def _json_ids(ids: list[int]) -> str:
+    return "[" + ",".join(str(int(i)) for i in ids) + "]"
+
+
+def _sqlite_rolling(raw: Any, sql: str, params: list[Any]) -> tuple[int, int]:
+    raw.execute("DROP TABLE IF EXISTS agg_rolling")
+    raw.execute(sql, params)
+    recomputed = raw.execute("SELECT count(*) FROM agg_rolling").fetchone()[0]
+    changed = raw.execute(_SQLITE_ROLLING_APPLY, [_sqlite_now()]).rowcount
+    raw.execute("DROP TABLE agg_rolling")
+    return recomputed, changed
+
+
+def _sqlite_raw() -> Any:
+    with db.cursor():  # make sure the connection is open
+        pass
+    return db.connection
+
+
+def _sqlite_incremental_chunk(patient_ids: list[int]) -> AggregateResult:
+    raw = _sqlite_raw()
+    result = AggregateResult()
+    result.marks_read = result.daily_rows_recomputed = _sqlite_snapshot(raw, patient_ids)
+    now = _sqlite_now()
+    result.daily_rows_changed = raw.execute(_SQLITE_DAILY_WEARABLE, [now]).rowcount
+    result.daily_rows_changed += raw.execute(_SQLITE_DAILY_GLUCOSE, [now]).rowcount
+    result.rolling_rows_recomputed, result.rolling_rows_changed = _sqlite_rolling(
+        raw, _SQLITE_ROLLING_KEYS, []
+    )
+    result.marks_cleared = raw.execute(_SQLITE_CLEAR_MARKS).rowcount
+    raw.execute("DELETE FROM agg_keys")
+    return result
+
+
+def _sqlite_rebuild_chunk(patient_ids: list[int]) -> AggregateResult:
+    raw = _sqlite_raw()
+    result = AggregateResult(mode="full")
+    now_moment = timezone.now()
+    first_day = first_complete_day(now_moment)
+    result.marks_read = _sqlite_snapshot(raw, patient_ids)
+    marks = raw.execute("SELECT patient_id, metric, day, version FROM agg_keys").fetchall()
+    # Every (patient, metric, local day) with raw rows inside the horizon, plus the older marked days.
+    raw_from = _naive_utc(raw_horizon(now_moment))
+    spans = raw.execute(
+        """
+        SELECT patient_id, metric, min(measured_at), max(measured_at) FROM patient_wearable_readings
+        WHERE patient_id IN (SELECT value FROM json_each(?1)) AND measured_at >= ?2 GROUP BY patient_id, metric
+        UNION ALL
+        SELECT patient_id, 'glucose', min(measured_at), max(measured_at) FROM patient_glucose_readings
+        WHERE patient_id IN (SELECT value FROM json_each(?1)) AND measured_at >= ?2 GROUP BY patient_id
+        """,
+        [_json_ids(patient_ids), raw_from],
+    ).fetchall()
+    zones = dict(Patient.objects.filter(pk__in=patient_ids).values_list("pk", "time_zone"))
+    keys: dict[tuple[int, str, str], int] = {}
+    for patient, metric, first, last in spans:
+        tz = ZoneInfo(zones[patient])
+        day = max(_local_day(first, tz), first_day)
+        last_day = _local_day(last, tz)
+        while day <= last_day:
+            keys[(patient, metric, day.isoformat())] = 0
+            day += timedelta(days=1)
+    for patient, metric, day, version in marks:
+        keys[(patient, metric, day)] = version
+    raw.execute("DELETE FROM agg_keys")
+    raw.executemany(
+        "INSERT INTO agg_keys VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (patient, metric, day, version, *_sqlite_bounds(date.fromisoformat(day), zones[patient]))
+            for (patient, metric, day), version in keys.items()
+        ],
+    )
+    now = _sqlite_now()
+    result.daily_rows_changed = raw.execute(_SQLITE_DAILY_WEARABLE, [now]).rowcount
+    result.daily_rows_changed += raw.execute(_SQLITE_DAILY_GLUCOSE, [now]).rowcount
+    result.daily_rows_recomputed = len(keys)
+    result.rolling_rows_recomputed, result.rolling_rows_changed = _sqlite_rolling(
+        raw, _SQLITE_ROLLING_FULL, [_json_ids(patient_ids)]
+    )
+    result.marks_cleared = raw.execute(_SQLITE_CLEAR_MARKS).rowcount
+    raw.execute("DELETE FROM agg_keys")
+    return result
+
+
+def _local_day(naive_utc_text: str, tz: ZoneInfo) -> date:
+    return datetime.fromisoformat(naive_utc_text).replace(tzinfo=UTC).astimezone(tz).date()
