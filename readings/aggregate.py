@@ -177,6 +177,17 @@ def _chunks(items: Sequence[int], size: int) -> Iterator[list[int]]:
         yield list(items[start : start + size])
 
 
+# Float sums depend on the order rows are added in, which depends on the plan (an index scan inline, a hash
+# aggregate in a rebuild): values are "changed" only beyond 1e-9 relative, so a re-run in any mode writes
+# nothing. Counts, minimums and maximums are exact.
+def _changed(old: str, new: str, greatest: str) -> str:
+    return f"({old} IS NULL) <> ({new} IS NULL) OR abs({old} - {new}) > 1e-9 * {greatest}(abs({new}), 1)"
+
+
+def _rolling_changed(stats: str, greatest: str) -> str:
+    return " OR ".join(_changed(f"{stats}.{col}", f"r.{col}", greatest) for col in ("avg_7d", "avg_30d"))
+
+
 # --- PostgreSQL ------------------------------------------------------------------------------------------------
 
 _PG_KEYS_TABLE = """
@@ -197,8 +208,9 @@ _PG_DAILY_SET = """
 ON CONFLICT (patient_id, metric, day) DO UPDATE
     SET avg = EXCLUDED.avg, min = EXCLUDED.min, max = EXCLUDED.max, sum = EXCLUDED.sum,
         count = EXCLUDED.count, updated_at = EXCLUDED.updated_at
-    WHERE (s.avg, s.min, s.max, s.sum, s.count)
-        IS DISTINCT FROM (EXCLUDED.avg, EXCLUDED.min, EXCLUDED.max, EXCLUDED.sum, EXCLUDED.count)
+    WHERE (s.min, s.max, s.count) IS DISTINCT FROM (EXCLUDED.min, EXCLUDED.max, EXCLUDED.count)
+       OR abs(s.sum - EXCLUDED.sum) > 1e-9 * greatest(abs(EXCLUDED.sum), 1)
+       OR abs(s.avg - EXCLUDED.avg) > 1e-9 * greatest(abs(EXCLUDED.avg), 1)
 """
 
 _PG_DAILY_WEARABLE_KEYS = (
@@ -258,7 +270,7 @@ changed AS (
     UPDATE patient_wearable_daily_stats s
        SET avg_7d = r.avg_7d, avg_30d = r.avg_30d, updated_at = now()
       FROM recomputed r
-     WHERE s.id = r.id AND (s.avg_7d, s.avg_30d) IS DISTINCT FROM (r.avg_7d, r.avg_30d)
+     WHERE s.id = r.id AND ({pg_rolling_changed})
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM recomputed), (SELECT count(*) FROM changed)
@@ -319,11 +331,15 @@ changed AS (
     UPDATE patient_wearable_daily_stats s
        SET avg_7d = r.avg_7d, avg_30d = r.avg_30d, updated_at = now()
       FROM recomputed r
-     WHERE s.id = r.id AND (s.avg_7d, s.avg_30d) IS DISTINCT FROM (r.avg_7d, r.avg_30d)
+     WHERE s.id = r.id AND ({pg_rolling_changed})
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM recomputed), (SELECT count(*) FROM changed)
 """
+
+
+_PG_ROLLING_KEYS = _PG_ROLLING_KEYS.replace("{pg_rolling_changed}", _rolling_changed("s", "greatest"))
+_PG_ROLLING_FULL = _PG_ROLLING_FULL.replace("{pg_rolling_changed}", _rolling_changed("s", "greatest"))
 
 
 def _pg_snapshot(cursor: Any, patient_ids: list[int]) -> int:
@@ -394,8 +410,9 @@ _SQLITE_DAILY_SET = """
 ON CONFLICT (patient_id, metric, day) DO UPDATE
     SET avg = excluded.avg, min = excluded.min, max = excluded.max, sum = excluded.sum,
         count = excluded.count, updated_at = excluded.updated_at
-    WHERE avg IS NOT excluded.avg OR min IS NOT excluded.min OR max IS NOT excluded.max
-        OR sum IS NOT excluded.sum OR count IS NOT excluded.count
+    WHERE min IS NOT excluded.min OR max IS NOT excluded.max OR count IS NOT excluded.count
+        OR abs(sum - excluded.sum) > 1e-9 * max(abs(excluded.sum), 1)
+        OR abs(avg - excluded.avg) > 1e-9 * max(abs(excluded.avg), 1)
 """
 
 _SQLITE_DAILY_WEARABLE = (
@@ -478,7 +495,7 @@ UPDATE patient_wearable_daily_stats
    SET avg_7d = r.avg_7d, avg_30d = r.avg_30d, updated_at = ?
   FROM agg_rolling r
  WHERE patient_wearable_daily_stats.id = r.id
-   AND (patient_wearable_daily_stats.avg_7d IS NOT r.avg_7d OR patient_wearable_daily_stats.avg_30d IS NOT r.avg_30d)
+   AND ({sqlite_rolling_changed})
 """
 
 _SQLITE_CLEAR_MARKS = """
@@ -491,6 +508,11 @@ WHERE EXISTS (
       AND k.version = patient_wearable_daily_stats_dirty.version
 )
 """
+
+
+_SQLITE_ROLLING_APPLY = _SQLITE_ROLLING_APPLY.replace(
+    "{sqlite_rolling_changed}", _rolling_changed("patient_wearable_daily_stats", "max")
+)
 
 
 def _naive_utc(moment: datetime) -> str:
@@ -513,11 +535,16 @@ def _sqlite_snapshot(raw: Any, patient_ids: list[int]) -> int:
     raw.executemany(
         "INSERT INTO agg_keys VALUES (?, ?, ?, ?, ?, ?)",
         [
-            (patient, metric, day, version, *_sqlite_bounds(date.fromisoformat(day), zone))
+            (patient, metric, str(day), version, *_sqlite_bounds(_as_date(day), zone))
             for patient, metric, day, version, zone in rows
         ],
     )
     return len(rows)
+
+
+def _as_date(value: date | str) -> date:
+    # Django registers a converter for DATE columns on its SQLite connections; plain text otherwise.
+    return value if isinstance(value, date) else date.fromisoformat(value)
 
 
 def _sqlite_bounds(day: date, zone: str) -> tuple[str, str]:
@@ -588,7 +615,7 @@ def _sqlite_rebuild_chunk(patient_ids: list[int]) -> AggregateResult:
             keys[(patient, metric, day.isoformat())] = 0
             day += timedelta(days=1)
     for patient, metric, day, version in marks:
-        keys[(patient, metric, day)] = version
+        keys[(patient, metric, str(day))] = version
     raw.execute("DELETE FROM agg_keys")
     raw.executemany(
         "INSERT INTO agg_keys VALUES (?, ?, ?, ?, ?, ?)",
@@ -600,7 +627,11 @@ def _sqlite_rebuild_chunk(patient_ids: list[int]) -> AggregateResult:
     now = _sqlite_now()
     result.daily_rows_changed = raw.execute(_SQLITE_DAILY_WEARABLE, [now]).rowcount
     result.daily_rows_changed += raw.execute(_SQLITE_DAILY_GLUCOSE, [now]).rowcount
-    result.daily_rows_recomputed = len(keys)
+    result.daily_rows_recomputed = raw.execute(
+        "SELECT count(*) FROM patient_wearable_daily_stats "
+        "WHERE patient_id IN (SELECT value FROM json_each(?)) AND day >= ?",
+        [_json_ids(patient_ids), first_day.isoformat()],
+    ).fetchone()[0]
     result.rolling_rows_recomputed, result.rolling_rows_changed = _sqlite_rolling(
         raw, _SQLITE_ROLLING_FULL, [_json_ids(patient_ids)]
     )
@@ -609,5 +640,6 @@ def _sqlite_rebuild_chunk(patient_ids: list[int]) -> AggregateResult:
     return result
 
 
-def _local_day(naive_utc_text: str, tz: ZoneInfo) -> date:
-    return datetime.fromisoformat(naive_utc_text).replace(tzinfo=UTC).astimezone(tz).date()
+def _local_day(naive_utc: str | datetime, tz: ZoneInfo) -> date:
+    moment = naive_utc if isinstance(naive_utc, datetime) else datetime.fromisoformat(naive_utc)
+    return moment.replace(tzinfo=UTC).astimezone(tz).date()
