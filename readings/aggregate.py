@@ -355,17 +355,48 @@ def _pg_count(cursor: Any, sql: str, params: dict[str, Any] | None) -> int:
 
 
 def _incremental_chunk(patient_ids: list[int]) -> AggregateResult:
-    if not is_postgres():
-        return _sqlite_incremental_chunk(patient_ids)
     result = AggregateResult()
+    result.marks_read = result.daily_rows_recomputed = _snapshot_marks(patient_ids)
+    _recompute_snapshot(result)
+    result.marks_cleared = _clear_snapshot_marks()
+    return result
+
+
+def _snapshot_marks(patient_ids: list[int]) -> int:
+    """Copy these patients' marks (with their versions and local-day bounds) into the agg_keys temp table."""
+    if not is_postgres():
+        return _sqlite_snapshot(_sqlite_raw(), patient_ids)
     with db.cursor() as cursor:
-        result.marks_read = result.daily_rows_recomputed = _pg_snapshot(cursor, patient_ids)
+        return _pg_snapshot(cursor, patient_ids)
+
+
+def _recompute_snapshot(result: AggregateResult) -> None:
+    """Daily statistics of the snapshot's days, then rolling averages of those days and the 29 after."""
+    if not is_postgres():
+        raw = _sqlite_raw()
+        now = _sqlite_now()
+        result.daily_rows_changed = raw.execute(_SQLITE_DAILY_WEARABLE, [now]).rowcount
+        result.daily_rows_changed += raw.execute(_SQLITE_DAILY_GLUCOSE, [now]).rowcount
+        result.rolling_rows_recomputed, result.rolling_rows_changed = _sqlite_rolling(
+            raw, _SQLITE_ROLLING_KEYS, []
+        )
+        return
+    with db.cursor() as cursor:
         result.daily_rows_changed = _pg_count(cursor, _PG_DAILY_WEARABLE_KEYS.format(only=""), None)
         result.daily_rows_changed += _pg_count(cursor, _PG_DAILY_GLUCOSE_KEYS.format(only=""), None)
         cursor.execute(_PG_ROLLING_KEYS)
         result.rolling_rows_recomputed, result.rolling_rows_changed = cursor.fetchone()
-        result.marks_cleared = _pg_count(cursor, _PG_CLEAR_MARKS, None)
-    return result
+
+
+def _clear_snapshot_marks() -> int:
+    """Delete the marks the snapshot read, only at the version read: a re-marked day stays marked."""
+    if not is_postgres():
+        raw = _sqlite_raw()
+        cleared = raw.execute(_SQLITE_CLEAR_MARKS).rowcount
+        raw.execute("DELETE FROM agg_keys")
+        return cleared
+    with db.cursor() as cursor:
+        return _pg_count(cursor, _PG_CLEAR_MARKS, None)
 
 
 def _rebuild_chunk(patient_ids: list[int]) -> AggregateResult:
@@ -569,21 +600,6 @@ def _sqlite_raw() -> Any:
     with db.cursor():  # make sure the connection is open
         pass
     return db.connection
-
-
-def _sqlite_incremental_chunk(patient_ids: list[int]) -> AggregateResult:
-    raw = _sqlite_raw()
-    result = AggregateResult()
-    result.marks_read = result.daily_rows_recomputed = _sqlite_snapshot(raw, patient_ids)
-    now = _sqlite_now()
-    result.daily_rows_changed = raw.execute(_SQLITE_DAILY_WEARABLE, [now]).rowcount
-    result.daily_rows_changed += raw.execute(_SQLITE_DAILY_GLUCOSE, [now]).rowcount
-    result.rolling_rows_recomputed, result.rolling_rows_changed = _sqlite_rolling(
-        raw, _SQLITE_ROLLING_KEYS, []
-    )
-    result.marks_cleared = raw.execute(_SQLITE_CLEAR_MARKS).rowcount
-    raw.execute("DELETE FROM agg_keys")
-    return result
 
 
 def _sqlite_rebuild_chunk(patient_ids: list[int]) -> AggregateResult:
