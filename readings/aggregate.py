@@ -45,6 +45,8 @@ JOB_NAME = "aggregate-wearable-data"
 CHUNK_PATIENTS = 500
 # pg_try_advisory_lock key: two deliveries of the job (django-q2 is at-least-once) never run side by side.
 _ADVISORY_LOCK = 0x4C53_4147  # "LSAG"
+# Per aggregation transaction (SET LOCAL): enough for the full rebuild's hash aggregate of ~10M groups.
+AGGREGATE_WORK_MEM = "256MB"
 # A local day's UTC start is at most 14 hours before its UTC date's start (UTC+14): two days of margin make
 # sure every day a full rebuild recomputes still has all its raw rows.
 _HORIZON_MARGIN = timedelta(days=2)
@@ -111,9 +113,13 @@ def run_aggregation(*, full: bool = False) -> AggregateResult:
         else:
             patient_ids = _dirty_patient_ids()
         result.patients = len(patient_ids)
-        for chunk in _chunks(patient_ids, CHUNK_PATIENTS):
-            with transaction.atomic():
-                result.add(_rebuild_chunk(chunk) if full else _incremental_chunk(chunk))
+        if full and is_postgres():
+            _pg_full_rebuild(patient_ids, result)
+        else:
+            for chunk in _chunks(patient_ids, CHUNK_PATIENTS):
+                with transaction.atomic():
+                    _tune_session()
+                    result.add(_rebuild_chunk(chunk) if full else _incremental_chunk(chunk))
     result.duration_s = round(monotonic.monotonic() - started, 3)
     logger.info("%s finished", JOB_NAME, extra={"job": JOB_NAME, **result.as_dict()})
     return result
@@ -147,6 +153,15 @@ def change_patient_time_zone(patient_id: int, time_zone: str) -> AggregateResult
     result.mode = "time-zone-change"
     result.patients = 1
     return result
+
+
+def _tune_session() -> None:
+    """PostgreSQL, this transaction only: hash aggregates in memory, no JIT (its compile time exceeds its gain
+    on these short aggregate queries)."""
+    if is_postgres():
+        with db.cursor() as cursor:
+            cursor.execute(f"SET LOCAL work_mem = '{AGGREGATE_WORK_MEM}'")
+            cursor.execute("SET LOCAL jit = off")
 
 
 @contextmanager
@@ -184,8 +199,8 @@ def _changed(old: str, new: str, greatest: str) -> str:
     return f"({old} IS NULL) <> ({new} IS NULL) OR abs({old} - {new}) > 1e-9 * {greatest}(abs({new}), 1)"
 
 
-def _rolling_changed(stats: str, greatest: str) -> str:
-    return " OR ".join(_changed(f"{stats}.{col}", f"r.{col}", greatest) for col in ("avg_7d", "avg_30d"))
+def _rolling_changed(stats: str, greatest: str, new: str = "r") -> str:
+    return " OR ".join(_changed(f"{stats}.{col}", f"{new}.{col}", greatest) for col in ("avg_7d", "avg_30d"))
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------------------------
@@ -200,8 +215,8 @@ _PG_SNAPSHOT = """
 INSERT INTO agg_keys (patient_id, metric, day, version, day_start, day_end)
 SELECT d.patient_id, d.metric, d.day, d.version,
        d.day::timestamp AT TIME ZONE p.time_zone, (d.day + 1)::timestamp AT TIME ZONE p.time_zone
-FROM patient_wearable_daily_stats_dirty d JOIN patients p ON p.id = d.patient_id
-WHERE d.patient_id = ANY(%(patients)s)
+FROM {marks} d JOIN patients p ON p.id = d.patient_id
+WHERE {where}
 """
 
 _PG_DAILY_SET = """
@@ -321,7 +336,7 @@ WITH recomputed AS (
            sum(s.sum) OVER w7 / NULLIF(sum(s.count) OVER w7, 0) AS avg_7d,
            sum(s.sum) OVER w30 / NULLIF(sum(s.count) OVER w30, 0) AS avg_30d
     FROM patient_wearable_daily_stats s
-    WHERE s.patient_id = ANY(%(patients)s)
+    WHERE {patients}
     WINDOW w7 AS (PARTITION BY s.patient_id, s.metric ORDER BY s.day
                   RANGE BETWEEN INTERVAL '6 days' PRECEDING AND CURRENT ROW),
            w30 AS (PARTITION BY s.patient_id, s.metric ORDER BY s.day
@@ -345,8 +360,16 @@ _PG_ROLLING_FULL = _PG_ROLLING_FULL.replace("{pg_rolling_changed}", _rolling_cha
 def _pg_snapshot(cursor: Any, patient_ids: list[int]) -> int:
     cursor.execute(_PG_KEYS_TABLE)
     cursor.execute("TRUNCATE agg_keys")
-    cursor.execute(_PG_SNAPSHOT, {"patients": patient_ids})
-    return cursor.rowcount
+    cursor.execute(
+        _PG_SNAPSHOT.format(
+            marks="patient_wearable_daily_stats_dirty", where="d.patient_id = ANY(%(patients)s)"
+        ),
+        {"patients": patient_ids},
+    )
+    snapshot = cursor.rowcount
+    # A temp table has no statistics: without them the planner hash-joins the whole raw table.
+    cursor.execute("ANALYZE agg_keys")
+    return snapshot
 
 
 def _pg_count(cursor: Any, sql: str, params: dict[str, Any] | None) -> int:
@@ -420,10 +443,122 @@ def _rebuild_chunk(patient_ids: list[int]) -> AggregateResult:
             params,
         )
         result.daily_rows_recomputed = cursor.fetchone()[0]
-        cursor.execute(_PG_ROLLING_FULL, params)
+        cursor.execute(_PG_ROLLING_FULL.replace("{patients}", "s.patient_id = ANY(%(patients)s)"), params)
         result.rolling_rows_recomputed, result.rolling_rows_changed = cursor.fetchone()
         result.marks_cleared = _pg_count(cursor, _PG_CLEAR_MARKS, None)
     return result
+
+
+# Full rebuild, PostgreSQL: one pass over the raw tables into a session temp table (a hash aggregate, no
+# index probing), then short per-chunk transactions upsert it and recompute the rolling averages. The marks
+# are snapshotted before the scan: a batch committed after the scan leaves a newer mark version, which the
+# chunk does not clear.
+_PG_FULL_MARKS = """
+CREATE TEMP TABLE agg_full_marks AS
+SELECT patient_id, metric, day, version FROM patient_wearable_daily_stats_dirty
+"""
+
+_PG_FULL_SCAN = """
+CREATE TEMP TABLE agg_full_daily AS
+SELECT * FROM (
+    SELECT r.patient_id, r.metric, (r.measured_at AT TIME ZONE p.time_zone)::date AS day,
+           avg(r.value) AS avg, min(r.value) AS min, max(r.value) AS max, sum(r.value) AS sum, count(*) AS count
+    FROM patient_wearable_readings r JOIN patients p ON p.id = r.patient_id
+    WHERE r.measured_at >= %(raw_from)s
+    GROUP BY r.patient_id, r.metric, day
+    UNION ALL
+    SELECT g.patient_id, 'glucose', (g.measured_at AT TIME ZONE p.time_zone)::date AS day,
+           avg(g.value_mg_dl), min(g.value_mg_dl), max(g.value_mg_dl), sum(g.value_mg_dl), count(*)
+    FROM patient_glucose_readings g JOIN patients p ON p.id = g.patient_id
+    WHERE g.measured_at >= %(raw_from)s
+    GROUP BY g.patient_id, day
+) AS d
+WHERE d.day >= %(first_day)s
+"""
+
+# One write per row: the chunk's recomputed days, plus its stored days the scan did not produce (before the
+# horizon, or whose raw rows are gone), go through the rolling windows together and are upserted with both
+# their daily values and their rolling averages.
+_PG_FULL_UPSERT = """
+WITH combined AS (
+    SELECT patient_id, metric, day, avg, min, max, sum, count FROM agg_full_daily
+    WHERE patient_id BETWEEN %(lo)s AND %(hi)s
+    UNION ALL
+    SELECT s.patient_id, s.metric, s.day, s.avg, s.min, s.max, s.sum, s.count
+    FROM patient_wearable_daily_stats s
+    WHERE s.patient_id BETWEEN %(lo)s AND %(hi)s
+      AND NOT EXISTS (
+          SELECT 1 FROM agg_full_daily a WHERE a.patient_id = s.patient_id AND a.metric = s.metric AND a.day = s.day
+      )
+)
+INSERT INTO patient_wearable_daily_stats AS s
+    (patient_id, metric, day, avg, min, max, sum, count, avg_7d, avg_30d, updated_at)
+SELECT c.patient_id, c.metric, c.day, c.avg, c.min, c.max, c.sum, c.count,
+       sum(c.sum) OVER w7 / NULLIF(sum(c.count) OVER w7, 0),
+       sum(c.sum) OVER w30 / NULLIF(sum(c.count) OVER w30, 0),
+       now()
+FROM combined c
+WINDOW w7 AS (PARTITION BY c.patient_id, c.metric ORDER BY c.day
+              RANGE BETWEEN INTERVAL '6 days' PRECEDING AND CURRENT ROW),
+       w30 AS (PARTITION BY c.patient_id, c.metric ORDER BY c.day
+               RANGE BETWEEN INTERVAL '29 days' PRECEDING AND CURRENT ROW)
+ORDER BY c.patient_id, c.metric, c.day
+ON CONFLICT (patient_id, metric, day) DO UPDATE
+    SET avg = EXCLUDED.avg, min = EXCLUDED.min, max = EXCLUDED.max, sum = EXCLUDED.sum,
+        count = EXCLUDED.count, avg_7d = EXCLUDED.avg_7d, avg_30d = EXCLUDED.avg_30d,
+        updated_at = EXCLUDED.updated_at
+    WHERE (s.min, s.max, s.count) IS DISTINCT FROM (EXCLUDED.min, EXCLUDED.max, EXCLUDED.count)
+       OR abs(s.sum - EXCLUDED.sum) > 1e-9 * greatest(abs(EXCLUDED.sum), 1)
+       OR abs(s.avg - EXCLUDED.avg) > 1e-9 * greatest(abs(EXCLUDED.avg), 1)
+       OR {rolling_changed}
+"""
+_PG_FULL_UPSERT = _PG_FULL_UPSERT.replace("{rolling_changed}", _rolling_changed("s", "greatest", "EXCLUDED"))
+
+
+def _pg_full_rebuild(patient_ids: list[int], result: AggregateResult) -> None:
+    now = timezone.now()
+    params: dict[str, Any] = {"raw_from": raw_horizon(now), "first_day": first_complete_day(now)}
+    with transaction.atomic(), db.cursor() as cursor:
+        _tune_session()
+        cursor.execute("DROP TABLE IF EXISTS agg_full_marks, agg_full_daily")
+        cursor.execute(_PG_FULL_MARKS)
+        cursor.execute(_PG_FULL_SCAN, params)
+        cursor.execute("CREATE INDEX ON agg_full_daily (patient_id)")
+        cursor.execute("ANALYZE agg_full_daily")
+    try:
+        for chunk in _chunks(patient_ids, CHUNK_PATIENTS):
+            # Chunks are runs of consecutive ids, so BETWEEN covers exactly them (and reads by range).
+            chunk_params = {**params, "lo": chunk[0], "hi": chunk[-1]}
+            within = "d.patient_id BETWEEN %(lo)s AND %(hi)s"
+            with transaction.atomic(), db.cursor() as cursor:
+                _tune_session()
+                cursor.execute(_PG_KEYS_TABLE)
+                cursor.execute("TRUNCATE agg_keys")
+                cursor.execute(_PG_SNAPSHOT.format(marks="agg_full_marks", where=within), chunk_params)
+                result.marks_read += cursor.rowcount
+                cursor.execute("ANALYZE agg_keys")
+                # Marked days before the horizon (a far backfill) are not in the scan: recompute them by key.
+                older = "AND k.day < %(first_day)s"
+                result.daily_rows_changed += _pg_count(
+                    cursor, _PG_DAILY_WEARABLE_KEYS.format(only=older), chunk_params
+                )
+                result.daily_rows_changed += _pg_count(
+                    cursor, _PG_DAILY_GLUCOSE_KEYS.format(only=older), chunk_params
+                )
+                cursor.execute(
+                    "SELECT (SELECT count(*) FROM agg_full_daily WHERE patient_id BETWEEN %(lo)s AND %(hi)s), "
+                    "(SELECT count(*) FROM patient_wearable_daily_stats WHERE patient_id BETWEEN %(lo)s AND %(hi)s)",
+                    chunk_params,
+                )
+                daily, stored = cursor.fetchone()
+                # Rows written carry both their daily values and rolling averages: counted once, as daily.
+                result.daily_rows_changed += _pg_count(cursor, _PG_FULL_UPSERT, chunk_params)
+                result.daily_rows_recomputed += daily
+                result.rolling_rows_recomputed += max(stored, daily)
+                result.marks_cleared += _pg_count(cursor, _PG_CLEAR_MARKS, None)
+    finally:
+        with db.cursor() as cursor:
+            cursor.execute("DROP TABLE IF EXISTS agg_full_marks, agg_full_daily")
 
 
 # --- SQLite ------------------------------------------------------------------------------------------------------

@@ -8,4 +8,4 @@ class ReadingsConfig(AppConfig):
     verbose_name = "Readings"
 
     def ready(self) -> None:
-        from readings import signals  # noqa: F401  (connects the receivers)
+        from readings import checks, signals  # noqa: F401  (registers the checks, connects the receivers)
