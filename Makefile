@@ -66,3 +66,8 @@ sandbox: $(STAMP)
 
 clean:
 	rm -rf $(VENV) db.sqlite3 db.sqlite3-* .test.sqlite3
+
+.PHONY: bench-aggregate
+## bench-aggregate: daily statistics and retention on PostgreSQL (5M readings, 500 patients; ~4 minutes)
+bench-aggregate: $(STAMP)
+	DATABASE_URL=$(TEST_PG_URL)_bench $(PY) bench/aggregate.py --patients 500 --days 60

@@ -14,7 +14,7 @@ from django.conf import settings
 if TYPE_CHECKING:
     from sandbox.server import SandboxServer
 
-JobRunner = Callable[["SandboxServer | None"], dict[str, Any]]
+JobRunner = Callable[..., dict[str, Any]]  # (sandbox, **job options)
 
 
 def wearable_sync_daily(sandbox: SandboxServer | None) -> dict[str, Any]:
@@ -60,10 +60,29 @@ def sync_whoop_data(sandbox: SandboxServer | None) -> dict[str, Any]:
 
 def sync_cgm_readings(sandbox: SandboxServer | None) -> dict[str, Any]:
     return _direct_job("sync-cgm-readings", sandbox)
+def aggregate_wearable_data(sandbox: SandboxServer | None, *, full: bool = False) -> dict[str, Any]:
+    from readings.aggregate import run_aggregation
+
+    return run_aggregation(full=full).as_dict()
+
+
+def cleanup_wearable_data(sandbox: SandboxServer | None, *, dry_run: bool = False) -> dict[str, Any]:
+    from readings.retention import run_cleanup
+
+    result = run_cleanup(dry_run=dry_run)
+    return {**result.as_dict(), "report_lines": result.table_lines()}
 
 
 JOBS: dict[str, JobRunner] = {
     "wearable-sync-daily": wearable_sync_daily,
     "sync-whoop-data": sync_whoop_data,
     "sync-cgm-readings": sync_cgm_readings,
+    "aggregate-wearable-data": aggregate_wearable_data,
+    "cleanup-wearable-data": cleanup_wearable_data,
+}
+
+# run_job flags each job accepts (passed as keyword arguments).
+JOB_OPTIONS: dict[str, tuple[str, ...]] = {
+    "aggregate-wearable-data": ("full",),
+    "cleanup-wearable-data": ("dry_run",),
 }

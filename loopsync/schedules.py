@@ -40,4 +40,21 @@ SCHEDULES: tuple[JobSchedule, ...] = (
         cron="*/30 * * * *",
         description="Dexcom and FreeStyle Libre: glucose since the newest stored reading; one task per connection.",
     ),
+    # After the 03:00 fan-out has had 90 minutes to store the day: the marks its batches left are consumed
+    # in one pass. A user synced later (retries, a long queue) is picked up the next day; its daily
+    # avg/min/max are already exact (store_batch computes them inline), only the rolling values wait.
+    JobSchedule(
+        name="aggregate-wearable-data",
+        func="readings.tasks.aggregate_wearable_data",
+        cron="30 4 * * *",
+        description="Daily stats and rolling 7/30-day averages of the days touched since the last run.",
+    ),
+    # Sunday 02:00, before the 03:00 sync: dropping a partition takes a short exclusive lock on the parent
+    # table, best taken while nothing writes; the duplicates' days it marks are aggregated at 04:30.
+    JobSchedule(
+        name="cleanup-wearable-data",
+        func="readings.tasks.cleanup_wearable_data",
+        cron="0 2 * * 0",
+        description="Weekly: partitions ahead, raw readings past RAW_READING_RETENTION_DAYS, orphans, duplicates.",
+    ),
 )

@@ -138,6 +138,14 @@ OAUTH_STATE_TTL_SECONDS = env_int("OAUTH_STATE_TTL_SECONDS", 600, minimum=60, ma
 # out one django-q2 task per connection instead.
 DIRECT_SYNC_CONCURRENCY = env_int("DIRECT_SYNC_CONCURRENCY", 16, minimum=1, maximum=128)
 
+# --- Daily statistics and retention (aggregate-wearable-data, cleanup-wearable-data) ---------------------
+# Raw readings older than this many days are removed weekly; daily statistics are kept for good.
+RAW_READING_RETENTION_DAYS = env_int("RAW_READING_RETENTION_DAYS", 90, minimum=1, maximum=3650)
+# Readings of a deleted or deactivated connection are removed this many days after it went away.
+ORPHANED_READING_GRACE_DAYS = env_int("ORPHANED_READING_GRACE_DAYS", 30, minimum=0, maximum=3650)
+# PostgreSQL: weekly partitions of the raw tables are created this many weeks ahead of today.
+READING_PARTITION_PREMAKE_WEEKS = env_int("READING_PARTITION_PREMAKE_WEEKS", 4, minimum=1, maximum=52)
+
 # --- django-q2 --------------------------------------------------------------------------------------------
 # ORM broker: delivery receipts, so a task lost with its worker is re-delivered; every task is idempotent.
 # timeout < retry, or a slow task is re-delivered while it still runs. Retries are ours (sync.py), so

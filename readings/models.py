@@ -107,3 +107,47 @@ class DailyStat(models.Model):
 
     def __str__(self) -> str:
         return f"{self.metric} {self.day}"
+
+
+class DailyStatDirty(models.Model):
+    """A (patient, metric, patient-local day) whose raw rows changed since `aggregate-wearable-data` last ran.
+
+    Written by every ingest in the ingest's own transaction (one upsert per batch), so a committed reading is
+    always either aggregated or still marked. `version` grows on every re-mark: the aggregator deletes only the
+    versions it read, so a day marked again while it runs stays marked for the next run.
+    """
+
+    patient = models.ForeignKey(Patient, on_delete=models.CASCADE, db_index=False, related_name="+")
+    metric = models.CharField(max_length=40)
+    day = models.DateField()
+    version = models.PositiveBigIntegerField(default=1)
+    marked_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "patient_wearable_daily_stats_dirty"
+        constraints = [
+            models.UniqueConstraint(fields=["patient", "metric", "day"], name="daily_stat_dirty_unique_day"),
+        ]
+
+    def __str__(self) -> str:
+        return f"dirty {self.metric} {self.day}"
+
+
+class ConnectionRemoval(models.Model):
+    """A tombstone left when a Connection row is deleted, so cleanup knows when its readings became orphans.
+
+    Readings keep their `connection_id` (no constraint); `cleanup-wearable-data` removes them once
+    `ORPHANED_READING_GRACE_DAYS` have passed since `removed_at`. Daily statistics are never touched.
+    Plain ids, not foreign keys: the connection is gone, and the patient may go too.
+    """
+
+    connection_id = models.BigIntegerField(unique=True)
+    patient_id = models.BigIntegerField()
+    provider = models.CharField(max_length=16)
+    removed_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "patient_connection_removals"
+
+    def __str__(self) -> str:
+        return f"removed connection {self.connection_id}"

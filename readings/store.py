@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from connections.models import Connection
 from connections.providers.junction import GlucoseRow, WearableRow
+from readings.dirty import mark_dirty
 
 GLUCOSE_METRIC = "glucose"
 
@@ -62,6 +63,8 @@ def store_batch(
     refresh_daily_stats(patient_id, time_zone, result.touched)
     if connection_id is not None:
         _advance_latest_reading(connection_id, readings, glucose)
+    # aggregate-wearable-data recomputes these days' rolling averages (and the 29 days after them).
+    mark_dirty(patient_id, result.touched)
     return result
 
 

@@ -6,7 +6,7 @@ import orjson
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from loopsync.jobs import JOBS
+from loopsync.jobs import JOB_OPTIONS, JOBS
 
 
 class Command(BaseCommand):
@@ -19,25 +19,40 @@ class Command(BaseCommand):
         )
         parser.add_argument("--sandbox-users", type=int, default=20)
         parser.add_argument("--json", action="store_true", help="print the job's summary as one JSON object")
+        parser.add_argument(
+            "--full", action="store_true", help="aggregate-wearable-data: rebuild every patient"
+        )
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="cleanup-wearable-data: report what would go, remove nothing",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        job_options = {key: True for key in ("full", "dry_run") if options[key]}
+        for key in job_options:
+            if key not in JOB_OPTIONS.get(options["name"], ()):
+                raise CommandError(f"--{key.replace('_', '-')} does not apply to {options['name']}")
         sandbox = None
         if options["sandbox"]:
             from sandbox.server import SandboxServer
 
             sandbox = SandboxServer(port=0, users=options["sandbox_users"]).start()
         try:
-            summary = JOBS[options["name"]](sandbox)
+            summary = JOBS[options["name"]](sandbox, **job_options)
         except ImproperlyConfigured as exc:
             raise CommandError(str(exc)) from None
         finally:
             if sandbox is not None:
                 sandbox.stop()
+        report_lines = summary.pop("report_lines", [])
         if options["json"]:
             self.stdout.write(orjson.dumps(summary, default=str).decode())
         else:
             for key, value in summary.items():
-                if key != "users":
+                if key not in ("users", "removals"):
                     self.stdout.write(f"{key}: {value}")
+            for line in report_lines:
+                self.stdout.write(line)
         if summary.get("users_failed"):
             raise CommandError(f"{summary['users_failed']} users failed")

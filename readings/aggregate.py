@@ -1,0 +1,796 @@
+"""`aggregate-wearable-data`: daily statistics and sample-weighted rolling 7/30-day averages, in SQL.
+
+Incremental (the daily job): every ingest marked the (patient, metric, patient-local day) keys it touched in
+`patient_wearable_daily_stats_dirty` (readings/dirty.py). A run takes a snapshot of the marks, recomputes
+those days' avg/min/max/sum/count from the raw rows, then the rolling averages of those days and of the 29
+days after each (every day whose 30-day window contains a changed day), then deletes exactly the marks it
+read (same version): a day marked again while the run was busy stays marked for the next run.
+
+Full (`--full`): every patient's days inside the raw-retention horizon are recomputed from the raw rows and
+every stored day's rolling averages are recomputed from the daily sums and counts.
+
+Rolling averages are sample-weighted (sum of daily sums / sum of daily counts) over calendar days: RANGE
+windows on PostgreSQL (`RANGE BETWEEN '6 days' PRECEDING`), the same frame over julianday() on SQLite, so a
+missing day never stretches the window.
+
+Days older than the horizon (`now - RAW_READING_RETENTION_DAYS`, plus a 2-day margin for zone offsets)
+are not recomputed by a full rebuild: retention has removed (some of) their raw rows, and their stored
+statistics are the record. Every write is guarded by IS DISTINCT FROM, so re-running changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time as monotonic
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.db import connection as db
+from django.db import transaction
+from django.utils import timezone
+
+from connections.models import Patient, validate_time_zone
+from readings.store import local_day_bounds
+
+logger = logging.getLogger("loopsync.aggregate")
+
+JOB_NAME = "aggregate-wearable-data"
+# Patients per transaction: bounds lock time and the temp tables, and keeps a failed chunk's damage small
+# (a failed chunk leaves its marks in place for the next run).
+CHUNK_PATIENTS = 500
+# pg_try_advisory_lock key: two deliveries of the job (django-q2 is at-least-once) never run side by side.
+_ADVISORY_LOCK = 0x4C53_4147  # "LSAG"
+# Per aggregation transaction (SET LOCAL): enough for the full rebuild's hash aggregate of ~10M groups.
+AGGREGATE_WORK_MEM = "256MB"
+# A local day's UTC start is at most 14 hours before its UTC date's start (UTC+14): two days of margin make
+# sure every day a full rebuild recomputes still has all its raw rows.
+_HORIZON_MARGIN = timedelta(days=2)
+
+
+@dataclass
+class AggregateResult:
+    job: str = JOB_NAME
+    mode: str = "incremental"
+    status: str = "success"
+    patients: int = 0
+    marks_read: int = 0
+    marks_cleared: int = 0
+    # Daily rows recomputed from raw rows, and how many of them changed.
+    daily_rows_recomputed: int = 0
+    daily_rows_changed: int = 0
+    # Rows whose rolling averages were recomputed, and how many changed.
+    rolling_rows_recomputed: int = 0
+    rolling_rows_changed: int = 0
+    duration_s: float = 0.0
+
+    def add(self, other: AggregateResult) -> None:
+        for name in (
+            "marks_read",
+            "marks_cleared",
+            "daily_rows_recomputed",
+            "daily_rows_changed",
+            "rolling_rows_recomputed",
+            "rolling_rows_changed",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def is_postgres() -> bool:
+    return db.vendor == "postgresql"
+
+
+def raw_horizon(now: datetime | None = None) -> datetime:
+    """The instant before which retention may already have removed raw rows."""
+    return (now or timezone.now()) - timedelta(days=settings.RAW_READING_RETENTION_DAYS)
+
+
+def first_complete_day(now: datetime | None = None) -> date:
+    """The first local day (in any zone) whose raw rows are all still inside the retention horizon."""
+    return (raw_horizon(now) + _HORIZON_MARGIN).date()
+
+
+# --- Entry points --------------------------------------------------------------------------------------------
+
+
+def run_aggregation(*, full: bool = False) -> AggregateResult:
+    """`aggregate-wearable-data`: incremental by default, `full=True` rebuilds every patient."""
+    started = monotonic.monotonic()
+    result = AggregateResult(mode="full" if full else "incremental")
+    with _single_flight() as acquired:
+        if not acquired:
+            result.status = "skipped: another run holds the lock"
+            return result
+        if full:
+            patient_ids = list(Patient.objects.order_by("pk").values_list("pk", flat=True))
+        else:
+            patient_ids = _dirty_patient_ids()
+        result.patients = len(patient_ids)
+        if full and is_postgres():
+            _pg_full_rebuild(patient_ids, result)
+        else:
+            for chunk in _chunks(patient_ids, CHUNK_PATIENTS):
+                with transaction.atomic():
+                    _tune_session()
+                    result.add(_rebuild_chunk(chunk) if full else _incremental_chunk(chunk))
+    result.duration_s = round(monotonic.monotonic() - started, 3)
+    logger.info("%s finished", JOB_NAME, extra={"job": JOB_NAME, **result.as_dict()})
+    return result
+
+
+def rebuild_patient(patient_id: int) -> AggregateResult:
+    """Recompute one patient's daily statistics and rolling averages; needs no lock from the caller."""
+    with transaction.atomic():
+        return _rebuild_chunk([patient_id])
+
+
+def change_patient_time_zone(patient_id: int, time_zone: str) -> AggregateResult:
+    """Move a patient to another IANA zone and re-bucket their statistics into the new local days.
+
+    The patient row is locked first: a sync storing this patient's readings locks the same row (its
+    select_related FOR UPDATE), so no batch is bucketed in the old zone after this commits. Days inside
+    the raw horizon are deleted and rebuilt from the raw rows; older days keep their old-zone statistics,
+    because their raw rows are gone and cannot be re-bucketed.
+    """
+    validate_time_zone(time_zone)
+    with transaction.atomic():
+        patient = Patient.objects.select_for_update().get(pk=patient_id)
+        if patient.time_zone == time_zone:
+            return AggregateResult(mode="time-zone-unchanged", patients=1)
+        patient.time_zone = time_zone
+        patient.save(update_fields=["time_zone"])
+        from readings.models import DailyStat
+
+        DailyStat.objects.filter(patient_id=patient_id, day__gte=first_complete_day()).delete()
+        result = _rebuild_chunk([patient_id])
+    result.mode = "time-zone-change"
+    result.patients = 1
+    return result
+
+
+def _tune_session() -> None:
+    """PostgreSQL, this transaction only: hash aggregates in memory, no JIT (its compile time exceeds its gain
+    on these short aggregate queries)."""
+    if is_postgres():
+        with db.cursor() as cursor:
+            cursor.execute(f"SET LOCAL work_mem = '{AGGREGATE_WORK_MEM}'")
+            cursor.execute("SET LOCAL jit = off")
+
+
+@contextmanager
+def _single_flight() -> Iterator[bool]:
+    if not is_postgres():
+        # SQLite: IMMEDIATE transactions already serialise writers; two runs only repeat idempotent work.
+        yield True
+        return
+    with db.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [_ADVISORY_LOCK])
+        acquired = bool(cursor.fetchone()[0])
+    try:
+        yield acquired
+    finally:
+        if acquired:
+            with db.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [_ADVISORY_LOCK])
+
+
+def _dirty_patient_ids() -> list[int]:
+    with db.cursor() as cursor:
+        cursor.execute("SELECT DISTINCT patient_id FROM patient_wearable_daily_stats_dirty ORDER BY 1")
+        return [row[0] for row in cursor.fetchall()]
+
+
+def _chunks(items: Sequence[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+# Float sums depend on the order rows are added in, which depends on the plan (an index scan inline, a hash
+# aggregate in a rebuild): values are "changed" only beyond 1e-9 relative, so a re-run in any mode writes
+# nothing. Counts, minimums and maximums are exact.
+def _changed(old: str, new: str, greatest: str) -> str:
+    return f"({old} IS NULL) <> ({new} IS NULL) OR abs({old} - {new}) > 1e-9 * {greatest}(abs({new}), 1)"
+
+
+def _rolling_changed(stats: str, greatest: str, new: str = "r") -> str:
+    return " OR ".join(_changed(f"{stats}.{col}", f"{new}.{col}", greatest) for col in ("avg_7d", "avg_30d"))
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------------------------
+
+_PG_KEYS_TABLE = """
+CREATE TEMP TABLE IF NOT EXISTS agg_keys (
+    patient_id bigint, metric text, day date, version bigint, day_start timestamptz, day_end timestamptz
+) ON COMMIT DELETE ROWS
+"""
+
+_PG_SNAPSHOT = """
+INSERT INTO agg_keys (patient_id, metric, day, version, day_start, day_end)
+SELECT d.patient_id, d.metric, d.day, d.version,
+       d.day::timestamp AT TIME ZONE p.time_zone, (d.day + 1)::timestamp AT TIME ZONE p.time_zone
+FROM {marks} d JOIN patients p ON p.id = d.patient_id
+WHERE {where}
+"""
+
+_PG_DAILY_SET = """
+ON CONFLICT (patient_id, metric, day) DO UPDATE
+    SET avg = EXCLUDED.avg, min = EXCLUDED.min, max = EXCLUDED.max, sum = EXCLUDED.sum,
+        count = EXCLUDED.count, updated_at = EXCLUDED.updated_at
+    WHERE (s.min, s.max, s.count) IS DISTINCT FROM (EXCLUDED.min, EXCLUDED.max, EXCLUDED.count)
+       OR abs(s.sum - EXCLUDED.sum) > 1e-9 * greatest(abs(EXCLUDED.sum), 1)
+       OR abs(s.avg - EXCLUDED.avg) > 1e-9 * greatest(abs(EXCLUDED.avg), 1)
+"""
+
+_PG_DAILY_WEARABLE_KEYS = (
+    """
+INSERT INTO patient_wearable_daily_stats AS s (patient_id, metric, day, avg, min, max, sum, count, updated_at)
+SELECT k.patient_id, k.metric, k.day, avg(r.value), min(r.value), max(r.value), sum(r.value), count(*), now()
+FROM agg_keys k
+JOIN patient_wearable_readings r
+  ON r.patient_id = k.patient_id AND r.metric = k.metric
+ AND r.measured_at >= k.day_start AND r.measured_at < k.day_end
+WHERE k.metric <> 'glucose' {only}
+GROUP BY k.patient_id, k.metric, k.day
+"""
+    + _PG_DAILY_SET
+)
+
+_PG_DAILY_GLUCOSE_KEYS = (
+    """
+INSERT INTO patient_wearable_daily_stats AS s (patient_id, metric, day, avg, min, max, sum, count, updated_at)
+SELECT k.patient_id, 'glucose', k.day, avg(g.value_mg_dl), min(g.value_mg_dl), max(g.value_mg_dl),
+       sum(g.value_mg_dl), count(*), now()
+FROM agg_keys k
+JOIN patient_glucose_readings g
+  ON g.patient_id = k.patient_id AND g.measured_at >= k.day_start AND g.measured_at < k.day_end
+WHERE k.metric = 'glucose' {only}
+GROUP BY k.patient_id, k.day
+"""
+    + _PG_DAILY_SET
+)
+
+# Every day whose 30-day window holds a changed day: the changed day and the 29 after it. The window input
+# starts 29 days before the first target so the first target's frame is complete.
+_PG_ROLLING_KEYS = """
+WITH targets AS (
+    SELECT DISTINCT k.patient_id, k.metric, k.day + g.n AS day
+    FROM agg_keys k CROSS JOIN generate_series(0, 29) AS g(n)
+),
+spans AS (
+    SELECT patient_id, metric, min(day) - 29 AS lo, max(day) AS hi FROM targets GROUP BY patient_id, metric
+),
+win AS (
+    SELECT s.id, s.patient_id, s.metric, s.day,
+           sum(s.sum) OVER w7 / NULLIF(sum(s.count) OVER w7, 0) AS avg_7d,
+           sum(s.sum) OVER w30 / NULLIF(sum(s.count) OVER w30, 0) AS avg_30d
+    FROM spans p
+    JOIN patient_wearable_daily_stats s
+      ON s.patient_id = p.patient_id AND s.metric = p.metric AND s.day BETWEEN p.lo AND p.hi
+    WINDOW w7 AS (PARTITION BY s.patient_id, s.metric ORDER BY s.day
+                  RANGE BETWEEN INTERVAL '6 days' PRECEDING AND CURRENT ROW),
+           w30 AS (PARTITION BY s.patient_id, s.metric ORDER BY s.day
+                   RANGE BETWEEN INTERVAL '29 days' PRECEDING AND CURRENT ROW)
+),
+recomputed AS (
+    SELECT w.* FROM win w JOIN targets t ON t.patient_id = w.patient_id AND t.metric = w.metric AND t.day = w.day
+),
+changed AS (
+    UPDATE patient_wearable_daily_stats s
+       SET avg_7d = r.avg_7d, avg_30d = r.avg_30d, updated_at = now()
+      FROM recomputed r
+     WHERE s.id = r.id AND ({pg_rolling_changed})
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM recomputed), (SELECT count(*) FROM changed)
+"""
+
+_PG_CLEAR_MARKS = """
+DELETE FROM patient_wearable_daily_stats_dirty d
+USING agg_keys k
+WHERE d.patient_id = k.patient_id AND d.metric = k.metric AND d.day = k.day AND d.version = k.version
+"""
+
+# Full rebuild. The local day is computed per row in SQL (AT TIME ZONE the patient's zone, DST-safe);
+# rows before the horizon are not read, days before the first complete day are not written.
+_PG_DAILY_WEARABLE_FULL = (
+    """
+INSERT INTO patient_wearable_daily_stats AS s (patient_id, metric, day, avg, min, max, sum, count, updated_at)
+SELECT patient_id, metric, day, avg, min, max, sum, count, now() FROM (
+    SELECT r.patient_id, r.metric, (r.measured_at AT TIME ZONE p.time_zone)::date AS day,
+           avg(r.value) AS avg, min(r.value) AS min, max(r.value) AS max, sum(r.value) AS sum, count(*) AS count
+    FROM patient_wearable_readings r JOIN patients p ON p.id = r.patient_id
+    WHERE r.patient_id = ANY(%(patients)s) AND r.measured_at >= %(raw_from)s
+    GROUP BY r.patient_id, r.metric, day
+) AS d
+WHERE d.day >= %(first_day)s
+"""
+    + _PG_DAILY_SET
+)
+
+_PG_DAILY_GLUCOSE_FULL = (
+    """
+INSERT INTO patient_wearable_daily_stats AS s (patient_id, metric, day, avg, min, max, sum, count, updated_at)
+SELECT patient_id, 'glucose', day, avg, min, max, sum, count, now() FROM (
+    SELECT g.patient_id, (g.measured_at AT TIME ZONE p.time_zone)::date AS day,
+           avg(g.value_mg_dl) AS avg, min(g.value_mg_dl) AS min, max(g.value_mg_dl) AS max,
+           sum(g.value_mg_dl) AS sum, count(*) AS count
+    FROM patient_glucose_readings g JOIN patients p ON p.id = g.patient_id
+    WHERE g.patient_id = ANY(%(patients)s) AND g.measured_at >= %(raw_from)s
+    GROUP BY g.patient_id, day
+) AS d
+WHERE d.day >= %(first_day)s
+"""
+    + _PG_DAILY_SET
+)
+
+_PG_ROLLING_FULL = """
+WITH recomputed AS (
+    SELECT s.id,
+           sum(s.sum) OVER w7 / NULLIF(sum(s.count) OVER w7, 0) AS avg_7d,
+           sum(s.sum) OVER w30 / NULLIF(sum(s.count) OVER w30, 0) AS avg_30d
+    FROM patient_wearable_daily_stats s
+    WHERE {patients}
+    WINDOW w7 AS (PARTITION BY s.patient_id, s.metric ORDER BY s.day
+                  RANGE BETWEEN INTERVAL '6 days' PRECEDING AND CURRENT ROW),
+           w30 AS (PARTITION BY s.patient_id, s.metric ORDER BY s.day
+                   RANGE BETWEEN INTERVAL '29 days' PRECEDING AND CURRENT ROW)
+),
+changed AS (
+    UPDATE patient_wearable_daily_stats s
+       SET avg_7d = r.avg_7d, avg_30d = r.avg_30d, updated_at = now()
+      FROM recomputed r
+     WHERE s.id = r.id AND ({pg_rolling_changed})
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM recomputed), (SELECT count(*) FROM changed)
+"""
+
+
+_PG_ROLLING_KEYS = _PG_ROLLING_KEYS.replace("{pg_rolling_changed}", _rolling_changed("s", "greatest"))
+_PG_ROLLING_FULL = _PG_ROLLING_FULL.replace("{pg_rolling_changed}", _rolling_changed("s", "greatest"))
+
+
+def _pg_snapshot(cursor: Any, patient_ids: list[int]) -> int:
+    cursor.execute(_PG_KEYS_TABLE)
+    cursor.execute("TRUNCATE agg_keys")
+    cursor.execute(
+        _PG_SNAPSHOT.format(
+            marks="patient_wearable_daily_stats_dirty", where="d.patient_id = ANY(%(patients)s)"
+        ),
+        {"patients": patient_ids},
+    )
+    snapshot = cursor.rowcount
+    # A temp table has no statistics: without them the planner hash-joins the whole raw table.
+    cursor.execute("ANALYZE agg_keys")
+    return snapshot
+
+
+def _pg_count(cursor: Any, sql: str, params: dict[str, Any] | None) -> int:
+    cursor.execute(sql, params)
+    return cursor.rowcount
+
+
+def _incremental_chunk(patient_ids: list[int]) -> AggregateResult:
+    result = AggregateResult()
+    result.marks_read = result.daily_rows_recomputed = _snapshot_marks(patient_ids)
+    _recompute_snapshot(result)
+    result.marks_cleared = _clear_snapshot_marks()
+    return result
+
+
+def _snapshot_marks(patient_ids: list[int]) -> int:
+    """Copy these patients' marks (with their versions and local-day bounds) into the agg_keys temp table."""
+    if not is_postgres():
+        return _sqlite_snapshot(_sqlite_raw(), patient_ids)
+    with db.cursor() as cursor:
+        return _pg_snapshot(cursor, patient_ids)
+
+
+def _recompute_snapshot(result: AggregateResult) -> None:
+    """Daily statistics of the snapshot's days, then rolling averages of those days and the 29 after."""
+    if not is_postgres():
+        raw = _sqlite_raw()
+        now = _sqlite_now()
+        result.daily_rows_changed = raw.execute(_SQLITE_DAILY_WEARABLE, [now]).rowcount
+        result.daily_rows_changed += raw.execute(_SQLITE_DAILY_GLUCOSE, [now]).rowcount
+        result.rolling_rows_recomputed, result.rolling_rows_changed = _sqlite_rolling(
+            raw, _SQLITE_ROLLING_KEYS, []
+        )
+        return
+    with db.cursor() as cursor:
+        result.daily_rows_changed = _pg_count(cursor, _PG_DAILY_WEARABLE_KEYS.format(only=""), None)
+        result.daily_rows_changed += _pg_count(cursor, _PG_DAILY_GLUCOSE_KEYS.format(only=""), None)
+        cursor.execute(_PG_ROLLING_KEYS)
+        result.rolling_rows_recomputed, result.rolling_rows_changed = cursor.fetchone()
+
+
+def _clear_snapshot_marks() -> int:
+    """Delete the marks the snapshot read, only at the version read: a re-marked day stays marked."""
+    if not is_postgres():
+        raw = _sqlite_raw()
+        cleared = raw.execute(_SQLITE_CLEAR_MARKS).rowcount
+        raw.execute("DELETE FROM agg_keys")
+        return cleared
+    with db.cursor() as cursor:
+        return _pg_count(cursor, _PG_CLEAR_MARKS, None)
+
+
+def _rebuild_chunk(patient_ids: list[int]) -> AggregateResult:
+    if not is_postgres():
+        return _sqlite_rebuild_chunk(patient_ids)
+    result = AggregateResult(mode="full")
+    now = timezone.now()
+    params = {"patients": patient_ids, "raw_from": raw_horizon(now), "first_day": first_complete_day(now)}
+    with db.cursor() as cursor:
+        # The marks of these patients are consumed by the rebuild: snapshot them first, clear them last.
+        result.marks_read = _pg_snapshot(cursor, patient_ids)
+        # Marked days before the horizon (a far backfill) are not covered by the scan below: do them here.
+        older = "AND k.day < %(first_day)s"
+        result.daily_rows_changed = _pg_count(cursor, _PG_DAILY_WEARABLE_KEYS.format(only=older), params)
+        result.daily_rows_changed += _pg_count(cursor, _PG_DAILY_GLUCOSE_KEYS.format(only=older), params)
+        result.daily_rows_changed += _pg_count(cursor, _PG_DAILY_WEARABLE_FULL, params)
+        result.daily_rows_changed += _pg_count(cursor, _PG_DAILY_GLUCOSE_FULL, params)
+        cursor.execute(
+            "SELECT count(*) FROM patient_wearable_daily_stats WHERE patient_id = ANY(%(patients)s) "
+            "AND day >= %(first_day)s",
+            params,
+        )
+        result.daily_rows_recomputed = cursor.fetchone()[0]
+        cursor.execute(_PG_ROLLING_FULL.replace("{patients}", "s.patient_id = ANY(%(patients)s)"), params)
+        result.rolling_rows_recomputed, result.rolling_rows_changed = cursor.fetchone()
+        result.marks_cleared = _pg_count(cursor, _PG_CLEAR_MARKS, None)
+    return result
+
+
+# Full rebuild, PostgreSQL: one pass over the raw tables into a session temp table (a hash aggregate, no
+# index probing), then short per-chunk transactions upsert it and recompute the rolling averages. The marks
+# are snapshotted before the scan: a batch committed after the scan leaves a newer mark version, which the
+# chunk does not clear.
+_PG_FULL_MARKS = """
+CREATE TEMP TABLE agg_full_marks AS
+SELECT patient_id, metric, day, version FROM patient_wearable_daily_stats_dirty
+"""
+
+_PG_FULL_SCAN = """
+CREATE TEMP TABLE agg_full_daily AS
+SELECT * FROM (
+    SELECT r.patient_id, r.metric, (r.measured_at AT TIME ZONE p.time_zone)::date AS day,
+           avg(r.value) AS avg, min(r.value) AS min, max(r.value) AS max, sum(r.value) AS sum, count(*) AS count
+    FROM patient_wearable_readings r JOIN patients p ON p.id = r.patient_id
+    WHERE r.measured_at >= %(raw_from)s
+    GROUP BY r.patient_id, r.metric, day
+    UNION ALL
+    SELECT g.patient_id, 'glucose', (g.measured_at AT TIME ZONE p.time_zone)::date AS day,
+           avg(g.value_mg_dl), min(g.value_mg_dl), max(g.value_mg_dl), sum(g.value_mg_dl), count(*)
+    FROM patient_glucose_readings g JOIN patients p ON p.id = g.patient_id
+    WHERE g.measured_at >= %(raw_from)s
+    GROUP BY g.patient_id, day
+) AS d
+WHERE d.day >= %(first_day)s
+"""
+
+# One write per row: the chunk's recomputed days, plus its stored days the scan did not produce (before the
+# horizon, or whose raw rows are gone), go through the rolling windows together and are upserted with both
+# their daily values and their rolling averages.
+_PG_FULL_UPSERT = """
+WITH combined AS (
+    SELECT patient_id, metric, day, avg, min, max, sum, count FROM agg_full_daily
+    WHERE patient_id BETWEEN %(lo)s AND %(hi)s
+    UNION ALL
+    SELECT s.patient_id, s.metric, s.day, s.avg, s.min, s.max, s.sum, s.count
+    FROM patient_wearable_daily_stats s
+    WHERE s.patient_id BETWEEN %(lo)s AND %(hi)s
+      AND NOT EXISTS (
+          SELECT 1 FROM agg_full_daily a WHERE a.patient_id = s.patient_id AND a.metric = s.metric AND a.day = s.day
+      )
+)
+INSERT INTO patient_wearable_daily_stats AS s
+    (patient_id, metric, day, avg, min, max, sum, count, avg_7d, avg_30d, updated_at)
+SELECT c.patient_id, c.metric, c.day, c.avg, c.min, c.max, c.sum, c.count,
+       sum(c.sum) OVER w7 / NULLIF(sum(c.count) OVER w7, 0),
+       sum(c.sum) OVER w30 / NULLIF(sum(c.count) OVER w30, 0),
+       now()
+FROM combined c
+WINDOW w7 AS (PARTITION BY c.patient_id, c.metric ORDER BY c.day
+              RANGE BETWEEN INTERVAL '6 days' PRECEDING AND CURRENT ROW),
+       w30 AS (PARTITION BY c.patient_id, c.metric ORDER BY c.day
+               RANGE BETWEEN INTERVAL '29 days' PRECEDING AND CURRENT ROW)
+ORDER BY c.patient_id, c.metric, c.day
+ON CONFLICT (patient_id, metric, day) DO UPDATE
+    SET avg = EXCLUDED.avg, min = EXCLUDED.min, max = EXCLUDED.max, sum = EXCLUDED.sum,
+        count = EXCLUDED.count, avg_7d = EXCLUDED.avg_7d, avg_30d = EXCLUDED.avg_30d,
+        updated_at = EXCLUDED.updated_at
+    WHERE (s.min, s.max, s.count) IS DISTINCT FROM (EXCLUDED.min, EXCLUDED.max, EXCLUDED.count)
+       OR abs(s.sum - EXCLUDED.sum) > 1e-9 * greatest(abs(EXCLUDED.sum), 1)
+       OR abs(s.avg - EXCLUDED.avg) > 1e-9 * greatest(abs(EXCLUDED.avg), 1)
+       OR {rolling_changed}
+"""
+_PG_FULL_UPSERT = _PG_FULL_UPSERT.replace("{rolling_changed}", _rolling_changed("s", "greatest", "EXCLUDED"))
+
+
+def _pg_full_rebuild(patient_ids: list[int], result: AggregateResult) -> None:
+    now = timezone.now()
+    params: dict[str, Any] = {"raw_from": raw_horizon(now), "first_day": first_complete_day(now)}
+    with transaction.atomic(), db.cursor() as cursor:
+        _tune_session()
+        cursor.execute("DROP TABLE IF EXISTS agg_full_marks, agg_full_daily")
+        cursor.execute(_PG_FULL_MARKS)
+        cursor.execute(_PG_FULL_SCAN, params)
+        cursor.execute("CREATE INDEX ON agg_full_daily (patient_id)")
+        cursor.execute("ANALYZE agg_full_daily")
+    try:
+        for chunk in _chunks(patient_ids, CHUNK_PATIENTS):
+            # Chunks are runs of consecutive ids, so BETWEEN covers exactly them (and reads by range).
+            chunk_params = {**params, "lo": chunk[0], "hi": chunk[-1]}
+            within = "d.patient_id BETWEEN %(lo)s AND %(hi)s"
+            with transaction.atomic(), db.cursor() as cursor:
+                _tune_session()
+                cursor.execute(_PG_KEYS_TABLE)
+                cursor.execute("TRUNCATE agg_keys")
+                cursor.execute(_PG_SNAPSHOT.format(marks="agg_full_marks", where=within), chunk_params)
+                result.marks_read += cursor.rowcount
+                cursor.execute("ANALYZE agg_keys")
+                # Marked days before the horizon (a far backfill) are not in the scan: recompute them by key.
+                older = "AND k.day < %(first_day)s"
+                result.daily_rows_changed += _pg_count(
+                    cursor, _PG_DAILY_WEARABLE_KEYS.format(only=older), chunk_params
+                )
+                result.daily_rows_changed += _pg_count(
+                    cursor, _PG_DAILY_GLUCOSE_KEYS.format(only=older), chunk_params
+                )
+                cursor.execute(
+                    "SELECT (SELECT count(*) FROM agg_full_daily WHERE patient_id BETWEEN %(lo)s AND %(hi)s), "
+                    "(SELECT count(*) FROM patient_wearable_daily_stats WHERE patient_id BETWEEN %(lo)s AND %(hi)s)",
+                    chunk_params,
+                )
+                daily, stored = cursor.fetchone()
+                # Rows written carry both their daily values and rolling averages: counted once, as daily.
+                result.daily_rows_changed += _pg_count(cursor, _PG_FULL_UPSERT, chunk_params)
+                result.daily_rows_recomputed += daily
+                result.rolling_rows_recomputed += max(stored, daily)
+                result.marks_cleared += _pg_count(cursor, _PG_CLEAR_MARKS, None)
+    finally:
+        with db.cursor() as cursor:
+            cursor.execute("DROP TABLE IF EXISTS agg_full_marks, agg_full_daily")
+
+
+# --- SQLite ------------------------------------------------------------------------------------------------------
+# SQLite has no time zones: the UTC bounds of each local day are computed in Python (zoneinfo, DST-safe) into
+# a temp table, and the raw rows are joined to it by range. Timestamps are Django's naive-UTC text, which
+# sorts like time.
+
+_SQLITE_KEYS_TABLE = """
+CREATE TEMP TABLE IF NOT EXISTS agg_keys (
+    patient_id integer, metric text, day text, version integer, day_start text, day_end text
+)
+"""
+
+_SQLITE_DAILY_SET = """
+ON CONFLICT (patient_id, metric, day) DO UPDATE
+    SET avg = excluded.avg, min = excluded.min, max = excluded.max, sum = excluded.sum,
+        count = excluded.count, updated_at = excluded.updated_at
+    WHERE min IS NOT excluded.min OR max IS NOT excluded.max OR count IS NOT excluded.count
+        OR abs(sum - excluded.sum) > 1e-9 * max(abs(excluded.sum), 1)
+        OR abs(avg - excluded.avg) > 1e-9 * max(abs(excluded.avg), 1)
+"""
+
+_SQLITE_DAILY_WEARABLE = (
+    """
+INSERT INTO patient_wearable_daily_stats (patient_id, metric, day, avg, min, max, sum, count, updated_at)
+SELECT k.patient_id, k.metric, k.day, avg(r.value), min(r.value), max(r.value), sum(r.value), count(*), ?
+FROM agg_keys k
+JOIN patient_wearable_readings r
+  ON r.patient_id = k.patient_id AND r.metric = k.metric
+ AND r.measured_at >= k.day_start AND r.measured_at < k.day_end
+WHERE k.metric <> 'glucose'
+GROUP BY k.patient_id, k.metric, k.day
+"""
+    + _SQLITE_DAILY_SET
+)
+
+_SQLITE_DAILY_GLUCOSE = (
+    """
+INSERT INTO patient_wearable_daily_stats (patient_id, metric, day, avg, min, max, sum, count, updated_at)
+SELECT k.patient_id, 'glucose', k.day, avg(g.value_mg_dl), min(g.value_mg_dl), max(g.value_mg_dl),
+       sum(g.value_mg_dl), count(*), ?
+FROM agg_keys k
+JOIN patient_glucose_readings g
+  ON g.patient_id = k.patient_id AND g.measured_at >= k.day_start AND g.measured_at < k.day_end
+WHERE k.metric = 'glucose'
+GROUP BY k.patient_id, k.day
+"""
+    + _SQLITE_DAILY_SET
+)
+
+_SQLITE_WINDOWS = """
+    WINDOW w7 AS (PARTITION BY s.patient_id, s.metric ORDER BY julianday(s.day)
+                  RANGE BETWEEN 6 PRECEDING AND CURRENT ROW),
+           w30 AS (PARTITION BY s.patient_id, s.metric ORDER BY julianday(s.day)
+                   RANGE BETWEEN 29 PRECEDING AND CURRENT ROW)
+"""
+
+_SQLITE_ROLLING_KEYS = (
+    """
+CREATE TEMP TABLE agg_rolling AS
+WITH RECURSIVE offsets(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM offsets WHERE n < 29),
+targets AS (
+    SELECT DISTINCT k.patient_id, k.metric, date(k.day, '+' || o.n || ' days') AS day
+    FROM agg_keys k CROSS JOIN offsets o
+),
+spans AS (
+    SELECT patient_id, metric, date(min(day), '-29 days') AS lo, max(day) AS hi
+    FROM targets GROUP BY patient_id, metric
+),
+win AS (
+    SELECT s.id, s.patient_id, s.metric, s.day,
+           sum(s.sum) OVER w7 / NULLIF(sum(s.count) OVER w7, 0) AS avg_7d,
+           sum(s.sum) OVER w30 / NULLIF(sum(s.count) OVER w30, 0) AS avg_30d
+    FROM spans p
+    JOIN patient_wearable_daily_stats s
+      ON s.patient_id = p.patient_id AND s.metric = p.metric AND s.day BETWEEN p.lo AND p.hi
+"""
+    + _SQLITE_WINDOWS
+    + """
+)
+SELECT w.id, w.avg_7d, w.avg_30d
+FROM win w JOIN targets t ON t.patient_id = w.patient_id AND t.metric = w.metric AND t.day = w.day
+"""
+)
+
+_SQLITE_ROLLING_FULL = (
+    """
+CREATE TEMP TABLE agg_rolling AS
+SELECT s.id,
+       sum(s.sum) OVER w7 / NULLIF(sum(s.count) OVER w7, 0) AS avg_7d,
+       sum(s.sum) OVER w30 / NULLIF(sum(s.count) OVER w30, 0) AS avg_30d
+FROM patient_wearable_daily_stats s
+WHERE s.patient_id IN (SELECT value FROM json_each(?))
+"""
+    + _SQLITE_WINDOWS
+)
+
+_SQLITE_ROLLING_APPLY = """
+UPDATE patient_wearable_daily_stats
+   SET avg_7d = r.avg_7d, avg_30d = r.avg_30d, updated_at = ?
+  FROM agg_rolling r
+ WHERE patient_wearable_daily_stats.id = r.id
+   AND ({sqlite_rolling_changed})
+"""
+
+_SQLITE_CLEAR_MARKS = """
+DELETE FROM patient_wearable_daily_stats_dirty
+WHERE EXISTS (
+    SELECT 1 FROM agg_keys k
+    WHERE k.patient_id = patient_wearable_daily_stats_dirty.patient_id
+      AND k.metric = patient_wearable_daily_stats_dirty.metric
+      AND k.day = patient_wearable_daily_stats_dirty.day
+      AND k.version = patient_wearable_daily_stats_dirty.version
+)
+"""
+
+
+_SQLITE_ROLLING_APPLY = _SQLITE_ROLLING_APPLY.replace(
+    "{sqlite_rolling_changed}", _rolling_changed("patient_wearable_daily_stats", "max")
+)
+
+
+def _naive_utc(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(sep=" ")[:-6]
+
+
+def _sqlite_now() -> str:
+    return _naive_utc(timezone.now())
+
+
+def _sqlite_snapshot(raw: Any, patient_ids: list[int]) -> int:
+    raw.execute(_SQLITE_KEYS_TABLE)
+    raw.execute("DELETE FROM agg_keys")
+    rows = raw.execute(
+        "SELECT d.patient_id, d.metric, d.day, d.version, p.time_zone "
+        "FROM patient_wearable_daily_stats_dirty d JOIN patients p ON p.id = d.patient_id "
+        "WHERE d.patient_id IN (SELECT value FROM json_each(?))",
+        [_json_ids(patient_ids)],
+    ).fetchall()
+    raw.executemany(
+        "INSERT INTO agg_keys VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (patient, metric, str(day), version, *_sqlite_bounds(_as_date(day), zone))
+            for patient, metric, day, version, zone in rows
+        ],
+    )
+    return len(rows)
+
+
+def _as_date(value: date | str) -> date:
+    # Django registers a converter for DATE columns on its SQLite connections; plain text otherwise.
+    return value if isinstance(value, date) else date.fromisoformat(value)
+
+
+def _sqlite_bounds(day: date, zone: str) -> tuple[str, str]:
+    start, end = local_day_bounds(day, ZoneInfo(zone))
+    return _naive_utc(start), _naive_utc(end)
+
+
+def _json_ids(ids: list[int]) -> str:
+    return "[" + ",".join(str(int(i)) for i in ids) + "]"
+
+
+def _sqlite_rolling(raw: Any, sql: str, params: list[Any]) -> tuple[int, int]:
+    raw.execute("DROP TABLE IF EXISTS agg_rolling")
+    raw.execute(sql, params)
+    recomputed = raw.execute("SELECT count(*) FROM agg_rolling").fetchone()[0]
+    changed = raw.execute(_SQLITE_ROLLING_APPLY, [_sqlite_now()]).rowcount
+    raw.execute("DROP TABLE agg_rolling")
+    return recomputed, changed
+
+
+def _sqlite_raw() -> Any:
+    with db.cursor():  # make sure the connection is open
+        pass
+    return db.connection
+
+
+def _sqlite_rebuild_chunk(patient_ids: list[int]) -> AggregateResult:
+    raw = _sqlite_raw()
+    result = AggregateResult(mode="full")
+    now_moment = timezone.now()
+    first_day = first_complete_day(now_moment)
+    result.marks_read = _sqlite_snapshot(raw, patient_ids)
+    marks = raw.execute("SELECT patient_id, metric, day, version FROM agg_keys").fetchall()
+    # Every (patient, metric, local day) with raw rows inside the horizon, plus the older marked days.
+    raw_from = _naive_utc(raw_horizon(now_moment))
+    spans = raw.execute(
+        """
+        SELECT patient_id, metric, min(measured_at), max(measured_at) FROM patient_wearable_readings
+        WHERE patient_id IN (SELECT value FROM json_each(?1)) AND measured_at >= ?2 GROUP BY patient_id, metric
+        UNION ALL
+        SELECT patient_id, 'glucose', min(measured_at), max(measured_at) FROM patient_glucose_readings
+        WHERE patient_id IN (SELECT value FROM json_each(?1)) AND measured_at >= ?2 GROUP BY patient_id
+        """,
+        [_json_ids(patient_ids), raw_from],
+    ).fetchall()
+    zones = dict(Patient.objects.filter(pk__in=patient_ids).values_list("pk", "time_zone"))
+    keys: dict[tuple[int, str, str], int] = {}
+    for patient, metric, first, last in spans:
+        tz = ZoneInfo(zones[patient])
+        day = max(_local_day(first, tz), first_day)
+        last_day = _local_day(last, tz)
+        while day <= last_day:
+            keys[(patient, metric, day.isoformat())] = 0
+            day += timedelta(days=1)
+    for patient, metric, day, version in marks:
+        keys[(patient, metric, str(day))] = version
+    raw.execute("DELETE FROM agg_keys")
+    raw.executemany(
+        "INSERT INTO agg_keys VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (patient, metric, day, version, *_sqlite_bounds(date.fromisoformat(day), zones[patient]))
+            for (patient, metric, day), version in keys.items()
+        ],
+    )
+    now = _sqlite_now()
+    result.daily_rows_changed = raw.execute(_SQLITE_DAILY_WEARABLE, [now]).rowcount
+    result.daily_rows_changed += raw.execute(_SQLITE_DAILY_GLUCOSE, [now]).rowcount
+    result.daily_rows_recomputed = raw.execute(
+        "SELECT count(*) FROM patient_wearable_daily_stats "
+        "WHERE patient_id IN (SELECT value FROM json_each(?)) AND day >= ?",
+        [_json_ids(patient_ids), first_day.isoformat()],
+    ).fetchone()[0]
+    result.rolling_rows_recomputed, result.rolling_rows_changed = _sqlite_rolling(
+        raw, _SQLITE_ROLLING_FULL, [_json_ids(patient_ids)]
+    )
+    result.marks_cleared = raw.execute(_SQLITE_CLEAR_MARKS).rowcount
+    raw.execute("DELETE FROM agg_keys")
+    return result
+
+
+def _local_day(naive_utc: str | datetime, tz: ZoneInfo) -> date:
+    moment = naive_utc if isinstance(naive_utc, datetime) else datetime.fromisoformat(naive_utc)
+    return moment.replace(tzinfo=UTC).astimezone(tz).date()

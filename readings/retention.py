@@ -1,0 +1,432 @@
+"""`cleanup-wearable-data` (weekly): retention, orphans and duplicates of the raw reading tables.
+
+1. Partitions (PostgreSQL): the weekly partitions from the cutoff to READING_PARTITION_PREMAKE_WEEKS ahead
+   exist (readings/partitions.py).
+2. Retention: raw rows measured before `now - RAW_READING_RETENTION_DAYS` are removed. PostgreSQL drops every
+   weekly partition that ends at or before the cutoff, DELETEs the older rows of the one partition that
+   straddles it and of the DEFAULT partition; SQLite (or an unpartitioned table) DELETEs in batches.
+   Daily statistics are never touched: they are the long-term record.
+3. Orphans: readings of a connection deleted (a ConnectionRemoval tombstone, readings/signals.py) or
+   deactivated more than ORPHANED_READING_GRACE_DAYS ago are removed. Their daily statistics stay.
+4. Duplicates: one measurement stored twice, through two routes (Dexcom glucose via Junction and via the
+   direct Dexcom connection) or with timestamps that differ only below the provider's precision. The copy
+   kept is chosen by SOURCE PRIORITY (first wins):
+     a. the route: a direct connection of the device's own provider (dexcom, libre, whoop), then junction,
+        then a reading whose connection is unknown or gone;
+     b. the most recently ingested copy (providers revise values: Dexcom smoothing, WHOOP scoring; Junction
+        documents "latest value wins");
+     c. the smallest (source, source type, timestamp), only to make the choice deterministic.
+   "The same measurement" means: same patient, same metric, same device family (dexcom*, *libre*,
+   whoop* are each one family whatever slug the route uses; any other source is its own family), same
+   source type (ignored for those three families, whose routes label it differently), and the same
+   timestamp at the provider's precision: the minute for glucose (Dexcom `systemTime` may lack seconds,
+   CGMs sample every 1-15 minutes), the second for wearable samples. The days of removed duplicates are
+   marked dirty, so the next aggregate-wearable-data recomputes them.
+
+`dry_run=True` counts what each step would remove (rows and distinct patients per table) and changes nothing.
+Every step is idempotent: a second run finds nothing to remove.
+"""
+
+from __future__ import annotations
+
+import logging
+import time as monotonic
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.db import connection as db
+from django.db import transaction
+from django.utils import timezone
+
+from connections.models import Connection, ConnectionStatus, Patient
+from readings.dirty import mark_dirty
+from readings.models import ConnectionRemoval
+from readings.partitions import (
+    RAW_TABLES,
+    default_partition,
+    ensure_partitions,
+    is_partitioned,
+    list_partitions,
+    partition_name,
+    week_start,
+)
+
+logger = logging.getLogger("loopsync.retention")
+
+JOB_NAME = "cleanup-wearable-data"
+WEARABLE_TABLE, GLUCOSE_TABLE = RAW_TABLES
+_ADVISORY_LOCK = 0x4C53_434C  # "LSCL"
+SQLITE_DELETE_BATCH = 10_000
+
+# Source priority, route first: these providers' direct connections win for their own device family.
+DIRECT_PROVIDERS = ("dexcom", "libre", "whoop")
+# Precision of the providers' timestamps, as the truncation that makes two copies one measurement.
+PRECISION = {GLUCOSE_TABLE: "minute", WEARABLE_TABLE: "second"}
+
+
+@dataclass
+class Removal:
+    table: str
+    reason: str  # retention | orphan | duplicate
+    rows: int
+    patients: int | None  # None when whole partitions were dropped without reading them
+
+
+@dataclass
+class CleanupResult:
+    job: str = JOB_NAME
+    status: str = "success"
+    dry_run: bool = False
+    cutoff: str = ""
+    partitions_created: list[str] = field(default_factory=list)
+    partitions_dropped: list[str] = field(default_factory=list)
+    removals: list[Removal] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    @property
+    def rows_removed(self) -> int:
+        return sum(r.rows for r in self.removals)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["rows_removed"] = self.rows_removed
+        return data
+
+    def table_lines(self) -> list[str]:
+        verb = "would remove" if self.dry_run else "removed"
+        lines = [f"{'table':<28} {'reason':<10} {'rows':>10} {'patients':>9}"]
+        for r in self.removals:
+            patients = "-" if r.patients is None else str(r.patients)
+            lines.append(f"{r.table:<28} {r.reason:<10} {r.rows:>10} {patients:>9}")
+        lines.append(f"{verb} {self.rows_removed} rows (cutoff {self.cutoff})")
+        return lines
+
+
+def is_postgres() -> bool:
+    return db.vendor == "postgresql"
+
+
+def _db_time(moment: datetime) -> Any:
+    """A timestamp parameter: aware for PostgreSQL, Django's naive-UTC text for SQLite (which compares text)."""
+    if is_postgres():
+        return moment
+    return moment.astimezone(UTC).isoformat(sep=" ")[:-6]
+
+
+def retention_cutoff(now: datetime | None = None) -> datetime:
+    return (now or timezone.now()) - timedelta(days=settings.RAW_READING_RETENTION_DAYS)
+
+
+def run_cleanup(*, dry_run: bool = False, now: datetime | None = None) -> CleanupResult:
+    started = monotonic.monotonic()
+    now = now or timezone.now()
+    cutoff = retention_cutoff(now)
+    result = CleanupResult(dry_run=dry_run, cutoff=cutoff.isoformat())
+    with _single_flight() as acquired:
+        if not acquired:
+            result.status = "skipped: another run holds the lock"
+            return result
+        result.partitions_created = _partitions_ahead(cutoff, now, dry_run)
+        for table in RAW_TABLES:
+            result.removals.append(_retention(table, cutoff, dry_run, result))
+        for table in RAW_TABLES:
+            result.removals.append(_orphans(table, now, dry_run))
+        if not dry_run:
+            _forget_tombstones(now)
+        for table in RAW_TABLES:
+            result.removals.append(_duplicates(table, cutoff, dry_run))
+    result.duration_s = round(monotonic.monotonic() - started, 3)
+    logger.info(
+        "%s finished",
+        JOB_NAME,
+        extra={
+            "job": JOB_NAME,
+            "dry_run": dry_run,
+            "rows_removed": result.rows_removed,
+            "partitions_dropped": len(result.partitions_dropped),
+            "duration_s": result.duration_s,
+        },
+    )
+    return result
+
+
+@contextmanager
+def _single_flight() -> Iterator[bool]:
+    if not is_postgres():
+        yield True
+        return
+    with db.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [_ADVISORY_LOCK])
+        acquired = bool(cursor.fetchone()[0])
+    try:
+        yield acquired
+    finally:
+        if acquired:
+            with db.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [_ADVISORY_LOCK])
+
+
+def _partitions_ahead(cutoff: datetime, now: datetime, dry_run: bool) -> list[str]:
+    last = now + timedelta(weeks=settings.READING_PARTITION_PREMAKE_WEEKS)
+    if dry_run:
+        missing = []
+        for table in RAW_TABLES:
+            if not is_partitioned(table):
+                continue
+            existing = {p.start for p in list_partitions(table)}
+            start = week_start(cutoff)
+            while start <= last:
+                if start not in existing:
+                    missing.append(partition_name(table, start))
+                start += timedelta(days=7)
+        return missing
+    with transaction.atomic():
+        return ensure_partitions(cutoff, last)
+
+
+# --- Retention ---------------------------------------------------------------------------------------------
+
+
+def _count(table: str, where: str, params: list[Any]) -> tuple[int, int]:
+    with db.cursor() as cursor:
+        cursor.execute(f'SELECT count(*), count(DISTINCT patient_id) FROM "{table}" WHERE {where}', params)
+        rows, patients = cursor.fetchone()
+    return rows, patients
+
+
+def _retention(table: str, cutoff: datetime, dry_run: bool, result: CleanupResult) -> Removal:
+    if dry_run:
+        return Removal(table, "retention", *_count(table, "measured_at < %s", [_db_time(cutoff)]))
+    if is_partitioned(table):
+        return _retention_by_partition(table, cutoff, result)
+    return _retention_by_batches(table, cutoff)
+
+
+def _retention_by_partition(table: str, cutoff: datetime, result: CleanupResult) -> Removal:
+    rows = 0
+    patients: set[int] = set()
+    dropped_any = False
+    with transaction.atomic(), db.cursor() as cursor:
+        # DROP TABLE locks the parent exclusively: give up (the job fails, next week retries) rather than
+        # queue every sync's insert behind a long-running reader.
+        cursor.execute("SET LOCAL lock_timeout = '10s'")
+        for part in list_partitions(table):
+            if part.end <= cutoff:
+                # Every row is past the cutoff: dropping the partition frees its files at once and leaves
+                # no dead tuples for VACUUM. reltuples is the planner's estimate; counting would read it all.
+                cursor.execute(
+                    "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE relname = %s", [part.name]
+                )
+                rows += cursor.fetchone()[0]
+                cursor.execute(f'DROP TABLE "{part.name}"')
+                result.partitions_dropped.append(part.name)
+                dropped_any = True
+            elif part.start < cutoff:
+                partial_rows, partial_patients = _delete_older(cursor, part.name, cutoff)
+                rows += partial_rows
+                patients |= partial_patients
+        default_rows, default_patients = _delete_older(cursor, default_partition(table), cutoff)
+    rows += default_rows
+    patients |= default_patients
+    return Removal(table, "retention", rows, None if dropped_any else len(patients))
+
+
+def _delete_older(cursor: Any, relation: str, cutoff: datetime) -> tuple[int, set[int]]:
+    cursor.execute(
+        f'WITH gone AS (DELETE FROM "{relation}" WHERE measured_at < %s RETURNING patient_id) '
+        "SELECT count(*), coalesce(array_agg(DISTINCT patient_id), '{}') FROM gone",
+        [cutoff],
+    )
+    count, patients = cursor.fetchone()
+    return count, set(patients)
+
+
+def _retention_by_batches(table: str, cutoff: datetime) -> Removal:
+    """SQLite (or an unpartitioned table): short DELETE batches, each its own transaction."""
+    bound = _db_time(cutoff)
+    rowid = "ctid" if is_postgres() else "rowid"
+    rows = 0
+    patients: set[int] = set()
+    while True:
+        with transaction.atomic(), db.cursor() as cursor:
+            cursor.execute(
+                f'DELETE FROM "{table}" WHERE {rowid} IN '
+                f'(SELECT {rowid} FROM "{table}" WHERE measured_at < %s LIMIT {SQLITE_DELETE_BATCH}) '
+                "RETURNING patient_id",
+                [bound],
+            )
+            gone = [row[0] for row in cursor.fetchall()]
+        rows += len(gone)
+        patients.update(gone)
+        if len(gone) < SQLITE_DELETE_BATCH:
+            return Removal(table, "retention", rows, len(patients))
+
+
+# --- Orphans -----------------------------------------------------------------------------------------------
+
+
+def orphaned_connections(now: datetime) -> list[tuple[int, int]]:
+    """(patient_id, connection_id) of connections deleted or deactivated more than the grace period ago."""
+    since = now - timedelta(days=settings.ORPHANED_READING_GRACE_DAYS)
+    removed = ConnectionRemoval.objects.filter(removed_at__lt=since).values_list(
+        "patient_id", "connection_id"
+    )
+    inactive = Connection.objects.filter(status=ConnectionStatus.INACTIVE, updated_at__lt=since).values_list(
+        "patient_id", "pk"
+    )
+    return sorted(set(removed) | set(inactive))
+
+
+def _orphans(table: str, now: datetime, dry_run: bool) -> Removal:
+    pairs = orphaned_connections(now)
+    if not pairs:
+        return Removal(table, "orphan", 0, 0)
+    rows = 0
+    patients: set[int] = set()
+    with transaction.atomic(), db.cursor() as cursor:
+        # One statement per connection: the primary key starts with patient_id, so each is an index range.
+        for patient_id, connection_id in pairs:
+            if dry_run:
+                cursor.execute(
+                    f'SELECT count(*) FROM "{table}" WHERE patient_id = %s AND connection_id = %s',
+                    [patient_id, connection_id],
+                )
+                count = cursor.fetchone()[0]
+            else:
+                cursor.execute(
+                    f'DELETE FROM "{table}" WHERE patient_id = %s AND connection_id = %s',
+                    [patient_id, connection_id],
+                )
+                count = cursor.rowcount
+            rows += count
+            if count:
+                patients.add(patient_id)
+    return Removal(table, "orphan", rows, len(patients))
+
+
+def _forget_tombstones(now: datetime) -> None:
+    # Their readings are gone now (same run, committed above); a tombstone has no other use.
+    since = now - timedelta(days=settings.ORPHANED_READING_GRACE_DAYS)
+    ConnectionRemoval.objects.filter(removed_at__lt=since).delete()
+
+
+# --- Duplicates --------------------------------------------------------------------------------------------
+
+
+def _family(column: str) -> str:
+    return (
+        f"CASE WHEN {column} LIKE 'dexcom%%' THEN 'dexcom' "
+        f"WHEN {column} LIKE '%%libre%%' THEN 'libre' "
+        f"WHEN {column} LIKE 'whoop%%' THEN 'whoop' ELSE {column} END"
+    )
+
+
+def _route_rank() -> str:
+    direct = ", ".join(f"'{p}'" for p in DIRECT_PROVIDERS)
+    return f"CASE WHEN c.provider IN ({direct}) THEN 0 WHEN c.provider = 'junction' THEN 1 ELSE 2 END"
+
+
+def _truncated(column: str, precision: str) -> str:
+    if is_postgres():
+        return f"date_trunc('{precision}', {column})"
+    # Django stores SQLite datetimes as "YYYY-MM-DD HH:MM:SS[.ffffff]" (naive UTC).
+    return f"substr({column}, 1, {16 if precision == 'minute' else 19})"
+
+
+def _duplicates_query(table: str, cutoff_param: str) -> tuple[str, list[str]]:
+    """A SELECT ranking every copy of every measurement (rn = 1 is kept), and the table's key columns."""
+    family = _family("r.source")
+    when = _truncated("r.measured_at", PRECISION[table])
+    direct = ", ".join(f"'{p}'" for p in DIRECT_PROVIDERS)
+    if table == WEARABLE_TABLE:
+        keys = ["patient_id", "metric", "source", "source_type", "measured_at"]
+        # Routes label the same device's source type differently; other families keep it (phone vs watch).
+        stype = f"CASE WHEN ({family}) IN ({direct}) THEN '' ELSE r.source_type END"
+        group = f"r.patient_id, r.metric, {family}, {stype}, {when}"
+        order = f"{_route_rank()}, r.ingested_at DESC, r.source, r.source_type, r.measured_at"
+    else:
+        keys = ["patient_id", "source", "measured_at"]
+        group = f"r.patient_id, {family}, {when}"
+        order = f"{_route_rank()}, r.ingested_at DESC, r.source, r.measured_at"
+    rowid = "NULL" if is_postgres() else "r.rowid"
+    ranked = f"""
+        SELECT {rowid} AS rid, {", ".join("r." + k for k in keys)},
+               row_number() OVER (PARTITION BY {group} ORDER BY {order}) AS rn
+        FROM "{table}" r LEFT JOIN patient_connections c ON c.id = r.connection_id
+        WHERE r.measured_at >= {cutoff_param}
+    """
+    return ranked, keys
+
+
+def _duplicates(table: str, cutoff: datetime, dry_run: bool) -> Removal:
+    if is_postgres():
+        return _duplicates_postgres(table, cutoff, dry_run)
+    return _duplicates_sqlite(table, cutoff, dry_run)
+
+
+def _duplicates_postgres(table: str, cutoff: datetime, dry_run: bool) -> Removal:
+    ranked, keys = _duplicates_query(table, "%(cutoff)s")
+    if dry_run:
+        sql = f"SELECT count(*), count(DISTINCT patient_id) FROM ({ranked}) x WHERE rn > 1"
+    else:
+        match = " AND ".join(f"t.{k} = d.{k}" for k in keys)
+        metric = "t.metric" if table == WEARABLE_TABLE else "'glucose'"
+        # The removed copies' days are marked in the same statement, so the next aggregation recomputes them.
+        sql = f"""
+        WITH doomed AS (SELECT * FROM ({ranked}) x WHERE rn > 1),
+        gone AS (
+            DELETE FROM "{table}" t USING doomed d WHERE {match}
+            RETURNING t.patient_id, {metric} AS metric, t.measured_at
+        ),
+        marked AS (
+            INSERT INTO patient_wearable_daily_stats_dirty AS m (patient_id, metric, day, version, marked_at)
+            SELECT DISTINCT g.patient_id, g.metric, (g.measured_at AT TIME ZONE p.time_zone)::date, 1, now()
+            FROM gone g JOIN patients p ON p.id = g.patient_id
+            ON CONFLICT (patient_id, metric, day) DO UPDATE
+                SET version = m.version + 1, marked_at = EXCLUDED.marked_at
+            RETURNING 1
+        )
+        SELECT (SELECT count(*) FROM gone), (SELECT count(DISTINCT patient_id) FROM gone)
+        """
+    with transaction.atomic(), db.cursor() as cursor:
+        cursor.execute(sql, {"cutoff": cutoff})
+        rows, patients = cursor.fetchone()
+    return Removal(table, "duplicate", rows, patients)
+
+
+def _duplicates_sqlite(table: str, cutoff: datetime, dry_run: bool) -> Removal:
+    ranked, _ = _duplicates_query(table, "?")
+    with transaction.atomic(), db.cursor():
+        raw = db.connection
+        if dry_run:
+            rows, patients = raw.execute(
+                f"SELECT count(*), count(DISTINCT patient_id) FROM ({ranked}) WHERE rn > 1",
+                [_db_time(cutoff)],
+            ).fetchone()
+            return Removal(table, "duplicate", rows, patients)
+        metric = "metric" if table == WEARABLE_TABLE else "'glucose'"
+        gone = raw.execute(
+            f'DELETE FROM "{table}" WHERE rowid IN (SELECT rid FROM ({ranked}) WHERE rn > 1) '
+            f"RETURNING patient_id, {metric}, measured_at",
+            [_db_time(cutoff)],
+        ).fetchall()
+        _mark_days(gone)
+    return Removal(table, "duplicate", len(gone), len({row[0] for row in gone}))
+
+
+def _mark_days(gone: list[tuple[int, str, str]]) -> None:
+    by_patient: dict[int, set[tuple[str, date]]] = defaultdict(set)
+    zones = dict(Patient.objects.filter(pk__in={row[0] for row in gone}).values_list("pk", "time_zone"))
+    for patient_id, metric, measured_at in gone:
+        if not isinstance(measured_at, datetime):
+            measured_at = datetime.fromisoformat(measured_at)
+        moment = measured_at.replace(tzinfo=UTC)
+        by_patient[patient_id].add((metric, moment.astimezone(ZoneInfo(zones[patient_id])).date()))
+    for patient_id, keys in by_patient.items():
+        mark_dirty(patient_id, keys)

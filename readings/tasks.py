@@ -1,0 +1,18 @@
+"""django-q2 entry points for the daily-statistics and retention jobs: thin wrappers returning summaries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from readings.aggregate import run_aggregation
+from readings.retention import run_cleanup
+
+
+def aggregate_wearable_data(full: bool = False) -> dict[str, Any]:
+    """`aggregate-wearable-data` (daily, 04:30 UTC, after the 03:00 sync): consume the day marks."""
+    return run_aggregation(full=full).as_dict()
+
+
+def cleanup_wearable_data(dry_run: bool = False) -> dict[str, Any]:
+    """`cleanup-wearable-data` (weekly): partitions ahead, retention, orphans, duplicates."""
+    return run_cleanup(dry_run=dry_run).as_dict()
