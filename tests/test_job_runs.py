@@ -146,3 +146,13 @@ def test_nearest_rank_percentile() -> None:
     assert percentile([3.0], 95) == 3.0
     assert percentile([float(i) for i in range(1, 101)], 95) == 95.0
     assert percentile([float(i) for i in range(1, 101)], 50) == 50.0
+
+
+def test_the_aggregation_and_cleanup_tasks_are_recorded_as_job_runs() -> None:
+    from readings import tasks as reading_tasks
+
+    reading_tasks.aggregate_wearable_data()
+    reading_tasks.cleanup_wearable_data(dry_run=True)
+
+    runs = {run.job: run.status for run in JobRun.objects.all()}
+    assert runs == {"aggregate-wearable-data": JobRunStatus.SUCCESS, "cleanup-wearable-data": JobRunStatus.SUCCESS}
