@@ -113,7 +113,6 @@ class Fetched:
     window_end: datetime
     readings: list[WearableRow] = field(default_factory=list)
     glucose: list[GlucoseRow] = field(default_factory=list)
-    records: int = 0
     skipped: int = 0
     cursor: datetime | None = None
     # WHOOP only: the new pending_since (None = nothing unsettled), written with the data.
@@ -199,7 +198,6 @@ def fetch_whoop(connection: Connection, clients: DirectClients, trigger: str) ->
         window_start=start,
         window_end=now,
         readings=parsed.readings,
-        records=parsed.records,
         skipped=parsed.skipped,
         cursor=now,
         pending_since=parsed.unsettled_since,
@@ -226,7 +224,6 @@ def fetch_dexcom(connection: Connection, clients: DirectClients, trigger: str) -
         window_start=start,
         window_end=now,
         glucose=parsed.glucose,
-        records=parsed.records,
         skipped=parsed.skipped,
         cursor=parsed.newest,
     )
@@ -253,7 +250,6 @@ def fetch_libre(connection: Connection, clients: DirectClients, trigger: str) ->
         window_start=since or now - timedelta(hours=12),
         window_end=now,
         glucose=parsed.glucose,
-        records=parsed.records,
         skipped=parsed.skipped,
         cursor=parsed.newest,
     )
@@ -336,7 +332,8 @@ def sync_direct_connection(
     stored = run_with_retries(summary, attempt, sleep=sleep)
     if stored is not None and fetched is not None:
         summary.status = "success"
-        summary.records_fetched = fetched.records
+        # As for Junction: the readings the payload yields plus the records skipped, so stored <= fetched.
+        summary.records_fetched = len(fetched.readings) + len(fetched.glucose) + fetched.skipped
         summary.records_skipped = fetched.skipped
         summary.records_stored = stored
     summary.duration_s = round(time.monotonic() - started, 3)

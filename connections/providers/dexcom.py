@@ -131,7 +131,6 @@ def newest_egv(data_range: dict[str, Any]) -> datetime | None:
 @dataclass
 class ParsedGlucose:
     glucose: list[GlucoseRow] = field(default_factory=list)
-    records: int = 0
     skipped: int = 0
     newest: datetime | None = None
 
@@ -139,7 +138,6 @@ class ParsedGlucose:
 def parse_egvs(body: dict[str, Any], out: ParsedGlucose, *, since: datetime | None = None) -> None:
     """EGV records → glucose rows (mg/dL, original value and unit, trend, trend rate, device)."""
     for index, record in enumerate(body.get("records") or []):
-        out.records += 1
         try:
             if not isinstance(record, dict):
                 raise InvalidRecord("record is not an object")

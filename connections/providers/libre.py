@@ -203,7 +203,6 @@ def parse_factory_timestamp(raw: object) -> datetime:
 @dataclass
 class ParsedLibre:
     glucose: list[GlucoseRow] = field(default_factory=list)
-    records: int = 0
     skipped: int = 0
     newest: datetime | None = None
 
@@ -220,7 +219,6 @@ def parse_graph(data: dict[str, Any], *, since: datetime | None, device: str = "
     device = device or ("libre" + (f"/{sensor.get('pt')}" if sensor.get("pt") is not None else ""))
     by_time: dict[str, GlucoseRow] = {}
     for index, item in enumerate(items):
-        out.records += 1
         try:
             if not isinstance(item, dict):
                 raise InvalidRecord("item is not an object")

@@ -127,7 +127,6 @@ class WhoopClient:
 @dataclass
 class WhoopParsed:
     readings: list[WearableRow] = field(default_factory=list)
-    records: int = 0
     skipped: int = 0
     # The start of the oldest record that may still change (PENDING_SCORE, or the open cycle).
     unsettled_since: datetime | None = None
@@ -163,7 +162,6 @@ def _state(record: dict[str, Any]) -> str:
 def parse_records(collection: str, records: list[dict[str, Any]], out: WhoopParsed) -> None:
     """WHOOP records → wearable rows keyed by the record's own start (so a re-scored record upserts in place)."""
     for index, record in enumerate(records):
-        out.records += 1
         try:
             rows = _rows(collection, record, out)
         except InvalidRecord as exc:
