@@ -51,3 +51,17 @@ def sync_junction_user(connection_id: int, trigger: str = SyncTrigger.SCHEDULE) 
     with JunctionClient.from_config(config) as client:
         summary = sync_junction_connection(connection, config, client, trigger=trigger)
     return summary.as_dict()
+
+
+def run_manual_sync(sync_request_id: int) -> dict[str, Any]:
+    """A patient's manual sync (queued by the REST API); safe to deliver twice (the first claim wins)."""
+    from connections.actions import do_manual_sync
+
+    request = do_manual_sync(sync_request_id)
+    if request is None:
+        return {"sync_request_id": sync_request_id, "status": "gone"}
+    return {
+        "sync_request_id": sync_request_id,
+        "status": request.status,
+        "records_stored": request.records_stored,
+    }
