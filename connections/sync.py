@@ -409,25 +409,26 @@ def run_wearable_sync_job(
     """
     _check_runnable(config)
     result = JobResult(job=JOB_NAME, started_at=timezone.now())
-    with JunctionClient.from_config(config) as client:
+    # One fetch pool for the whole job: its threads (and their HTTP connections) are reused user after user.
+    fetch_pool = ThreadPoolExecutor(
+        max_workers=FETCH_CONCURRENCY * max(1, concurrency), thread_name_prefix="fetch"
+    )
+    with JunctionClient.from_config(config) as client, fetch_pool:
         connections = ensure_junction_connections(config, client)
         total = len(connections)
 
         def one(connection: Connection) -> UserSyncSummary:
-            with ThreadPoolExecutor(
-                max_workers=FETCH_CONCURRENCY, thread_name_prefix="junction-fetch"
-            ) as pool:
-                try:
-                    return sync_junction_connection(
-                        connection, config, client, trigger=trigger, executor=pool, force=force, sleep=sleep
-                    )
-                except Exception as exc:  # noqa: BLE001 - one user's bug must not stop the others
-                    logger.exception("user sync crashed", extra={"connection_id": connection.pk})
-                    return UserSyncSummary(
-                        user_id=connection.patient.junction_user_id or "",
-                        status="failed",
-                        errors=[f"internal error: {type(exc).__name__}"],
-                    )
+            try:
+                return sync_junction_connection(
+                    connection, config, client, trigger=trigger, executor=fetch_pool, force=force, sleep=sleep
+                )
+            except Exception as exc:  # noqa: BLE001 - one user's bug must not stop the others
+                logger.exception("user sync crashed", extra={"connection_id": connection.pk})
+                return UserSyncSummary(
+                    user_id=connection.patient.junction_user_id or "",
+                    status="failed",
+                    errors=[f"internal error: {type(exc).__name__}"],
+                )
 
         if concurrency <= 1:
             for done, connection in enumerate(connections, start=1):

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import orjson
@@ -35,7 +34,7 @@ class Command(BaseCommand):
             if sandbox is not None:
                 sandbox.stop()
         if options["json"]:
-            sys.stdout.write(orjson.dumps(summary, default=str).decode() + "\n")
+            self.stdout.write(orjson.dumps(summary, default=str).decode())
         else:
             for key, value in summary.items():
                 if key != "users":

@@ -85,7 +85,7 @@ class Command(BaseCommand):
             if sandbox is not None:
                 sandbox.stop()
         if options["json"]:
-            sys.stdout.write(orjson.dumps(result.as_dict()).decode() + "\n")
+            self.stdout.write(orjson.dumps(result.as_dict()).decode())
         else:
             self._print_summary(result)
         if not result.ok:
