@@ -22,7 +22,7 @@ from rest_framework.views import APIView
 from connections.api.authentication import IsPatientGraphService, PatientGraphKeyAuthentication
 from connections.api.errors import APIError
 from connections.api.serializers import ErrorSerializer
-from connections.models import Connection, Patient
+from connections.models import Connection, Patient, Provider
 from connections.providers.junction import GlucoseRow, InvalidRecord, WearableRow, canonical_utc
 from readings.models import DailyStat
 from readings.store import store_batch
@@ -65,8 +65,17 @@ class GlucoseIn(serializers.Serializer):
 
 
 class IngestIn(serializers.Serializer):
-    patient_id = serializers.IntegerField(min_value=1)
-    connection_id = serializers.IntegerField(min_value=1, allow_null=True, required=False)
+    patient_id = serializers.IntegerField(
+        min_value=1, required=False, help_text="This deployment's patient id; or send junction_user_id."
+    )
+    junction_user_id = serializers.CharField(
+        max_length=64,
+        required=False,
+        help_text="Identifies the patient across databases (a sync worker's own).",
+    )
+    provider = serializers.ChoiceField(
+        choices=Provider.choices, required=False, help_text="The connection that delivered the rows."
+    )
     readings = ReadingIn(many=True, required=False)
     glucose = GlucoseIn(many=True, required=False)
 
@@ -103,7 +112,7 @@ SERVICE_ERRORS = {
         ErrorSerializer, description="Malformed body or an invalid row (index and rule given)."
     ),
     401: OpenApiResponse(ErrorSerializer, description="Missing or wrong PATIENT_GRAPH_API_KEY."),
-    404: OpenApiResponse(ErrorSerializer, description="No such patient (or connection of that patient)."),
+    404: OpenApiResponse(ErrorSerializer, description="No such patient."),
 }
 
 
@@ -204,13 +213,20 @@ def _body(request: Request) -> dict[str, Any]:
     return body
 
 
-def _patient(body: dict[str, Any]) -> Patient:
-    patient_id = body.get("patient_id")
-    if isinstance(patient_id, bool) or not isinstance(patient_id, int) or patient_id < 1:
-        raise APIError(
-            400, "invalid_request", "patient_id: must be a positive integer", {"patient_id": ["invalid"]}
-        )
-    patient = Patient.objects.filter(pk=patient_id).first()
+def _patient(body: dict[str, Any], *, by_junction_id: bool = False) -> Patient:
+    junction_user_id = body.get("junction_user_id") if by_junction_id else None
+    if junction_user_id is not None:
+        if not isinstance(junction_user_id, str) or not 0 < len(junction_user_id) <= 64:
+            raise APIError(400, "invalid_request", "junction_user_id: must be a string of 1 to 64 characters")
+        patient = Patient.objects.filter(junction_user_id=junction_user_id).first()
+    else:
+        patient_id = body.get("patient_id")
+        if isinstance(patient_id, bool) or not isinstance(patient_id, int) or not 0 < patient_id < 2**63:
+            message = "patient_id: must be a positive integer" + (
+                " (or send junction_user_id)" if by_junction_id else ""
+            )
+            raise APIError(400, "invalid_request", message, {"patient_id": ["invalid"]})
+        patient = Patient.objects.filter(pk=patient_id).first()
     if patient is None:
         raise APIError(404, "not_found", "No such patient.")
     return patient
@@ -235,16 +251,22 @@ class IngestView(ServiceAPIView):
     )
     def post(self, request: Request) -> Response:
         body = _body(request)
-        patient = _patient(body)
+        patient = _patient(body, by_junction_id=True)
         raw_readings, raw_glucose = _list(body, "readings"), _list(body, "glucose")
         if len(raw_readings) + len(raw_glucose) > MAX_ROWS_PER_REQUEST:
             raise APIError(400, "too_many_rows", f"At most {MAX_ROWS_PER_REQUEST} rows per request.")
-        connection_id = body.get("connection_id")
-        if connection_id is not None:
-            if isinstance(connection_id, bool) or not isinstance(connection_id, int):
-                raise APIError(400, "invalid_request", "connection_id: must be an integer or null")
-            if not Connection.objects.filter(pk=connection_id, patient=patient).exists():
-                raise APIError(404, "not_found", "No such connection for this patient.")
+        provider = body.get("provider")
+        connection_id = None
+        if provider is not None:
+            if provider not in Provider.values:
+                raise APIError(
+                    400, "invalid_request", f"provider: must be one of {', '.join(Provider.values)}"
+                )
+            connection_id = (
+                Connection.objects.filter(patient=patient, provider=provider)
+                .values_list("pk", flat=True)
+                .first()
+            )
         rows = _Rows()
         readings = parse_readings(raw_readings, rows)
         glucose = parse_glucose(raw_glucose, rows)
