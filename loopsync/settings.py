@@ -190,6 +190,8 @@ MANUAL_SYNC_STALE_SECONDS = env_int("MANUAL_SYNC_STALE_SECONDS", Q_CLUSTER["retr
 REST_FRAMEWORK |= {
     "DEFAULT_AUTHENTICATION_CLASSES": ["connections.api.authentication.ClerkAuthentication"],
     "EXCEPTION_HANDLER": "connections.api.errors.api_exception_handler",
+    # Both APIs speak JSON only; form parsers would also appear in the schema as accepted bodies.
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
 }

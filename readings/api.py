@@ -58,9 +58,21 @@ def _bad(param: str, why: str) -> APIError:
     return APIError(400, "invalid_parameter", f"{param}: {why}", {param: [why]})
 
 
+def reject_unknown_parameters(request: Request, allowed: frozenset[str]) -> None:
+    """A misspelt parameter (`metrics=`) is a 400, not silently ignored."""
+    unknown = sorted(set(request.query_params) - allowed)
+    if unknown:
+        raise _bad(
+            unknown[0][:40], f"is not a parameter of this endpoint; accepted: {', '.join(sorted(allowed))}"
+        )
+
+
+PAGED = frozenset({"start", "end", "cursor", "page_size"})
+
+
 def parse_metric(request: Request, accepted: frozenset[str], *, required: bool = False) -> str | None:
     raw = request.query_params.get("metric")
-    if raw is None or raw == "":
+    if raw is None:
         if required:
             raise _bad("metric", "is required")
         return None
@@ -76,7 +88,7 @@ def parse_metric(request: Request, accepted: frozenset[str], *, required: bool =
 
 def parse_day(request: Request, name: str) -> date | None:
     raw = request.query_params.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return None
     try:
         return date.fromisoformat(raw)
@@ -87,7 +99,7 @@ def parse_day(request: Request, name: str) -> date | None:
 def parse_moment(request: Request, name: str, tz: ZoneInfo, *, end: bool) -> datetime | None:
     """A date (the patient's local day; `end` includes the whole day) or an ISO-8601 datetime with offset."""
     raw = request.query_params.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return None
     if len(raw) == 10:
         try:
@@ -107,7 +119,7 @@ def parse_moment(request: Request, name: str, tz: ZoneInfo, *, end: bool) -> dat
 
 def parse_page_size(request: Request, default: int, maximum: int) -> int:
     raw = request.query_params.get("page_size")
-    if raw is None or raw == "":
+    if raw is None:
         return default
     try:
         value = int(raw)
@@ -268,7 +280,10 @@ def _params(
         ),
         OpenApiParameter("cursor", str, required=False, description="`next_cursor` of the previous page."),
         OpenApiParameter(
-            "page_size", int, required=False, description=f"1 to {max_size}; default {default_size}."
+            "page_size",
+            {"type": "integer", "minimum": 1, "maximum": max_size},
+            required=False,
+            description=f"1 to {max_size}; default {default_size}.",
         ),
     ]
 
@@ -292,6 +307,7 @@ class DailyStatsView(PatientAPIView):
         tags=["read"],
     )
     def get(self, request: Request) -> Response:
+        reject_unknown_parameters(request, PAGED | {"metric"})
         patient = self.patient(request)
         metric = parse_metric(request, DAILY_METRICS)
         today = timezone.now().astimezone(ZoneInfo(patient.time_zone)).date()
@@ -327,6 +343,7 @@ class ReadingsView(PatientAPIView):
         tags=["read"],
     )
     def get(self, request: Request) -> Response:
+        reject_unknown_parameters(request, PAGED | {"metric"})
         patient = self.patient(request)
         metric = parse_metric(request, KNOWN_METRICS, required=True)
         start, end, page_size = _window(request, patient.time_zone, self.DEFAULT_PAGE, self.MAX_PAGE)
@@ -353,6 +370,7 @@ class GlucoseView(PatientAPIView):
         tags=["read"],
     )
     def get(self, request: Request) -> Response:
+        reject_unknown_parameters(request, PAGED)
         patient = self.patient(request)
         start, end, page_size = _window(request, patient.time_zone, self.DEFAULT_PAGE, self.MAX_PAGE)
         queryset = GlucoseReading.objects.filter(patient=patient, measured_at__gte=start, measured_at__lt=end)

@@ -20,6 +20,7 @@ class ErrorSerializer(serializers.Serializer):
 
 
 class ManualSyncBodySerializer(serializers.Serializer):
+    # A free string, not a choice: an unknown source gets the API's own 400 naming the accepted ones.
     source = serializers.CharField(
         max_length=64,
         help_text="A direct provider (whoop, dexcom, libre) or a provider connected through Junction (oura, ...).",

@@ -132,9 +132,9 @@ class _Rows:
             self.errors[where] = why
 
     def text(self, row: dict[str, Any], name: str, limit: int, where: str, *, required: bool = True) -> str:
-        value = row.get(name)
-        if value is None and not required:
+        if not required and name not in row:
             return ""
+        value = row.get(name)
         if not isinstance(value, str) or (required and not value) or len(value) > limit:
             raise InvalidRecord(f"{where}.{name}: must be a string of 1 to {limit} characters")
         return value
@@ -214,28 +214,34 @@ def _body(request: Request) -> dict[str, Any]:
 
 
 def _patient(body: dict[str, Any], *, by_junction_id: bool = False) -> Patient:
+    patient_id = body.get("patient_id")
+    if "patient_id" in body and (
+        isinstance(patient_id, bool) or not isinstance(patient_id, int) or not 0 < patient_id < 2**63
+    ):
+        raise APIError(
+            400, "invalid_request", "patient_id: must be a positive integer", {"patient_id": ["invalid"]}
+        )
     junction_user_id = body.get("junction_user_id") if by_junction_id else None
-    if junction_user_id is not None:
-        if not isinstance(junction_user_id, str) or not 0 < len(junction_user_id) <= 64:
-            raise APIError(400, "invalid_request", "junction_user_id: must be a string of 1 to 64 characters")
-        patient = Patient.objects.filter(junction_user_id=junction_user_id).first()
-    else:
-        patient_id = body.get("patient_id")
-        if isinstance(patient_id, bool) or not isinstance(patient_id, int) or not 0 < patient_id < 2**63:
-            message = "patient_id: must be a positive integer" + (
-                " (or send junction_user_id)" if by_junction_id else ""
-            )
-            raise APIError(400, "invalid_request", message, {"patient_id": ["invalid"]})
+    if (
+        by_junction_id
+        and "junction_user_id" in body
+        and (not isinstance(junction_user_id, str) or not 0 < len(junction_user_id) <= 64)
+    ):
+        raise APIError(400, "invalid_request", "junction_user_id: must be a string of 1 to 64 characters")
+    patient = None
+    if patient_id is not None:
         patient = Patient.objects.filter(pk=patient_id).first()
+    elif junction_user_id:
+        patient = Patient.objects.filter(junction_user_id=junction_user_id).first()
     if patient is None:
-        raise APIError(404, "not_found", "No such patient.")
+        raise APIError(404, "not_found", "No such patient (send patient_id or junction_user_id).")
     return patient
 
 
 def _list(body: dict[str, Any], name: str) -> list[Any]:
-    value = body.get(name)
-    if value is None:
+    if name not in body:
         return []
+    value = body[name]
     if not isinstance(value, list):
         raise APIError(400, "invalid_request", f"{name}: must be a list", {name: ["must be a list"]})
     return value
@@ -257,8 +263,8 @@ class IngestView(ServiceAPIView):
             raise APIError(400, "too_many_rows", f"At most {MAX_ROWS_PER_REQUEST} rows per request.")
         provider = body.get("provider")
         connection_id = None
-        if provider is not None:
-            if provider not in Provider.values:
+        if "provider" in body:
+            if not isinstance(provider, str) or provider not in Provider.values:
                 raise APIError(
                     400, "invalid_request", f"provider: must be one of {', '.join(Provider.values)}"
                 )
@@ -301,6 +307,8 @@ class DailyStatsUpsertView(ServiceAPIView):
     )
     def post(self, request: Request) -> Response:
         body = _body(request)
+        if not isinstance(body.get("stats"), list):
+            raise APIError(400, "invalid_request", "stats: must be a list", {"stats": ["must be a list"]})
         patient = _patient(body)
         raw = _list(body, "stats")
         if len(raw) > MAX_ROWS_PER_REQUEST:

@@ -12,7 +12,7 @@ urlpatterns = [
     path("ping", views.PingView.as_view(), name="api-ping"),
     path("patient-graph/wearables/sync", views.ManualSyncView.as_view(), name="api-sync"),
     path(
-        "patient-graph/wearables/sync/<int:sync_id>", views.SyncStatusView.as_view(), name="api-sync-status"
+        "patient-graph/wearables/sync/<str:sync_id>", views.SyncStatusView.as_view(), name="api-sync-status"
     ),
     path("wearables/<str:source>/sync", views.SourceSyncView.as_view(), name="api-source-sync"),
     path("patient-graph/wearables/connections", views.ConnectionListView.as_view(), name="api-connections"),

@@ -142,6 +142,7 @@ class SourceSyncView(PatientAPIView):
 class SyncStatusView(PatientAPIView):
     @extend_schema(
         operation_id="wearables_sync_retrieve",
+        parameters=[OpenApiParameter("sync_id", int, OpenApiParameter.PATH)],
         summary="A manual sync's status and counts (its owner only)",
         responses={
             200: SyncRequestSerializer,
@@ -150,8 +151,11 @@ class SyncStatusView(PatientAPIView):
         },
         tags=["manual sync"],
     )
-    def get(self, request: Request, sync_id: int) -> Response:
-        sync = SyncRequest.objects.filter(pk=sync_id, patient=self.patient(request)).first()
+    def get(self, request: Request, sync_id: str) -> Response:
+        # The route takes any segment so a malformed id is this API's JSON 404, not Django's HTML page.
+        if not sync_id.isascii() or not sync_id.isdigit() or int(sync_id) >= 2**63:
+            raise exceptions.NotFound("No such sync.")
+        sync = SyncRequest.objects.filter(pk=int(sync_id), patient=self.patient(request)).first()
         if sync is None:
             raise exceptions.NotFound("No such sync.")
         return Response(SyncRequestSerializer(sync).data)
