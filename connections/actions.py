@@ -174,6 +174,13 @@ def request_manual_sync(
             return replay
     connection = resolve_source_connection(patient, source)
     now = timezone.now()
+    stale_after = timedelta(seconds=settings.MANUAL_SYNC_STALE_SECONDS)
+    # The common case (the app polls by POSTing again) is read-only: no row lock, no commit to wait for.
+    active = SyncRequest.objects.filter(
+        patient=patient, source=source, status__in=ACTIVE_SYNC_REQUEST_STATUSES
+    ).first()
+    if active is not None and now - active.created_at < stale_after:
+        return ManualSyncOutcome(active, created=False)
     with transaction.atomic():
         Patient.objects.select_for_update().filter(pk=patient.pk).values_list("pk").first()
         if idempotency_key:
@@ -184,7 +191,7 @@ def request_manual_sync(
             patient=patient, source=source, status__in=ACTIVE_SYNC_REQUEST_STATUSES
         ).first()
         if active is not None:
-            if now - active.created_at < timedelta(seconds=settings.MANUAL_SYNC_STALE_SECONDS):
+            if now - active.created_at < stale_after:
                 return ManualSyncOutcome(active, created=False)
             # Its task was lost (a worker died before taking it): fail it so this request can run.
             SyncRequest.objects.filter(pk=active.pk, status__in=ACTIVE_SYNC_REQUEST_STATUSES).update(
