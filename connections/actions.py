@@ -5,22 +5,34 @@ Each function owns its transaction and its audit row (a SyncEvent); callers stay
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
 from django.conf import settings
-from django.db import transaction
+from django.core.cache import cache
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django_q.tasks import async_task
 
 from connections.models import (
+    ACTIVE_SYNC_REQUEST_STATUSES,
     Connection,
     ConnectionStatus,
+    Patient,
     Provider,
     SyncEvent,
     SyncEventKind,
+    SyncRequest,
+    SyncRequestStatus,
     SyncStatus,
     SyncTrigger,
 )
+from connections.providers.base import ProviderError, ProviderRateLimited, RetryPolicy
 from connections.providers.junction import JunctionClient
 from connections.sync import UserSyncSummary, sync_junction_connection
+
+logger = logging.getLogger("loopsync.actions")
 
 
 def sync_connection_now(
@@ -115,3 +127,299 @@ def do_reactivate_connection(connection: Connection, *, actor: str, trigger: str
         if updated == 1:
             _audit(connection, kind=SyncEventKind.REACTIVATED, actor=actor, trigger=trigger)
     return updated == 1
+
+
+# --- Manual sync from the REST API ------------------------------------------------------------------------
+
+# Sources a patient can ask to sync: the direct providers, and every provider Junction documents (a patient
+# reaches those through their Junction connection). A direct connection wins where a name is both.
+DIRECT_SOURCES: dict[str, str] = {"whoop": Provider.WHOOP, "dexcom": Provider.DEXCOM, "libre": Provider.LIBRE}
+JUNCTION_SOURCES: frozenset[str] = frozenset(
+    """oura fitbit garmin whoop strava renpho peloton wahoo zwift freestyle_libre abbott_libreview tandem_source
+    freestyle_libre_ble eight_sleep withings apple_health_kit manual ihealth google_fit beurer_api beurer_ble omron
+    omron_ble onetouch_ble accuchek_ble contour_ble dexcom dexcom_v3 hammerhead my_fitness_pal health_connect
+    samsung_health polar cronometer kardia whoop_v2 ultrahuman my_fitness_pal_v2 map_my_fitness runkeeper
+    google_health""".split()
+)
+ACCEPTED_SOURCES: tuple[str, ...] = tuple(sorted(set(DIRECT_SOURCES) | JUNCTION_SOURCES))
+# Which providers a Junction user has connected, asked at request time: cached, and asked with a short
+# timeout and no retries so a slow Junction never holds a web worker.
+JUNCTION_SOURCES_CACHE_SECONDS = 600
+JUNCTION_LOOKUP_TIMEOUT_SECONDS = 3.0
+MANUAL_SYNC_WINDOW = timedelta(hours=1)
+MANUAL_SYNC_GROUP = "manual-sync"
+
+
+class UnknownSource(ValueError):
+    pass
+
+
+class NoConnection(LookupError):
+    pass
+
+
+class IdempotencyKeyReused(ValueError):
+    pass
+
+
+class ManualSyncRateLimited(Exception):
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"manual sync limit reached; retry in {retry_after:.0f} s")
+        self.retry_after = retry_after
+
+
+@dataclass
+class ManualSyncOutcome:
+    request: SyncRequest
+    # False when an active request for the same source, or the same Idempotency-Key, was returned instead.
+    created: bool
+
+
+def normalise_source(source: str) -> str:
+    name = source.strip().lower()
+    if name not in ACCEPTED_SOURCES:
+        raise UnknownSource(name)
+    return name
+
+
+def junction_sources_cache_key(connection_id: int) -> str:
+    return f"loopsync:junction-sources:{connection_id}"
+
+
+def junction_connected_sources(connection: Connection) -> frozenset[str] | None:
+    """The provider slugs connected under this Junction user; None when Junction cannot say right now."""
+    key = junction_sources_cache_key(connection.pk)
+    cached = cache.get(key)
+    if cached is not None:
+        return frozenset(cached)
+    config = settings.JUNCTION_SYNC
+    user_id = connection.patient.junction_user_id
+    if not (config.api_key and user_id):
+        return None
+    client = JunctionClient(
+        config.base_url,
+        config.api_key,
+        timeout=JUNCTION_LOOKUP_TIMEOUT_SECONDS,
+        policy=RetryPolicy(attempts=1),
+    )
+    try:
+        with client:
+            slugs = frozenset(
+                str(p.get("slug")) for p in client.connected_providers(user_id) if p.get("slug")
+            )
+    except ProviderError as exc:
+        logger.warning("junction provider lookup failed", extra={"error": str(exc)})
+        return None
+    cache.set(key, sorted(slugs), JUNCTION_SOURCES_CACHE_SECONDS)
+    return slugs
+
+
+def resolve_source_connection(patient: Patient, source: str) -> Connection:
+    """The active connection that syncs `source` for this patient, or NoConnection."""
+    connections = {
+        c.provider: c
+        for c in Connection.objects.select_related("patient").filter(
+            patient=patient, status=ConnectionStatus.ACTIVE
+        )
+    }
+    direct = DIRECT_SOURCES.get(source)
+    if direct and direct in connections:
+        return connections[direct]
+    junction = connections.get(Provider.JUNCTION)
+    if source in JUNCTION_SOURCES and junction is not None and junction.patient.junction_user_id:
+        connected = junction_connected_sources(junction)
+        # Unknown (Junction unreachable): accept; the task checks again and fails the request cleanly.
+        if connected is None or source in connected:
+            return junction
+    raise NoConnection(source)
+
+
+def request_manual_sync(
+    patient: Patient, source: str, *, idempotency_key: str | None = None
+) -> ManualSyncOutcome:
+    """Queue a manual sync of one source, or return the one already queued or running.
+
+    Single flight is the partial unique index on (patient, source) for active requests; the patient row lock
+    additionally serialises one patient's requests so the hourly limit counts exactly.
+    """
+    source = normalise_source(source)
+    if idempotency_key:
+        replay = _replay(patient, source, idempotency_key)
+        if replay is not None:
+            return replay
+    connection = resolve_source_connection(patient, source)
+    now = timezone.now()
+    stale_after = timedelta(seconds=settings.MANUAL_SYNC_STALE_SECONDS)
+    # The common case (the app polls by POSTing again) is read-only: no row lock, no commit to wait for.
+    active = SyncRequest.objects.filter(
+        patient=patient, source=source, status__in=ACTIVE_SYNC_REQUEST_STATUSES
+    ).first()
+    if active is not None and now - active.created_at < stale_after:
+        return ManualSyncOutcome(active, created=False)
+    with transaction.atomic():
+        Patient.objects.select_for_update().filter(pk=patient.pk).values_list("pk").first()
+        if idempotency_key:
+            replay = _replay(patient, source, idempotency_key)
+            if replay is not None:
+                return replay
+        active = SyncRequest.objects.filter(
+            patient=patient, source=source, status__in=ACTIVE_SYNC_REQUEST_STATUSES
+        ).first()
+        if active is not None:
+            if now - active.created_at < stale_after:
+                return ManualSyncOutcome(active, created=False)
+            # Its task was lost (a worker died before taking it): fail it so this request can run.
+            SyncRequest.objects.filter(pk=active.pk, status__in=ACTIVE_SYNC_REQUEST_STATUSES).update(
+                status=SyncRequestStatus.FAILED, finished_at=now, error="abandoned: the sync never finished"
+            )
+        recent = list(
+            SyncRequest.objects.filter(patient=patient, created_at__gt=now - MANUAL_SYNC_WINDOW)
+            .order_by("-created_at")
+            .values_list("created_at", flat=True)[: settings.MANUAL_SYNC_PER_HOUR]
+        )
+        if len(recent) >= settings.MANUAL_SYNC_PER_HOUR:
+            oldest_counted = recent[-1]
+            raise ManualSyncRateLimited(max(1.0, (oldest_counted + MANUAL_SYNC_WINDOW - now).total_seconds()))
+        try:
+            with transaction.atomic():
+                request = SyncRequest.objects.create(
+                    patient=patient,
+                    source=source,
+                    connection=connection,
+                    idempotency_key=idempotency_key or None,
+                    created_at=now,
+                )
+        except IntegrityError:
+            # Another process inserted first (the index is the guarantee where the row lock is not).
+            winner = SyncRequest.objects.filter(
+                patient=patient, source=source, status__in=ACTIVE_SYNC_REQUEST_STATUSES
+            ).first()
+            if winner is None and idempotency_key:
+                winner = SyncRequest.objects.filter(patient=patient, idempotency_key=idempotency_key).first()
+            if winner is None:
+                raise
+            return ManualSyncOutcome(winner, created=False)
+        request_id = request.pk
+        transaction.on_commit(lambda: _enqueue_manual_sync(request_id))
+    logger.info(
+        "manual sync queued",
+        extra={"sync_request_id": request.pk, "source": source, "patient_id": patient.pk},
+    )
+    return ManualSyncOutcome(request, created=True)
+
+
+def _replay(patient: Patient, source: str, idempotency_key: str) -> ManualSyncOutcome | None:
+    previous = SyncRequest.objects.filter(patient=patient, idempotency_key=idempotency_key).first()
+    if previous is None:
+        return None
+    if previous.source != source:
+        raise IdempotencyKeyReused(idempotency_key)
+    return ManualSyncOutcome(previous, created=False)
+
+
+def _enqueue_manual_sync(request_id: int) -> None:
+    from django_q.tasks import async_task
+
+    async_task(
+        "connections.tasks.run_manual_sync",
+        request_id,
+        group=MANUAL_SYNC_GROUP,
+        task_name=f"{MANUAL_SYNC_GROUP}:{request_id}",
+    )
+
+
+def do_manual_sync(request_id: int) -> SyncRequest | None:
+    """Run a queued manual sync once: claim it, refresh at Junction when it is a Junction source, sync."""
+    started = timezone.now()
+    claimed = SyncRequest.objects.filter(pk=request_id, status=SyncRequestStatus.QUEUED).update(
+        status=SyncRequestStatus.RUNNING, started_at=started
+    )
+    request = SyncRequest.objects.select_related("connection__patient").filter(pk=request_id).first()
+    if not claimed or request is None:
+        return request  # delivered twice, or already taken over: the first delivery owns it
+    connection = request.connection
+    summary: UserSyncSummary | None = None
+    error = ""
+    try:
+        if connection is None or connection.status != ConnectionStatus.ACTIVE:
+            error = "the connection was removed or deactivated"
+        elif connection.provider == Provider.JUNCTION:
+            summary, request.junction_refresh, error = _manual_junction_sync(request, connection)
+        else:
+            summary = sync_connection_now(connection, trigger=SyncTrigger.MANUAL, actor="patient")
+    except NotImplementedError:
+        error = (
+            f"syncing {connection.provider if connection else request.source} directly is not available yet"
+        )
+    except Exception as exc:  # noqa: BLE001 - the request must end failed, never stay running
+        logger.exception("manual sync crashed", extra={"sync_request_id": request_id})
+        error = f"internal error: {type(exc).__name__}"
+    request.finished_at = timezone.now()
+    if summary is not None:
+        request.records_fetched = summary.records_fetched
+        request.records_stored = summary.records_stored
+        request.records_skipped = summary.records_skipped
+        if summary.status != "success":
+            error = error or "; ".join(summary.errors) or summary.status
+        request.sync_event = (
+            SyncEvent.objects.filter(
+                connection=connection, trigger=SyncTrigger.MANUAL, started_at__gte=started
+            )
+            .order_by("-pk")
+            .first()
+        )
+    request.status = SyncRequestStatus.FAILED if error else SyncRequestStatus.SUCCESS
+    request.error = error[:2000]
+    request.save(
+        update_fields=[
+            "status",
+            "junction_refresh",
+            "records_fetched",
+            "records_stored",
+            "records_skipped",
+            "sync_event",
+            "error",
+            "finished_at",
+        ]
+    )
+    logger.info(
+        "manual sync finished",
+        extra={
+            "sync_request_id": request_id,
+            "status": request.status,
+            "records_stored": request.records_stored,
+        },
+    )
+    return request
+
+
+def _manual_junction_sync(
+    request: SyncRequest, connection: Connection
+) -> tuple[UserSyncSummary | None, str, str]:
+    """(summary, refresh outcome, error) of a Junction source: refresh the user, then sync its window."""
+    config = settings.JUNCTION_SYNC
+    user_id = connection.patient.junction_user_id or ""
+    with JunctionClient.from_config(config) as client:
+        try:
+            connected = {str(p.get("slug")) for p in client.connected_providers(user_id)}
+        except ProviderError as exc:
+            return None, "", str(exc)
+        cache.set(
+            junction_sources_cache_key(connection.pk), sorted(connected), JUNCTION_SOURCES_CACHE_SECONDS
+        )
+        if request.source not in connected:
+            return None, "", f"{request.source} is not connected through Junction"
+        # Junction allows 8 refreshes an hour per user: a 429 means a recent refresh already pulled, so the
+        # sync goes on and fetches what Junction has.
+        try:
+            body = client.refresh_user(user_id)
+            refresh = "refreshed" if isinstance(body, dict) and body.get("success") else "failed"
+        except ProviderRateLimited:
+            refresh = "rate_limited"
+        except ProviderError as exc:
+            logger.warning("junction refresh failed", extra={"error": str(exc)})
+            refresh = "failed"
+        summary = sync_junction_connection(
+            connection, config, client, trigger=SyncTrigger.MANUAL, actor="patient"
+        )
+    return summary, refresh, ""

@@ -31,3 +31,66 @@ def loopsync_settings_check(app_configs: Any, **kwargs: Any) -> list[CheckMessag
             )
         )
     return messages
+
+
+@register()
+def rest_api_settings_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """The consumer API's Clerk settings and the manual-sync limits."""
+    messages: list[CheckMessage] = []
+    key, jwks, issuer = settings.CLERK_JWT_KEY, settings.CLERK_JWKS_URL, settings.CLERK_ISSUER
+    if key:
+        from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        try:
+            loaded = load_pem_public_key(key.encode())
+        except (ValueError, TypeError):
+            loaded = None
+        if not isinstance(loaded, RSAPublicKey):
+            messages.append(
+                Error(
+                    "CLERK_JWT_KEY is not an RSA public key in PEM form.",
+                    hint="Copy the PEM public key from the Clerk dashboard (API keys > Show JWT public key).",
+                    id="connections.E101",
+                )
+            )
+    if (key or jwks) and not issuer:
+        messages.append(
+            Error(
+                "CLERK_ISSUER must be set when CLERK_JWT_KEY or CLERK_JWKS_URL is: tokens are checked against it.",
+                hint="Your Clerk Frontend API URL, e.g. https://clerk.example.com",
+                id="connections.E102",
+            )
+        )
+    if jwks and not jwks.startswith("https://") and not settings.DEBUG and not _is_loopback(jwks):
+        messages.append(Error("CLERK_JWKS_URL must be an https:// URL.", id="connections.E103"))
+    if not (key or jwks) and not settings.DEBUG:
+        messages.append(
+            Warning(
+                "Neither CLERK_JWT_KEY nor CLERK_JWKS_URL is set: the consumer API rejects every request.",
+                id="connections.W101",
+            )
+        )
+    if (key or jwks) and not settings.CLERK_AUTHORIZED_PARTIES:
+        messages.append(
+            Warning(
+                "CLERK_AUTHORIZED_PARTIES is empty: every browser session token (it carries azp) is rejected.",
+                hint="List the consumer app's origins, e.g. https://app.example.com",
+                id="connections.W102",
+            )
+        )
+    if settings.MANUAL_SYNC_PER_HOUR > 8:
+        messages.append(
+            Warning(
+                "MANUAL_SYNC_PER_HOUR is above Junction's 8 user refreshes an hour: later syncs fetch without a "
+                "refresh.",
+                id="connections.W103",
+            )
+        )
+    return messages
+
+
+def _is_loopback(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    return (urlsplit(url).hostname or "") in ("127.0.0.1", "localhost", "::1")

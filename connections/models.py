@@ -7,6 +7,7 @@ import zoneinfo
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models.functions import Now
+from django.utils import timezone
 
 from connections.crypto import EncryptedTextField
 
@@ -287,3 +288,66 @@ class JobHealth(JobRun):
         proxy = True
         verbose_name = "job health"
         verbose_name_plural = "job health"
+
+
+class SyncRequestStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCESS = "success", "Success"
+    FAILED = "failed", "Failed"
+
+
+ACTIVE_SYNC_REQUEST_STATUSES = (SyncRequestStatus.QUEUED, SyncRequestStatus.RUNNING)
+
+
+class SyncRequest(models.Model):
+    """A manual sync the consumer app asked for (`POST /api/.../sync`), run in the background by django-q2.
+
+    At most one queued-or-running request per (patient, source), enforced by a partial unique index: two
+    simultaneous POSTs collapse into one request, whatever the number of web processes.
+    """
+
+    patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="sync_requests")
+    # The API's source name: a direct provider (whoop, dexcom, libre) or a Junction provider slug (oura).
+    source = models.CharField(max_length=40)
+    connection = models.ForeignKey(Connection, on_delete=models.SET_NULL, null=True, related_name="+")
+    status = models.CharField(
+        max_length=16, choices=SyncRequestStatus.choices, default=SyncRequestStatus.QUEUED
+    )
+    # The client's Idempotency-Key header, when it sent one: the same key returns the same request.
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    # The audit row of the sync this request ran.
+    sync_event = models.ForeignKey(SyncEvent, on_delete=models.SET_NULL, null=True, related_name="+")
+    # What Junction answered to the refresh asked before fetching: refreshed | rate_limited | failed | "".
+    junction_refresh = models.CharField(max_length=16, blank=True, default="")
+    records_fetched = models.PositiveIntegerField(default=0)
+    records_stored = models.PositiveIntegerField(default=0)
+    records_skipped = models.PositiveIntegerField(default=0)
+    # Scrubbed like SyncEvent.error: an error class and a status code, never a token or a reading.
+    error = models.TextField(blank=True, default="")
+    # Python-side default so the hourly limit and tests share one clock.
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "wearable_sync_requests"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["patient", "source"],
+                condition=models.Q(status__in=ACTIVE_SYNC_REQUEST_STATUSES),
+                name="sync_request_one_active_per_source",
+            ),
+            models.UniqueConstraint(
+                fields=["patient", "idempotency_key"],
+                condition=models.Q(idempotency_key__isnull=False),
+                name="sync_request_idempotency_key",
+            ),
+        ]
+        indexes = [
+            # The hourly limit counts a patient's recent requests.
+            models.Index(fields=["patient", "-created_at"], name="sync_request_patient_recent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Sync request {self.pk} ({self.source}, {self.status})"

@@ -57,7 +57,7 @@ from connections.providers.junction import (
     utc_days,
 )
 from loopsync.sentry import capture_sync_failure
-from readings.store import store_batch
+from readings.writers import DATABASE_WRITER, ReadingsWriter, writer_for
 
 logger = logging.getLogger("loopsync.sync")
 
@@ -241,20 +241,23 @@ def fetch_junction_window(
     return window
 
 
-def store_junction_window(connection: Connection, window: FetchedWindow, window_end: datetime) -> int:
-    """Store a fetched window, its fingerprints and the cursor in one transaction; return rows written."""
+def store_junction_window(
+    connection: Connection,
+    window: FetchedWindow,
+    window_end: datetime,
+    writer: ReadingsWriter = DATABASE_WRITER,
+) -> int:
+    """Store a fetched window, its fingerprints and the cursor in one transaction; return rows written.
+
+    A remote writer (the patient-graph API) cannot join the transaction: it writes first, and the fingerprints
+    and cursor commit only after it succeeded (a crash in between replays idempotent rows).
+    """
+    remote_written = None if writer.in_transaction else _write_rows(writer, connection, window)
     with transaction.atomic():
         # The row lock serialises two workers syncing the same connection: the second one's writes become
         # no-ops against the first one's rows, and the cursor never moves backwards.
         locked = Connection.objects.select_for_update().select_related("patient").get(pk=connection.pk)
-        patient = locked.patient
-        result = store_batch(
-            patient.pk,
-            patient.time_zone,
-            window.payload.readings,
-            window.payload.glucose,
-            connection_id=locked.pk,
-        )
+        written = remote_written if remote_written is not None else _write_rows(writer, locked, window)
         if window.fingerprints:
             SyncFingerprint.objects.bulk_create(
                 [
@@ -275,7 +278,20 @@ def store_junction_window(connection: Connection, window: FetchedWindow, window_
         locked.save(
             update_fields=["last_sync_at", "last_attempt_at", "failure_streak", "last_error", "updated_at"]
         )
-    return result.written
+    return written
+
+
+def _write_rows(writer: ReadingsWriter, connection: Connection, window: FetchedWindow) -> int:
+    patient = connection.patient
+    return writer.store(
+        patient_id=patient.pk,
+        junction_user_id=patient.junction_user_id,
+        time_zone=patient.time_zone,
+        provider=connection.provider,
+        connection_id=connection.pk,
+        readings=window.payload.readings,
+        glucose=window.payload.glucose,
+    )
 
 
 def sync_junction_connection(
@@ -320,7 +336,7 @@ def sync_junction_connection(
 
     def attempt() -> tuple[FetchedWindow, int]:
         window = fetch_junction_window(client, user_id, days, known, tz, executor=pool, force=force)
-        return window, store_junction_window(connection, window, window_end)
+        return window, store_junction_window(connection, window, window_end, writer_for(config))
 
     try:
         outcome = run_with_retries(summary, attempt, sleep=sleep)
@@ -483,11 +499,6 @@ def run_wearable_sync_job(
 def _check_runnable(config: JunctionSyncConfig) -> None:
     if not config.api_key:
         raise ImproperlyConfigured("JUNCTION_API_KEY is empty: set it, or run with --sandbox")
-    if config.patient_graph_url:
-        raise ImproperlyConfigured(
-            "PATIENT_GRAPH_API_URL is set, but writing through the remote patient-graph API is not available in "
-            "this version; leave it empty to write to the database directly"
-        )
 
 
 def log_job_summary(result: JobResult) -> None:

@@ -160,3 +160,17 @@ def sync_direct_connection_task(
     finally:
         # Also when the sync raised: the run must learn this connection is done, or it never finishes.
         record_unit(job_run_id, outcome, records_stored=stored)
+
+
+def run_manual_sync(sync_request_id: int) -> dict[str, Any]:
+    """A patient's manual sync (queued by the REST API); safe to deliver twice (the first claim wins)."""
+    from connections.actions import do_manual_sync
+
+    request = do_manual_sync(sync_request_id)
+    if request is None:
+        return {"sync_request_id": sync_request_id, "status": "gone"}
+    return {
+        "sync_request_id": sync_request_id,
+        "status": request.status,
+        "records_stored": request.records_stored,
+    }

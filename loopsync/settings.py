@@ -39,6 +39,9 @@ INSTALLED_APPS = [
     "connections.apps.ConnectionsConfig",
     "readings",
     "sandbox",
+    # OpenAPI schema and self-hosted Swagger UI for the REST API.
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
 ]
 
 MIDDLEWARE = [
@@ -216,3 +219,38 @@ if SENTRY_DSN:
         )
     except BadDsn as exc:
         raise ImproperlyConfigured(f"SENTRY_DSN is not a Sentry DSN: {exc}") from None
+
+# --- REST API: Clerk authentication, manual sync, the patient-graph service API --------------------------
+# Clerk session JWTs: RS256 only. Keys from CLERK_JWT_KEY (a PEM, networkless; "\n" escapes allowed) or
+# CLERK_JWKS_URL (cached; an unknown kid refetches at most once a minute). `iss` must equal CLERK_ISSUER;
+# an `azp` claim must be in CLERK_AUTHORIZED_PARTIES. Cross-setting rules: connections/checks.py.
+CLERK_JWKS_URL = env_str("CLERK_JWKS_URL")
+CLERK_JWT_KEY = env_str("CLERK_JWT_KEY").replace("\\n", "\n")
+CLERK_ISSUER = env_str("CLERK_ISSUER")
+CLERK_AUTHORIZED_PARTIES = env_list("CLERK_AUTHORIZED_PARTIES")
+CLERK_LEEWAY_SECONDS = env_int("CLERK_LEEWAY_SECONDS", 5, minimum=0, maximum=60)
+# Clerk session tokens carry `sid`; JWT-template tokens (same keys) do not, so they cannot pass as sessions.
+CLERK_REQUIRE_SID = env_bool("CLERK_REQUIRE_SID", True)
+# Manual syncs a patient may start per rolling hour (Junction allows 8 user refreshes an hour).
+MANUAL_SYNC_PER_HOUR = env_int("MANUAL_SYNC_PER_HOUR", 6, minimum=1, maximum=1000)
+# A queued or running manual sync older than this is taken over by the next request (its task was lost).
+MANUAL_SYNC_STALE_SECONDS = env_int("MANUAL_SYNC_STALE_SECONDS", Q_CLUSTER["retry"] + 300, minimum=60)
+REST_FRAMEWORK |= {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["connections.api.authentication.ClerkAuthentication"],
+    "EXCEPTION_HANDLER": "connections.api.errors.api_exception_handler",
+    # Both APIs speak JSON only; form parsers would also appear in the schema as accepted bodies.
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Loop Sync API",
+    "DESCRIPTION": "Manual wearable sync and read API for the consumer app (Clerk session JWT), and the "
+    "patient-graph service API (PATIENT_GRAPH_API_KEY).",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}

@@ -14,4 +14,6 @@ urlpatterns = [
     path("healthz", healthz),
     # Connecting WHOOP / Dexcom (OAuth): /connect/<provider>/start and /connect/<provider>/callback.
     path("", include("connections.urls")),
+    # REST API: consumer (Clerk JWT), patient-graph service (API key), schema and docs.
+    path("api/", include("connections.api.urls")),
 ]

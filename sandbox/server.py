@@ -34,6 +34,7 @@ import orjson
 
 from sandbox import junction_data
 from sandbox.base import Provider, Request, Response, json_response
+from sandbox.clerk import ClerkSandbox
 from sandbox.dexcom import DexcomSandbox
 from sandbox.faults import FaultError, FaultSet
 from sandbox.junction import DEFAULT_API_KEY, JunctionSandbox
@@ -220,11 +221,15 @@ class SandboxServer(ThreadingHTTPServer):
         self.libre = LibreSandbox(users=users, seed=seed)
         for direct in (self.whoop, self.dexcom, self.libre):
             self.register(direct)
+        # Clerk's JWKS, so the consumer API's token verification runs over real HTTP too.
+        self.clerk = ClerkSandbox()
+        self.register(self.clerk)
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         self._stopped = False
         super().__init__(("127.0.0.1", port), _Handler)  # loopback only: this server has no real auth
+        self.clerk.issuer = self.clerk_url
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind calls socket.getfqdn(), a reverse DNS lookup that can take seconds.
@@ -257,6 +262,8 @@ class SandboxServer(ThreadingHTTPServer):
     @property
     def libre_url(self) -> str:
         return self.base_url + self.libre.prefix
+    def clerk_url(self) -> str:
+        return self.base_url + self.clerk.prefix
 
     def register(self, provider: Provider) -> None:
         """Mount a provider at its prefix (one path segment, e.g. "/whoop")."""

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import time_machine
 
 from connections.config import JunctionSyncConfig
 from sandbox import SandboxServer
+from sandbox.clerk import DEFAULT_AZP as CLERK_AZP
+from sandbox.clerk import ClerkSandbox
 
 SANDBOX_KEY = "sk_us_loopsync_tests"
 # Noon UTC on a weekday in the sandbox's data range; every sync test runs at this instant.
@@ -57,3 +60,32 @@ def direct_config(clean_sandbox: SandboxServer, settings):  # type: ignore[no-un
 
 # Ops admin personas and the capturing Sentry transport (tests/ops_fixtures.py).
 from tests.ops_fixtures import ops_user, sentry_capture, support_user  # noqa: E402,F401
+
+# --- REST API (issue 5) ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clerk(settings: Any, clean_sandbox: SandboxServer) -> ClerkSandbox:
+    """Clerk settings pointing at the sandbox's JWKS; mint tokens with `clerk.mint(sub)`."""
+    settings.CLERK_JWKS_URL = f"{clean_sandbox.clerk_url}/.well-known/jwks.json"
+    settings.CLERK_JWT_KEY = ""
+    settings.CLERK_ISSUER = clean_sandbox.clerk.issuer
+    settings.CLERK_AUTHORIZED_PARTIES = [CLERK_AZP]
+    return clean_sandbox.clerk
+
+
+@pytest.fixture(autouse=True)
+def _empty_cache() -> Iterator[None]:
+    # Django's cache outlives a test's rolled-back rows (ids are reused): start every test empty.
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture
+def api_config(settings: Any, junction_config: JunctionSyncConfig) -> JunctionSyncConfig:
+    """The sandbox's Junction as the app's configured Junction (what the manual-sync task uses)."""
+    settings.JUNCTION_SYNC = junction_config
+    return junction_config

@@ -1,0 +1,278 @@
+#!/usr/bin/env python
+"""REST API under load: gunicorn serving the app on PostgreSQL, wrk as the load generator, one run.
+
+    .venv/bin/python bench/api_load.py --duration 10 --connections 16 [--json]
+
+Three endpoints on the same server, one after the other, each for --duration seconds:
+- ping          GET /api/ping: a trivial DRF view (no auth, no database): the reference
+- daily_stats   GET /api/patient-graph/wearables/daily-stats?metric=heart_rate (Clerk JWT verified, 30 rows)
+- manual_sync   POST /api/patient-graph/wearables/sync {"source": <the patient's wearable>} (Clerk JWT,
+                source resolution, the patient row lock, single flight: the first POST of a patient queues a
+                sync, the rest return it)
+Each request carries the token of one of --patients patients (random), as the consumer app would.
+Reported: req/s, p50 and p99 latency, non-2xx count, and each endpoint's throughput / ping's.
+Target: daily_stats and manual_sync >= 0.5 x ping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "loopsync.settings")
+os.environ.setdefault("DEBUG", "true")
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/loopsync_i5_bench")
+os.environ.setdefault("LOG_LEVEL", "warning")
+
+
+def ensure_database(url: str) -> None:
+    import psycopg
+
+    base, _, name = url.rpartition("/")
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def seed(sandbox, patients: int, *, queued: bool = True) -> list[tuple[str, str]]:
+    """Patients with Clerk ids, Junction connections and 30 days of daily stats; returns (clerk id, source)."""
+    from datetime import date, timedelta
+
+    from connections.models import Connection, Patient, SyncRequest
+    from readings.models import DailyStat
+
+    SyncRequest.objects.all().delete()
+    DailyStat.objects.all().delete()
+    Connection.objects.all().delete()
+    Patient.objects.all().delete()
+    users = sandbox.junction.users[:patients]
+    created = Patient.objects.bulk_create(
+        [
+            Patient(junction_user_id=u.user_id, clerk_user_id=f"user_bench_{i}", time_zone=u.time_zone)
+            for i, u in enumerate(users)
+        ]
+    )
+    connections = Connection.objects.bulk_create(
+        [Connection(patient=p, provider="junction") for p in created]
+    )
+    today = date(2026, 3, 10)
+    DailyStat.objects.bulk_create(
+        [
+            DailyStat(
+                patient=p,
+                metric=metric,
+                day=today - timedelta(days=d),
+                avg=60.0,
+                min=40.0,
+                max=120.0,
+                sum=6e4,
+                count=1000,
+            )
+            for p in created
+            for metric in ("heart_rate", "steps", "hrv_rmssd", "sleep_duration")
+            for d in range(30)
+        ],
+        batch_size=5000,
+    )
+    # Every patient already has a sync queued (no worker runs in the benchmark): the POSTs measure the steady
+    # state of an app that re-POSTs while a sync is pending. The first POST (a new request, two commits) is
+    # measured on its own by --create-path.
+    if queued:
+        SyncRequest.objects.bulk_create(
+            [
+                SyncRequest(patient=p, source=u.provider, connection=c)
+                for p, u, c in zip(created, users, connections, strict=True)
+            ]
+        )
+    return [(p.clerk_user_id, u.provider) for p, u in zip(created, users, strict=True)]
+
+
+LUA = """
+local tokens = {%(tokens)s}
+local sources = {%(sources)s}
+local method, path = "%(method)s", "%(path)s"
+math.randomseed(%(seed)d)
+request = function()
+  local i = math.random(#tokens)
+  local headers = {}
+  local body = nil
+  if tokens[i] ~= "" then headers["Authorization"] = "Bearer " .. tokens[i] end
+  if method == "POST" then
+    headers["Content-Type"] = "application/json"
+    body = '{"source": "' .. sources[i] .. '"}'
+  end
+  return wrk.format(method, path, headers, body)
+end
+"""
+
+
+def run_wrk(url: str, method: str, path: str, tokens: list[str], sources: list[str], args) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(
+            LUA
+            % {
+                "tokens": ",".join(f'"{t}"' for t in tokens),
+                "sources": ",".join(f'"{s}"' for s in sources),
+                "method": method,
+                "path": path,
+                "seed": 42,
+            }
+        )
+    command = ["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{args.duration}s"]
+    command += ["--latency", "-s", script.name, url]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    os.unlink(script.name)
+
+    def latency_ms(label: str) -> float:
+        value, unit = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()  # type: ignore[union-attr]
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "req_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "p50_ms": latency_ms("50"),
+        "p99_ms": latency_ms("99"),
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
+        "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=3, help="gunicorn worker processes")
+    parser.add_argument("--patients", type=int, default=100)
+    parser.add_argument(
+        "--warmup", type=int, default=10, help="seconds of POSTs before measuring (fills caches)"
+    )
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed: apt-get install -y wrk")
+    ensure_database(os.environ["DATABASE_URL"])
+
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    from sandbox import SandboxServer
+
+    call_command("migrate", "--noinput", verbosity=0)
+    with SandboxServer(port=0, users=args.patients, seed=11, api_key="sk_us_bench") as sandbox:
+        pairs = seed(sandbox, args.patients)
+        tokens = [sandbox.clerk.mint(clerk_id, ttl=3600) for clerk_id, _ in pairs]
+        sources = [source for _, source in pairs]
+        port = free_port()
+        env = {
+            **os.environ,
+            "DEBUG": "false",
+            "SECRET_KEY": "bench-only-secret",
+            "ALLOWED_HOSTS": "127.0.0.1",
+            "DB_CONN_MAX_AGE": "600",
+            # Networkless verification, as recommended for production (no JWKS round trip).
+            "CLERK_JWT_KEY": sandbox.clerk.public_pem(),
+            "CLERK_JWKS_URL": "",
+            "CLERK_ISSUER": sandbox.clerk.issuer,
+            "CLERK_AUTHORIZED_PARTIES": "http://localhost:3000",
+            "JUNCTION_API_KEY": "sk_us_bench",
+            "JUNCTION_BASE_URL": sandbox.junction_url,
+            "MANUAL_SYNC_PER_HOUR": "1000",
+            "LOG_LEVEL": "warning",
+        }
+        server = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "gunicorn"),
+                "loopsync.wsgi",
+                "-b",
+                f"127.0.0.1:{port}",
+                "-w",
+                str(args.workers),
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env=env,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or server.poll() is not None:
+                        raise SystemExit("gunicorn did not start") from None
+                    time.sleep(0.2)
+            # Warm-up: every worker imports, connects, and learns each patient's Junction sources once.
+            warm = argparse.Namespace(**{**vars(args), "duration": args.warmup})
+            run_wrk(
+                f"{base}/api/patient-graph/wearables/sync",
+                "POST",
+                "/api/patient-graph/wearables/sync",
+                tokens,
+                sources,
+                warm,
+            )
+            results = {
+                "ping": run_wrk(f"{base}/api/ping", "GET", "/api/ping", [""], [""], args),
+                "daily_stats": run_wrk(
+                    base,
+                    "GET",
+                    "/api/patient-graph/wearables/daily-stats?metric=heart_rate&start=2026-02-09&end=2026-03-10",
+                    tokens,
+                    sources,
+                    args,
+                ),
+                "manual_sync": run_wrk(
+                    base, "POST", "/api/patient-graph/wearables/sync", tokens, sources, args
+                ),
+            }
+            results["manual_sync"]["junction_lookups"] = len(sandbox.requests.snapshot(provider="junction"))
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    reference = results["ping"]["req_per_s"]
+    for figures in results.values():
+        figures["ratio_to_ping"] = round(figures["req_per_s"] / reference, 3)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(
+        f"gunicorn -w {args.workers} on PostgreSQL; wrk -t{args.threads} -c{args.connections} -d{args.duration}s"
+    )
+    print(f"{'endpoint':<12} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'x ping':>7}")
+    print(
+        f"Junction provider lookups (cache misses) during the run: {results['manual_sync']['junction_lookups']}"
+    )
+    for name, f in results.items():
+        print(
+            f"{name:<12} {f['req_per_s']:>9.0f} {f['p50_ms']:>8.2f} {f['p99_ms']:>8.2f} {f['non_2xx']:>8}"
+            f" {f['ratio_to_ping']:>7.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

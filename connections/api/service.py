@@ -1,0 +1,356 @@
+"""Patient-graph service API: sync workers that cannot reach the database write through these endpoints.
+
+Authenticated by `PATIENT_GRAPH_API_KEY` (`Authorization: Bearer <key>`). Ingest goes through
+`readings.store.store_batch`, the direct path's own write, so it is idempotent on the same natural keys and
+recomputes the same daily statistics. Rows are validated in one tight loop (a batch holds thousands); a
+batch with an invalid row is rejected whole with the row's index and the rule it broke, never its values.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import date
+from typing import Any
+
+from django.db import transaction
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from connections.api.authentication import IsPatientGraphService, PatientGraphKeyAuthentication
+from connections.api.errors import APIError
+from connections.api.serializers import ErrorSerializer
+from connections.models import Connection, Patient, Provider
+from connections.providers.junction import GlucoseRow, InvalidRecord, WearableRow, canonical_utc
+from readings.models import DailyStat
+from readings.store import store_batch
+
+MAX_ROWS_PER_REQUEST = 50_000
+MAX_ERRORS_REPORTED = 20
+
+READING_FIELDS = ("metric", "source", "source_type", "measured_at", "end_at", "value", "unit")
+GLUCOSE_FIELDS = (
+    "source",
+    "measured_at",
+    "value_mg_dl",
+    "original_value",
+    "original_unit",
+    "trend",
+    "trend_rate",
+    "device",
+)
+
+
+class ReadingIn(serializers.Serializer):
+    metric = serializers.CharField(max_length=40)
+    source = serializers.CharField(max_length=40)
+    source_type = serializers.CharField(max_length=32, allow_blank=True, required=False)
+    measured_at = serializers.DateTimeField()
+    end_at = serializers.DateTimeField(allow_null=True, required=False)
+    value = serializers.FloatField()
+    unit = serializers.CharField(max_length=16)
+
+
+class GlucoseIn(serializers.Serializer):
+    source = serializers.CharField(max_length=40)
+    measured_at = serializers.DateTimeField()
+    value_mg_dl = serializers.FloatField()
+    original_value = serializers.FloatField()
+    original_unit = serializers.CharField(max_length=16)
+    trend = serializers.CharField(max_length=32, allow_blank=True, required=False)
+    trend_rate = serializers.FloatField(allow_null=True, required=False)
+    device = serializers.CharField(max_length=64, allow_blank=True, required=False)
+
+
+class IngestIn(serializers.Serializer):
+    patient_id = serializers.IntegerField(
+        min_value=1, required=False, help_text="This deployment's patient id; or send junction_user_id."
+    )
+    junction_user_id = serializers.CharField(
+        max_length=64,
+        required=False,
+        help_text="Identifies the patient across databases (a sync worker's own).",
+    )
+    provider = serializers.ChoiceField(
+        choices=Provider.choices, required=False, help_text="The connection that delivered the rows."
+    )
+    readings = ReadingIn(many=True, required=False)
+    glucose = GlucoseIn(many=True, required=False)
+
+
+class IngestOut(serializers.Serializer):
+    readings_written = serializers.IntegerField()
+    glucose_written = serializers.IntegerField()
+    days_refreshed = serializers.IntegerField(help_text="(metric, local day) statistics recomputed.")
+
+
+class DailyStatIn(serializers.Serializer):
+    metric = serializers.CharField(max_length=40)
+    day = serializers.DateField()
+    avg = serializers.FloatField()
+    min = serializers.FloatField()
+    max = serializers.FloatField()
+    sum = serializers.FloatField()
+    count = serializers.IntegerField(min_value=1)
+    avg_7d = serializers.FloatField(allow_null=True, required=False)
+    avg_30d = serializers.FloatField(allow_null=True, required=False)
+
+
+class DailyStatsIn(serializers.Serializer):
+    patient_id = serializers.IntegerField(min_value=1)
+    stats = DailyStatIn(many=True)
+
+
+class DailyStatsOut(serializers.Serializer):
+    upserted = serializers.IntegerField()
+
+
+SERVICE_ERRORS = {
+    400: OpenApiResponse(
+        ErrorSerializer, description="Malformed body or an invalid row (index and rule given)."
+    ),
+    401: OpenApiResponse(ErrorSerializer, description="Missing or wrong PATIENT_GRAPH_API_KEY."),
+    404: OpenApiResponse(ErrorSerializer, description="No such patient."),
+}
+
+
+class ServiceAPIView(APIView):
+    authentication_classes = [PatientGraphKeyAuthentication]
+    permission_classes = [IsPatientGraphService]
+
+
+class _Rows:
+    """Collects row errors as `{"readings[12].value": "is not a finite number"}`."""
+
+    def __init__(self) -> None:
+        self.errors: dict[str, str] = {}
+
+    def fail(self, where: str, why: str) -> None:
+        if len(self.errors) < MAX_ERRORS_REPORTED:
+            self.errors[where] = why
+
+    def text(self, row: dict[str, Any], name: str, limit: int, where: str, *, required: bool = True) -> str:
+        if not required and name not in row:
+            return ""
+        value = row.get(name)
+        if not isinstance(value, str) or (required and not value) or len(value) > limit:
+            raise InvalidRecord(f"{where}.{name}: must be a string of 1 to {limit} characters")
+        return value
+
+    def number(self, row: dict[str, Any], name: str, where: str, *, required: bool = True) -> float | None:
+        value = row.get(name)
+        if value is None and not required:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise InvalidRecord(f"{where}.{name}: must be a finite number")
+        return float(value)
+
+    def moment(self, row: dict[str, Any], name: str, where: str, *, required: bool = True) -> str | None:
+        value = row.get(name)
+        if value is None and not required:
+            return None
+        try:
+            return canonical_utc(value, name)
+        except InvalidRecord:
+            raise InvalidRecord(f"{where}.{name}: must be an ISO-8601 datetime with a UTC offset") from None
+
+
+def parse_readings(raw: Any, rows: _Rows) -> list[WearableRow]:
+    out: list[WearableRow] = []
+    for index, row in enumerate(raw):
+        where = f"readings[{index}]"
+        try:
+            if not isinstance(row, dict):
+                raise InvalidRecord(f"{where}: must be an object")
+            out.append(
+                (
+                    rows.text(row, "metric", 40, where),
+                    rows.text(row, "source", 40, where),
+                    rows.text(row, "source_type", 32, where, required=False),
+                    rows.moment(row, "measured_at", where),  # type: ignore[arg-type]
+                    rows.moment(row, "end_at", where, required=False),
+                    rows.number(row, "value", where),  # type: ignore[arg-type]
+                    rows.text(row, "unit", 16, where),
+                )
+            )
+        except InvalidRecord as exc:
+            where_field, _, why = str(exc).partition(": ")
+            rows.fail(where_field, why)
+    return out
+
+
+def parse_glucose(raw: Any, rows: _Rows) -> list[GlucoseRow]:
+    out: list[GlucoseRow] = []
+    for index, row in enumerate(raw):
+        where = f"glucose[{index}]"
+        try:
+            if not isinstance(row, dict):
+                raise InvalidRecord(f"{where}: must be an object")
+            out.append(
+                (
+                    rows.text(row, "source", 40, where),
+                    rows.moment(row, "measured_at", where),  # type: ignore[arg-type]
+                    rows.number(row, "value_mg_dl", where),  # type: ignore[arg-type]
+                    rows.number(row, "original_value", where),  # type: ignore[arg-type]
+                    rows.text(row, "original_unit", 16, where),
+                    rows.text(row, "trend", 32, where, required=False),
+                    rows.number(row, "trend_rate", where, required=False),
+                    rows.text(row, "device", 64, where, required=False),
+                )
+            )
+        except InvalidRecord as exc:
+            where_field, _, why = str(exc).partition(": ")
+            rows.fail(where_field, why)
+    return out
+
+
+def _body(request: Request) -> dict[str, Any]:
+    body = request.data
+    if not isinstance(body, dict):
+        raise APIError(400, "invalid_request", "The body must be a JSON object.")
+    return body
+
+
+def _patient(body: dict[str, Any], *, by_junction_id: bool = False) -> Patient:
+    patient_id = body.get("patient_id")
+    if "patient_id" in body and (
+        isinstance(patient_id, bool) or not isinstance(patient_id, int) or not 0 < patient_id < 2**63
+    ):
+        raise APIError(
+            400, "invalid_request", "patient_id: must be a positive integer", {"patient_id": ["invalid"]}
+        )
+    junction_user_id = body.get("junction_user_id") if by_junction_id else None
+    if (
+        by_junction_id
+        and "junction_user_id" in body
+        and (not isinstance(junction_user_id, str) or not 0 < len(junction_user_id) <= 64)
+    ):
+        raise APIError(400, "invalid_request", "junction_user_id: must be a string of 1 to 64 characters")
+    patient = None
+    if patient_id is not None:
+        patient = Patient.objects.filter(pk=patient_id).first()
+    elif junction_user_id:
+        patient = Patient.objects.filter(junction_user_id=junction_user_id).first()
+    if patient is None:
+        raise APIError(404, "not_found", "No such patient (send patient_id or junction_user_id).")
+    return patient
+
+
+def _list(body: dict[str, Any], name: str) -> list[Any]:
+    if name not in body:
+        return []
+    value = body[name]
+    if not isinstance(value, list):
+        raise APIError(400, "invalid_request", f"{name}: must be a list", {name: ["must be a list"]})
+    return value
+
+
+class IngestView(ServiceAPIView):
+    @extend_schema(
+        operation_id="patient_graph_ingest",
+        summary="Bulk ingest of readings and glucose readings (idempotent on their natural keys)",
+        request=IngestIn,
+        responses={200: IngestOut, **SERVICE_ERRORS},
+        tags=["patient-graph service"],
+    )
+    def post(self, request: Request) -> Response:
+        body = _body(request)
+        patient = _patient(body, by_junction_id=True)
+        raw_readings, raw_glucose = _list(body, "readings"), _list(body, "glucose")
+        if len(raw_readings) + len(raw_glucose) > MAX_ROWS_PER_REQUEST:
+            raise APIError(400, "too_many_rows", f"At most {MAX_ROWS_PER_REQUEST} rows per request.")
+        provider = body.get("provider")
+        connection_id = None
+        if "provider" in body:
+            if not isinstance(provider, str) or provider not in Provider.values:
+                raise APIError(
+                    400, "invalid_request", f"provider: must be one of {', '.join(Provider.values)}"
+                )
+            connection_id = (
+                Connection.objects.filter(patient=patient, provider=provider)
+                .values_list("pk", flat=True)
+                .first()
+            )
+        rows = _Rows()
+        readings = parse_readings(raw_readings, rows)
+        glucose = parse_glucose(raw_glucose, rows)
+        if rows.errors:
+            raise APIError(400, "invalid_rows", "Some rows are invalid; nothing was stored.", rows.errors)
+        with transaction.atomic():
+            # The direct path holds the connection's row lock while it writes; so does this one, so the two never
+            # interleave their daily-statistic recomputations for one patient.
+            if connection_id is not None:
+                Connection.objects.select_for_update().filter(pk=connection_id).values_list("pk").first()
+            else:
+                Patient.objects.select_for_update().filter(pk=patient.pk).values_list("pk").first()
+            result = store_batch(
+                patient.pk, patient.time_zone, readings, glucose, connection_id=connection_id
+            )
+        return Response(
+            {
+                "readings_written": result.readings_written,
+                "glucose_written": result.glucose_written,
+                "days_refreshed": len(result.touched),
+            }
+        )
+
+
+class DailyStatsUpsertView(ServiceAPIView):
+    @extend_schema(
+        operation_id="patient_graph_daily_stats_upsert",
+        summary="Upsert daily statistics (one row per patient, metric and local day)",
+        request=DailyStatsIn,
+        responses={200: DailyStatsOut, **SERVICE_ERRORS},
+        tags=["patient-graph service"],
+    )
+    def post(self, request: Request) -> Response:
+        body = _body(request)
+        if not isinstance(body.get("stats"), list):
+            raise APIError(400, "invalid_request", "stats: must be a list", {"stats": ["must be a list"]})
+        patient = _patient(body)
+        raw = _list(body, "stats")
+        if len(raw) > MAX_ROWS_PER_REQUEST:
+            raise APIError(400, "too_many_rows", f"At most {MAX_ROWS_PER_REQUEST} rows per request.")
+        rows = _Rows()
+        stats: dict[tuple[str, date], DailyStat] = {}
+        for index, row in enumerate(raw):
+            where = f"stats[{index}]"
+            try:
+                if not isinstance(row, dict):
+                    raise InvalidRecord(f"{where}: must be an object")
+                metric = rows.text(row, "metric", 40, where)
+                try:
+                    day = date.fromisoformat(row.get("day"))  # type: ignore[arg-type]
+                except (TypeError, ValueError):
+                    raise InvalidRecord(f"{where}.day: must be a date as YYYY-MM-DD") from None
+                values = {name: rows.number(row, name, where) for name in ("avg", "min", "max", "sum")}
+                count = row.get("count")
+                if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 2**31 - 1:
+                    raise InvalidRecord(f"{where}.count: must be a positive integer")
+                if not values["min"] <= values["avg"] <= values["max"]:  # type: ignore[operator]
+                    raise InvalidRecord(f"{where}.avg: must lie between min and max")
+                stats[(metric, day)] = DailyStat(
+                    patient=patient,
+                    metric=metric,
+                    day=day,
+                    count=count,
+                    avg_7d=rows.number(row, "avg_7d", where, required=False),
+                    avg_30d=rows.number(row, "avg_30d", where, required=False),
+                    **values,
+                )
+            except InvalidRecord as exc:
+                where_field, _, why = str(exc).partition(": ")
+                rows.fail(where_field, why)
+        if rows.errors:
+            raise APIError(400, "invalid_rows", "Some rows are invalid; nothing was stored.", rows.errors)
+        with transaction.atomic():
+            DailyStat.objects.bulk_create(
+                list(stats.values()),
+                update_conflicts=True,
+                unique_fields=["patient", "metric", "day"],
+                update_fields=["avg", "min", "max", "sum", "count", "avg_7d", "avg_30d"],
+                batch_size=2000,
+            )
+        return Response({"upserted": len(stats)})

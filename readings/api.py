@@ -1,0 +1,402 @@
+"""Read API for the consumer app: daily statistics, raw readings and glucose readings of the caller.
+
+Keyset ("cursor") pagination in primary-key order, so every page is an index range scan however deep the
+client pages: daily stats by (metric, day), readings by (metric, source, source_type, measured_at), glucose by
+(source, measured_at). Page sizes are bounded. Bad dates, metrics, page sizes or cursors are a 400 that says
+which parameter and why.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Sequence
+from datetime import date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from connections.api.errors import APIError
+from connections.api.serializers import ErrorSerializer
+from connections.api.views import ERRORS, PatientAPIView
+from connections.providers.junction import (
+    ACTIVITY_FIELDS,
+    BODY_FIELDS,
+    SLEEP_FIELDS,
+    TIMESERIES,
+    WORKOUT_FIELDS,
+)
+from readings.models import DailyStat, GlucoseReading, WearableReading
+from readings.store import local_day_bounds
+
+# Metrics a reading or daily statistic can have. Direct providers add theirs to EXTRA_METRICS.
+EXTRA_METRICS: tuple[str, ...] = ("workout_duration",)
+KNOWN_METRICS: frozenset[str] = frozenset(
+    [spec.metric for spec in TIMESERIES]
+    + [f[1] for fields in (SLEEP_FIELDS, ACTIVITY_FIELDS, WORKOUT_FIELDS, BODY_FIELDS) for f in fields]
+    + list(EXTRA_METRICS)
+)
+GLUCOSE = "glucose"
+DAILY_METRICS = KNOWN_METRICS | {GLUCOSE}
+
+MAX_RANGE_DAYS = 366
+DEFAULT_DAILY_DAYS = 30
+DEFAULT_READINGS_DAYS = 7
+
+
+# --- Parameters --------------------------------------------------------------------------------------------
+
+
+def _bad(param: str, why: str) -> APIError:
+    return APIError(400, "invalid_parameter", f"{param}: {why}", {param: [why]})
+
+
+def reject_unknown_parameters(request: Request, allowed: frozenset[str]) -> None:
+    """A misspelt parameter (`metrics=`) is a 400, not silently ignored."""
+    unknown = sorted(set(request.query_params) - allowed)
+    if unknown:
+        raise _bad(
+            unknown[0][:40], f"is not a parameter of this endpoint; accepted: {', '.join(sorted(allowed))}"
+        )
+
+
+PAGED = frozenset({"start", "end", "cursor", "page_size"})
+
+
+def parse_metric(request: Request, accepted: frozenset[str], *, required: bool = False) -> str | None:
+    raw = request.query_params.get("metric")
+    if raw is None:
+        if required:
+            raise _bad("metric", "is required")
+        return None
+    if raw not in accepted:
+        raise APIError(
+            400,
+            "invalid_parameter",
+            f"metric: {raw[:40]!r} is not a known metric; accepted: {', '.join(sorted(accepted))}",
+            {"metric": ["unknown metric"], "accepted_metrics": sorted(accepted)},
+        )
+    return raw
+
+
+def parse_day(request: Request, name: str) -> date | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise _bad(name, "must be a date as YYYY-MM-DD") from None
+
+
+def parse_moment(request: Request, name: str, tz: ZoneInfo, *, end: bool) -> datetime | None:
+    """A date (the patient's local day; `end` includes the whole day) or an ISO-8601 datetime with offset."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    if len(raw) == 10:
+        try:
+            day = date.fromisoformat(raw)
+        except ValueError:
+            raise _bad(name, "must be a date (YYYY-MM-DD) or an ISO-8601 datetime with offset") from None
+        start, next_start = local_day_bounds(day, tz)
+        return next_start if end else start
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError:
+        raise _bad(name, "must be a date (YYYY-MM-DD) or an ISO-8601 datetime with offset") from None
+    if moment.tzinfo is None:
+        raise _bad(name, "a datetime needs a UTC offset, e.g. 2026-03-01T00:00:00Z")
+    return moment
+
+
+def parse_page_size(request: Request, default: int, maximum: int) -> int:
+    raw = request.query_params.get("page_size")
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _bad("page_size", f"must be a whole number from 1 to {maximum}") from None
+    if not 1 <= value <= maximum:
+        raise _bad("page_size", f"must be from 1 to {maximum}")
+    return value
+
+
+def check_range(start: Any, end: Any, *, limit: timedelta) -> None:
+    if start >= end:
+        raise _bad("start", "must be before end")
+    if end - start > limit:
+        raise _bad("end", f"the range is limited to {limit.days} days")
+
+
+# --- Keyset pagination --------------------------------------------------------------------------------------
+
+
+def _encode_cursor(values: Sequence[Any]) -> str:
+    plain = [v.isoformat() if isinstance(v, date | datetime) else v for v in values]
+    return base64.urlsafe_b64encode(orjson.dumps(plain)).decode().rstrip("=")
+
+
+def _decode_cursor(raw: str, decoders: Sequence[Callable[[Any], Any]]) -> list[Any]:
+    try:
+        values = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        if not isinstance(values, list) or len(values) != len(decoders):
+            raise ValueError
+        return [decode(v) for decode, v in zip(decoders, values, strict=True)]
+    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
+        raise _bad("cursor", "is not a cursor this API returned") from None
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError
+    return value
+
+
+def _moment(value: Any) -> datetime:
+    moment = datetime.fromisoformat(_text(value))
+    if moment.tzinfo is None:
+        raise ValueError
+    return moment
+
+
+def _day(value: Any) -> date:
+    return date.fromisoformat(_text(value))
+
+
+def keyset_page(
+    request: Request,
+    queryset: QuerySet[Any],
+    key: Sequence[tuple[str, Callable[[Any], Any]]],
+    columns: Sequence[str],
+    page_size: int,
+) -> Response:
+    """One page in key order after the request's cursor; `next_cursor` is null on the last page."""
+    fields = [name for name, _ in key]
+    raw_cursor = request.query_params.get("cursor")
+    if raw_cursor:
+        after = _decode_cursor(raw_cursor, [decode for _, decode in key])
+        condition = Q()
+        for i, name in enumerate(fields):
+            # (a, b, c) > (x, y, z)  ==  a > x  OR  (a = x AND b > y)  OR  (a = x AND b = y AND c > z)
+            condition |= Q(**{f: after[j] for j, f in enumerate(fields[:i])}, **{f"{name}__gt": after[i]})
+        queryset = queryset.filter(condition)
+    rows = list(queryset.order_by(*fields).values_list(*columns)[: page_size + 1])
+    more = len(rows) > page_size
+    rows = rows[:page_size]
+    index = [columns.index(f) for f in fields]
+    next_cursor = _encode_cursor([rows[-1][i] for i in index]) if more else None
+    next_url = None
+    if next_cursor:
+        params = request.query_params.copy()
+        params["cursor"] = next_cursor
+        next_url = request.build_absolute_uri(f"{request.path}?{params.urlencode()}")
+    return Response(
+        {
+            "results": [dict(zip(columns, row, strict=True)) for row in rows],
+            "next_cursor": next_cursor,
+            "next": next_url,
+        }
+    )
+
+
+# --- Serializers (the schema; rows are built from values_list for speed) ----------------------------------------
+
+
+class DailyStatOut(serializers.Serializer):
+    metric = serializers.CharField()
+    day = serializers.DateField(help_text="The patient-local day.")
+    avg = serializers.FloatField()
+    min = serializers.FloatField()
+    max = serializers.FloatField()
+    sum = serializers.FloatField()
+    count = serializers.IntegerField()
+    avg_7d = serializers.FloatField(allow_null=True)
+    avg_30d = serializers.FloatField(allow_null=True)
+
+
+class ReadingOut(serializers.Serializer):
+    metric = serializers.CharField()
+    source = serializers.CharField()
+    source_type = serializers.CharField()
+    measured_at = serializers.DateTimeField()
+    end_at = serializers.DateTimeField(allow_null=True)
+    value = serializers.FloatField()
+    unit = serializers.CharField()
+
+
+class GlucoseOut(serializers.Serializer):
+    source = serializers.CharField()
+    measured_at = serializers.DateTimeField()
+    value_mg_dl = serializers.FloatField()
+    original_value = serializers.FloatField()
+    original_unit = serializers.CharField()
+    trend = serializers.CharField()
+    trend_rate = serializers.FloatField(allow_null=True)
+    device = serializers.CharField()
+
+
+def _page_of(name: str, item: type[serializers.Serializer]) -> type[serializers.Serializer]:
+    return type(
+        name,
+        (serializers.Serializer,),
+        {
+            "results": item(many=True),
+            "next_cursor": serializers.CharField(
+                allow_null=True, help_text="Pass as `cursor` for the next page."
+            ),
+            "next": serializers.URLField(allow_null=True),
+        },
+    )
+
+
+DailyStatPage = _page_of("DailyStatPage", DailyStatOut)
+ReadingPage = _page_of("ReadingPage", ReadingOut)
+GlucosePage = _page_of("GlucosePage", GlucoseOut)
+
+BAD_REQUEST = OpenApiResponse(
+    ErrorSerializer, description="A parameter is wrong; the message says which and why."
+)
+
+
+def _params(
+    metric_required: bool, dates_only: bool, default_size: int, max_size: int
+) -> list[OpenApiParameter]:
+    when = "a date (YYYY-MM-DD, the patient's local day)" + (
+        "" if dates_only else " or an ISO-8601 datetime with offset"
+    )
+    return [
+        OpenApiParameter("start", str, required=False, description=f"Inclusive; {when}."),
+        OpenApiParameter(
+            "end", str, required=False, description=f"Inclusive day / exclusive instant; {when}."
+        ),
+        OpenApiParameter("cursor", str, required=False, description="`next_cursor` of the previous page."),
+        OpenApiParameter(
+            "page_size",
+            {"type": "integer", "minimum": 1, "maximum": max_size},
+            required=False,
+            description=f"1 to {max_size}; default {default_size}.",
+        ),
+    ]
+
+
+# --- Views --------------------------------------------------------------------------------------------------
+
+
+class DailyStatsView(PatientAPIView):
+    DEFAULT_PAGE, MAX_PAGE = 100, 1000
+
+    @extend_schema(
+        operation_id="wearables_daily_stats_list",
+        summary="Daily statistics per metric and patient-local day",
+        parameters=[
+            OpenApiParameter(
+                "metric", str, required=False, description="One metric; all metrics if omitted."
+            ),
+            *_params(False, True, DEFAULT_PAGE, MAX_PAGE),
+        ],
+        responses={200: DailyStatPage, 400: BAD_REQUEST, **ERRORS},
+        tags=["read"],
+    )
+    def get(self, request: Request) -> Response:
+        reject_unknown_parameters(request, PAGED | {"metric"})
+        patient = self.patient(request)
+        metric = parse_metric(request, DAILY_METRICS)
+        today = timezone.now().astimezone(ZoneInfo(patient.time_zone)).date()
+        end = parse_day(request, "end") or today
+        start = parse_day(request, "start") or end - timedelta(days=DEFAULT_DAILY_DAYS - 1)
+        check_range(start, end + timedelta(days=1), limit=timedelta(days=MAX_RANGE_DAYS))
+        page_size = parse_page_size(request, self.DEFAULT_PAGE, self.MAX_PAGE)
+        queryset = DailyStat.objects.filter(patient=patient, day__gte=start, day__lte=end)
+        if metric:
+            queryset = queryset.filter(metric=metric)
+        return keyset_page(
+            request,
+            queryset,
+            [("metric", _text), ("day", _day)],
+            ["metric", "day", "avg", "min", "max", "sum", "count", "avg_7d", "avg_30d"],
+            page_size,
+        )
+
+
+class ReadingsView(PatientAPIView):
+    DEFAULT_PAGE, MAX_PAGE = 500, 5000
+
+    @extend_schema(
+        operation_id="wearables_readings_list",
+        summary="Raw wearable readings of one metric (ordered by source, then time)",
+        parameters=[
+            OpenApiParameter(
+                "metric", str, required=True, description="e.g. heart_rate, steps, sleep_duration."
+            ),
+            *_params(True, False, DEFAULT_PAGE, MAX_PAGE),
+        ],
+        responses={200: ReadingPage, 400: BAD_REQUEST, **ERRORS},
+        tags=["read"],
+    )
+    def get(self, request: Request) -> Response:
+        reject_unknown_parameters(request, PAGED | {"metric"})
+        patient = self.patient(request)
+        metric = parse_metric(request, KNOWN_METRICS, required=True)
+        start, end, page_size = _window(request, patient.time_zone, self.DEFAULT_PAGE, self.MAX_PAGE)
+        queryset = WearableReading.objects.filter(
+            patient=patient, metric=metric, measured_at__gte=start, measured_at__lt=end
+        )
+        return keyset_page(
+            request,
+            queryset,
+            [("metric", _text), ("source", _text), ("source_type", _text), ("measured_at", _moment)],
+            ["metric", "source", "source_type", "measured_at", "end_at", "value", "unit"],
+            page_size,
+        )
+
+
+class GlucoseView(PatientAPIView):
+    DEFAULT_PAGE, MAX_PAGE = 500, 5000
+
+    @extend_schema(
+        operation_id="wearables_glucose_list",
+        summary="Glucose readings in mg/dL (ordered by source, then time)",
+        parameters=_params(False, False, DEFAULT_PAGE, MAX_PAGE),
+        responses={200: GlucosePage, 400: BAD_REQUEST, **ERRORS},
+        tags=["read"],
+    )
+    def get(self, request: Request) -> Response:
+        reject_unknown_parameters(request, PAGED)
+        patient = self.patient(request)
+        start, end, page_size = _window(request, patient.time_zone, self.DEFAULT_PAGE, self.MAX_PAGE)
+        queryset = GlucoseReading.objects.filter(patient=patient, measured_at__gte=start, measured_at__lt=end)
+        return keyset_page(
+            request,
+            queryset,
+            [("source", _text), ("measured_at", _moment)],
+            [
+                "source",
+                "measured_at",
+                "value_mg_dl",
+                "original_value",
+                "original_unit",
+                "trend",
+                "trend_rate",
+                "device",
+            ],
+            page_size,
+        )
+
+
+def _window(
+    request: Request, time_zone: str, default_size: int, max_size: int
+) -> tuple[datetime, datetime, int]:
+    tz = ZoneInfo(time_zone)
+    end = parse_moment(request, "end", tz, end=True) or timezone.now()
+    start = parse_moment(request, "start", tz, end=False) or end - timedelta(days=DEFAULT_READINGS_DAYS)
+    check_range(start, end, limit=timedelta(days=MAX_RANGE_DAYS))
+    return start, end, parse_page_size(request, default_size, max_size)

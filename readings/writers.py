@@ -1,0 +1,152 @@
+"""Where a sync's readings go: this database (`store_batch`), or the patient-graph API over HTTP.
+
+`connections.sync` stores each fetched window through a writer. The database writer joins the sync's own
+transaction (rows, fingerprints and cursor commit together). The HTTP writer cannot join it, so the sync
+writes remotely first and then commits its fingerprints and cursor: a failure in between replays rows that
+the API upserts on their natural keys, so nothing is lost and nothing is doubled.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Protocol
+
+from django.conf import settings
+
+from connections.config import JunctionSyncConfig
+from connections.providers.base import ProviderHTTP, RetryPolicy
+from connections.providers.junction import GlucoseRow, WearableRow
+from readings.store import store_batch
+
+# Rows per ingest request: ~1 MB of JSON, well under the API's 50,000-row limit.
+INGEST_BATCH_ROWS = 10_000
+
+
+class ReadingsWriter(Protocol):
+    # True: `store` runs inside the caller's transaction; False: it commits on its own, before the caller's.
+    in_transaction: bool
+
+    def store(
+        self,
+        *,
+        patient_id: int,
+        junction_user_id: str | None,
+        time_zone: str,
+        provider: str,
+        connection_id: int,
+        readings: Sequence[WearableRow],
+        glucose: Sequence[GlucoseRow],
+    ) -> int: ...
+
+
+class DatabaseWriter:
+    in_transaction = True
+
+    def store(
+        self,
+        *,
+        patient_id: int,
+        junction_user_id: str | None,
+        time_zone: str,
+        provider: str,
+        connection_id: int,
+        readings: Sequence[WearableRow],
+        glucose: Sequence[GlucoseRow],
+    ) -> int:
+        return store_batch(patient_id, time_zone, readings, glucose, connection_id=connection_id).written
+
+
+class PatientGraphWriter:
+    """POSTs batches to `{PATIENT_GRAPH_API_URL}/service/ingest` through the shared HTTP layer (retries,
+    backoff, Retry-After). Ingest is idempotent on natural keys, so its POSTs are retried like GETs."""
+
+    in_transaction = False
+
+    def __init__(self, base_url: str, api_key: str) -> None:
+        self.http = ProviderHTTP(
+            "patient-graph",
+            base_url,
+            headers={"authorization": f"Bearer {api_key}"},
+            timeout=settings.PROVIDER_HTTP_TIMEOUT,
+            policy=RetryPolicy(
+                attempts=settings.PROVIDER_HTTP_ATTEMPTS,
+                base=settings.PROVIDER_BACKOFF_BASE,
+                cap=settings.PROVIDER_BACKOFF_CAP,
+            ),
+        )
+
+    def store(
+        self,
+        *,
+        patient_id: int,
+        junction_user_id: str | None,
+        time_zone: str,
+        provider: str,
+        connection_id: int,
+        readings: Sequence[WearableRow],
+        glucose: Sequence[GlucoseRow],
+    ) -> int:
+        # The remote database has its own ids: the patient travels by its Junction user id when it has one.
+        who: dict[str, object] = (
+            {"junction_user_id": junction_user_id} if junction_user_id else {"patient_id": patient_id}
+        )
+        written = 0
+        for start in range(0, max(len(readings), len(glucose)), INGEST_BATCH_ROWS):
+            body = {
+                **who,
+                "provider": provider,
+                "readings": [_reading(row) for row in readings[start : start + INGEST_BATCH_ROWS]],
+                "glucose": [_glucose(row) for row in glucose[start : start + INGEST_BATCH_ROWS]],
+            }
+            response = self.http.request("POST", "/service/ingest", json=body, idempotent=True)
+            result = self.http.decode("/service/ingest", response.content)
+            written += int(result.get("readings_written", 0)) + int(result.get("glucose_written", 0))
+        return written
+
+
+def _iso(canonical: str | None) -> str | None:
+    return canonical.replace(" ", "T", 1) if canonical else None
+
+
+def _reading(row: WearableRow) -> dict[str, object]:
+    metric, source, source_type, measured_at, end_at, value, unit = row
+    return {
+        "metric": metric,
+        "source": source,
+        "source_type": source_type,
+        "measured_at": _iso(measured_at),
+        "end_at": _iso(end_at),
+        "value": value,
+        "unit": unit,
+    }
+
+
+def _glucose(row: GlucoseRow) -> dict[str, object]:
+    source, measured_at, mg_dl, original, unit, trend, rate, device = row
+    return {
+        "source": source,
+        "measured_at": _iso(measured_at),
+        "value_mg_dl": mg_dl,
+        "original_value": original,
+        "original_unit": unit,
+        "trend": trend,
+        "trend_rate": rate,
+        "device": device,
+    }
+
+
+DATABASE_WRITER = DatabaseWriter()
+_local = threading.local()
+
+
+def writer_for(config: JunctionSyncConfig) -> ReadingsWriter:
+    """The database writer, or (PATIENT_GRAPH_API_URL set) one HTTP writer per thread and URL."""
+    if not config.patient_graph_url:
+        return DATABASE_WRITER
+    key = (config.patient_graph_url, config.patient_graph_key)
+    writers: dict[tuple[str, str], PatientGraphWriter] = getattr(_local, "writers", None) or {}
+    _local.writers = writers
+    if key not in writers:
+        writers[key] = PatientGraphWriter(*key)
+    return writers[key]

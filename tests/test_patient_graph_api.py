@@ -1,0 +1,248 @@
+"""The patient-graph service API: key-authenticated bulk ingest, idempotent like the direct path; and the sync
+writing through it (PATIENT_GRAPH_API_URL) ends with exactly the tables the direct path writes."""
+
+from __future__ import annotations
+
+import pytest
+
+from connections.models import Connection, Patient, Provider, SyncFingerprint
+from connections.sync import run_wearable_sync_job
+from readings.models import DailyStat, GlucoseReading, WearableReading
+from sandbox import SandboxServer
+from sandbox.clerk import ClerkSandbox
+from tests.api_helpers import client_for, error_of
+
+INGEST = "/api/patient-graph/service/ingest"
+DAILY = "/api/patient-graph/service/daily-stats"
+KEY = "pg_test_key_0123456789"
+
+
+@pytest.fixture
+def service_key(settings, junction_config):
+    settings.JUNCTION_SYNC = junction_config.replace(patient_graph_key=KEY)
+    return KEY
+
+
+def reading(minute: int, value: float = 61.0) -> dict:
+    return {
+        "metric": "heart_rate",
+        "source": "oura",
+        "source_type": "ring",
+        "measured_at": f"2026-03-09T08:{minute:02d}:00+00:00",
+        "end_at": None,
+        "value": value,
+        "unit": "bpm",
+    }
+
+
+def glucose(minute: int) -> dict:
+    return {
+        "source": "freestyle_libre",
+        "measured_at": f"2026-03-09T08:{minute:02d}:00Z",
+        "value_mg_dl": 104.0,
+        "original_value": 5.77,
+        "original_unit": "mmol/L",
+        "trend": "",
+        "trend_rate": None,
+        "device": "automatic",
+    }
+
+
+@pytest.mark.django_db
+def test_the_service_api_needs_the_key(
+    service_key: str, clean_sandbox: SandboxServer, clerk: ClerkSandbox
+) -> None:
+    patient = Patient.objects.create(clerk_user_id="user_alice")
+    body = {"patient_id": patient.pk, "readings": [reading(0)]}
+
+    assert client_for(None).post(INGEST, body, format="json").status_code == 401
+    assert client_for("wrong").post(INGEST, body, format="json").status_code == 401
+    # A patient's Clerk session is not the service key.
+    assert client_for(clerk.mint("user_alice")).post(INGEST, body, format="json").status_code == 401
+    assert not WearableReading.objects.exists()
+
+
+@pytest.mark.django_db
+def test_no_configured_key_closes_the_service_api(settings, junction_config) -> None:
+    settings.JUNCTION_SYNC = junction_config.replace(patient_graph_key="")
+    patient = Patient.objects.create()
+    response = client_for("").post(INGEST, {"patient_id": patient.pk}, format="json")
+    assert response.status_code == 401
+
+
+@pytest.mark.django_db
+def test_ingest_is_idempotent_and_keeps_daily_stats(service_key: str) -> None:
+    patient = Patient.objects.create(junction_user_id="jx-1", time_zone="Europe/Berlin")
+    Connection.objects.create(patient=patient, provider=Provider.JUNCTION)
+    client = client_for(service_key)
+    body = {
+        "junction_user_id": "jx-1",
+        "provider": "junction",
+        "readings": [reading(m, 60 + m) for m in range(10)],
+        "glucose": [glucose(m) for m in range(0, 10, 5)],
+    }
+
+    first = client.post(INGEST, body, format="json")
+    again = client.post(INGEST, body, format="json")
+
+    assert first.status_code == 200 and first.json() == {
+        "readings_written": 10,
+        "glucose_written": 2,
+        "days_refreshed": 2,
+    }
+    assert again.json() == {"readings_written": 0, "glucose_written": 0, "days_refreshed": 0}
+    assert WearableReading.objects.filter(patient=patient).count() == 10
+    stat = DailyStat.objects.get(patient=patient, metric="heart_rate")
+    assert (stat.count, stat.min, stat.max) == (10, 60.0, 69.0)
+    assert set(WearableReading.objects.values_list("connection_id", flat=True)) == {
+        Connection.objects.get(patient=patient).pk
+    }
+
+
+@pytest.mark.django_db
+def test_a_batch_with_an_invalid_row_is_refused_whole_naming_the_row_not_the_value(service_key: str) -> None:
+    patient = Patient.objects.create()
+    rows = [reading(0), {**reading(1), "value": "NaN"}, {**reading(2), "measured_at": "2026-03-09T08:02:00"}]
+
+    response = client_for(service_key).post(
+        INGEST, {"patient_id": patient.pk, "readings": rows}, format="json"
+    )
+
+    assert response.status_code == 400
+    error = error_of(response)
+    assert error["code"] == "invalid_rows"
+    assert error["details"] == {
+        "readings[1].value": "must be a finite number",
+        "readings[2].measured_at": "must be an ISO-8601 datetime with a UTC offset",
+    }
+    assert not WearableReading.objects.exists()
+
+
+@pytest.mark.django_db
+def test_unknown_patient_is_404_and_a_bad_body_is_400(service_key: str) -> None:
+    client = client_for(service_key)
+    assert client.post(INGEST, {"patient_id": 999999}, format="json").status_code == 404
+    assert client.post(INGEST, {"junction_user_id": "nobody"}, format="json").status_code == 404
+    assert client.post(INGEST, [1, 2], format="json").status_code == 400
+    assert client.post(INGEST, {"patient_id": "1"}, format="json").status_code == 400
+    patient = Patient.objects.create()
+    assert client.post(INGEST, {"patient_id": patient.pk, "readings": {}}, format="json").status_code == 400
+
+
+@pytest.mark.django_db
+def test_daily_stats_upsert(service_key: str) -> None:
+    patient = Patient.objects.create()
+    client = client_for(service_key)
+    stat = {
+        "metric": "steps",
+        "day": "2026-03-09",
+        "avg": 5.0,
+        "min": 1.0,
+        "max": 9.0,
+        "sum": 50.0,
+        "count": 10,
+    }
+
+    assert client.post(DAILY, {"patient_id": patient.pk, "stats": [stat]}, format="json").json() == {
+        "upserted": 1
+    }
+    changed = {**stat, "avg": 6.0, "avg_7d": 5.5}
+    assert (
+        client.post(DAILY, {"patient_id": patient.pk, "stats": [changed]}, format="json").status_code == 200
+    )
+
+    row = DailyStat.objects.get(patient=patient)
+    assert (row.avg, row.avg_7d, row.count) == (6.0, 5.5, 10)
+    bad = client.post(DAILY, {"patient_id": patient.pk, "stats": [{**stat, "avg": 99.0}]}, format="json")
+    assert bad.status_code == 400 and error_of(bad)["details"] == {
+        "stats[0].avg": "must lie between min and max"
+    }
+
+
+def snapshot() -> dict[str, list[tuple]]:
+    """Every stored row, without ids and write timestamps (those differ between any two runs)."""
+    return {
+        "readings": sorted(
+            WearableReading.objects.values_list(
+                "patient__junction_user_id",
+                "metric",
+                "source",
+                "source_type",
+                "measured_at",
+                "end_at",
+                "value",
+                "unit",
+                "connection__provider",
+            )
+        ),
+        "glucose": sorted(
+            GlucoseReading.objects.values_list(
+                "patient__junction_user_id",
+                "source",
+                "measured_at",
+                "value_mg_dl",
+                "original_value",
+                "original_unit",
+                "trend",
+                "trend_rate",
+                "device",
+            )
+        ),
+        # avg and sum are float sums whose last bit depends on the order rows are scanned in (insertion
+        # order differs between paths); compare them to 9 decimals, everything else exactly.
+        "daily": sorted(
+            (*key, round(avg, 9), low, high, round(total, 9), count)
+            for *key, avg, low, high, total, count in DailyStat.objects.values_list(
+                "patient__junction_user_id", "metric", "day", "avg", "min", "max", "sum", "count"
+            )
+        ),
+    }
+
+
+def forget_data() -> None:
+    WearableReading.objects.all().delete()
+    GlucoseReading.objects.all().delete()
+    DailyStat.objects.all().delete()
+    SyncFingerprint.objects.all().delete()
+    Connection.objects.update(last_sync_at=None)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("frozen_time")
+def test_the_sync_writing_through_the_api_stores_exactly_what_the_direct_path_stores(
+    junction_config, clean_sandbox: SandboxServer, live_server, settings
+) -> None:
+    settings.JUNCTION_SYNC = junction_config.replace(patient_graph_key=KEY)
+    remote = junction_config.replace(
+        patient_graph_url=f"{live_server.url}/api/patient-graph", patient_graph_key=KEY
+    )
+
+    direct = run_wearable_sync_job(junction_config)
+    assert direct.ok and direct.records_stored > 0
+    expected = snapshot()
+    forget_data()
+
+    through_api = run_wearable_sync_job(remote)
+
+    assert through_api.ok, through_api.errors
+    assert through_api.records_stored == direct.records_stored
+    assert snapshot() == expected
+    assert all(c.last_sync_at is not None for c in Connection.objects.all())
+    # A replay through the API writes nothing new.
+    forced = run_wearable_sync_job(remote, force=True)
+    assert forced.ok and forced.records_stored == 0 and snapshot() == expected
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("frozen_time")
+def test_when_the_api_fails_the_cursor_does_not_move(junction_config, live_server, settings) -> None:
+    settings.JUNCTION_SYNC = junction_config.replace(patient_graph_key=KEY)
+    wrong_key = junction_config.replace(
+        patient_graph_url=f"{live_server.url}/api/patient-graph", patient_graph_key="not-the-key"
+    )
+
+    result = run_wearable_sync_job(wrong_key.replace(user_ids=wrong_key.user_ids[:1]))
+
+    assert not result.ok and "401" in result.errors[0]
+    assert not WearableReading.objects.exists() and not SyncFingerprint.objects.exists()
+    assert Connection.objects.get().last_sync_at is None
