@@ -33,11 +33,13 @@ from connections.providers.junction import (
     TIMESERIES,
     WORKOUT_FIELDS,
 )
+from connections.providers.whoop import METRICS as WHOOP_METRICS
 from readings.models import DailyStat, GlucoseReading, WearableReading
 from readings.store import local_day_bounds
 
-# Metrics a reading or daily statistic can have. Direct providers add theirs to EXTRA_METRICS.
-EXTRA_METRICS: tuple[str, ...] = ("workout_duration",)
+# Metrics a reading or daily statistic can have: Junction's, plus what the direct providers store (WHOOP;
+# Dexcom and Libre store glucose only).
+EXTRA_METRICS: tuple[str, ...] = ("workout_duration", *WHOOP_METRICS)
 KNOWN_METRICS: frozenset[str] = frozenset(
     [spec.metric for spec in TIMESERIES]
     + [f[1] for fields in (SLEEP_FIELDS, ACTIVITY_FIELDS, WORKOUT_FIELDS, BODY_FIELDS) for f in fields]

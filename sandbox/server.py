@@ -262,6 +262,8 @@ class SandboxServer(ThreadingHTTPServer):
     @property
     def libre_url(self) -> str:
         return self.base_url + self.libre.prefix
+
+    @property
     def clerk_url(self) -> str:
         return self.base_url + self.clerk.prefix
 

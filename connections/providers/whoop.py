@@ -29,6 +29,39 @@ KJ_PER_KCAL = 4.184
 MAX_PAGES = 1000
 
 
+_SLEEP_PARTS = (
+    "duration",
+    "awake",
+    "light",
+    "deep",
+    "rem",
+    "total",
+    "efficiency",
+    "performance",
+    "respiratory_rate",
+    "disturbances",
+)
+# Every metric a WHOOP record can produce (the read API accepts exactly these names).
+METRICS: tuple[str, ...] = (
+    "recovery_score",
+    "resting_heart_rate",
+    "sleep_hrv_rmssd",
+    "blood_oxygen",
+    "skin_temperature",
+    "strain",
+    "calories_total",
+    "cycle_heart_rate_avg",
+    "cycle_heart_rate_max",
+    *(f"{prefix}_{part}" for prefix in ("sleep", "nap") for part in _SLEEP_PARTS),
+    "workout_duration",
+    "workout_strain",
+    "workout_calories",
+    "workout_heart_rate_avg",
+    "workout_heart_rate_max",
+    "workout_distance",
+)
+
+
 class WhoopClient:
     provider = PROVIDER
 
