@@ -170,7 +170,7 @@ def measure_copy(db) -> float:  # noqa: ANN001
         pg = cursor.cursor
         for table, columns in tables.items():
             buffer = io.BytesIO()
-            with pg.copy(f"COPY {table} ({columns}) TO STDOUT") as copy:
+            with pg.copy(f"COPY (SELECT {columns} FROM {table}) TO STDOUT") as copy:
                 for chunk in copy:
                     buffer.write(chunk)
             dumps[table] = buffer.getvalue()
