@@ -60,6 +60,8 @@ def sync_whoop_data(sandbox: SandboxServer | None) -> dict[str, Any]:
 
 def sync_cgm_readings(sandbox: SandboxServer | None) -> dict[str, Any]:
     return _direct_job("sync-cgm-readings", sandbox)
+
+
 def aggregate_wearable_data(sandbox: SandboxServer | None, *, full: bool = False) -> dict[str, Any]:
     from readings.aggregate import run_aggregation
 

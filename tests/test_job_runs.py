@@ -155,4 +155,7 @@ def test_the_aggregation_and_cleanup_tasks_are_recorded_as_job_runs() -> None:
     reading_tasks.cleanup_wearable_data(dry_run=True)
 
     runs = {run.job: run.status for run in JobRun.objects.all()}
-    assert runs == {"aggregate-wearable-data": JobRunStatus.SUCCESS, "cleanup-wearable-data": JobRunStatus.SUCCESS}
+    assert runs == {
+        "aggregate-wearable-data": JobRunStatus.SUCCESS,
+        "cleanup-wearable-data": JobRunStatus.SUCCESS,
+    }
