@@ -458,36 +458,20 @@ CREATE TEMP TABLE agg_full_marks AS
 SELECT patient_id, metric, day, version FROM patient_wearable_daily_stats_dirty
 """
 
-# Full scan, in two steps. Converting every reading to its patient's local day (AT TIME ZONE) cost as much as
-# the whole GROUP BY, so rows are first aggregated into 15-minute UTC buckets and only the buckets are
-# converted. That is exact: every zone offset in use is a multiple of 15 minutes, so a local midnight always
-# falls on a bucket boundary and no bucket straddles two local days (DST changes move whole quarter hours).
-# The origin of the buckets is itself on a quarter hour.
 _PG_FULL_SCAN = """
 CREATE TEMP TABLE agg_full_daily AS
 SELECT * FROM (
-    SELECT b.patient_id, b.metric, (b.bucket AT TIME ZONE p.time_zone)::date AS day,
-           sum(b.sum) / sum(b.count) AS avg, min(b.min) AS min, max(b.max) AS max, sum(b.sum) AS sum,
-           sum(b.count)::bigint AS count
-    FROM (
-        SELECT patient_id, metric, date_bin('15 minutes', measured_at, TIMESTAMPTZ '2000-01-01 00:00+00') AS bucket,
-               min(value) AS min, max(value) AS max, sum(value) AS sum, count(*) AS count
-        FROM patient_wearable_readings
-        WHERE measured_at >= %(raw_from)s
-        GROUP BY 1, 2, 3
-    ) AS b JOIN patients p ON p.id = b.patient_id
-    GROUP BY b.patient_id, b.metric, day
+    SELECT r.patient_id, r.metric, (r.measured_at AT TIME ZONE p.time_zone)::date AS day,
+           avg(r.value) AS avg, min(r.value) AS min, max(r.value) AS max, sum(r.value) AS sum, count(*) AS count
+    FROM patient_wearable_readings r JOIN patients p ON p.id = r.patient_id
+    WHERE r.measured_at >= %(raw_from)s
+    GROUP BY r.patient_id, r.metric, day
     UNION ALL
-    SELECT b.patient_id, 'glucose', (b.bucket AT TIME ZONE p.time_zone)::date AS day,
-           sum(b.sum) / sum(b.count), min(b.min), max(b.max), sum(b.sum), sum(b.count)::bigint
-    FROM (
-        SELECT patient_id, date_bin('15 minutes', measured_at, TIMESTAMPTZ '2000-01-01 00:00+00') AS bucket,
-               min(value_mg_dl) AS min, max(value_mg_dl) AS max, sum(value_mg_dl) AS sum, count(*) AS count
-        FROM patient_glucose_readings
-        WHERE measured_at >= %(raw_from)s
-        GROUP BY 1, 2
-    ) AS b JOIN patients p ON p.id = b.patient_id
-    GROUP BY b.patient_id, day
+    SELECT g.patient_id, 'glucose', (g.measured_at AT TIME ZONE p.time_zone)::date AS day,
+           avg(g.value_mg_dl), min(g.value_mg_dl), max(g.value_mg_dl), sum(g.value_mg_dl), count(*)
+    FROM patient_glucose_readings g JOIN patients p ON p.id = g.patient_id
+    WHERE g.measured_at >= %(raw_from)s
+    GROUP BY g.patient_id, day
 ) AS d
 WHERE d.day >= %(first_day)s
 """
