@@ -11,10 +11,9 @@ import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlencode
 
 from connections.config import DirectProvidersConfig
-from connections.providers.common import as_dict, bearer, canonical, http_for, parse_instant, warn_invalid
+from connections.providers.common import as_dict, bearer, canonical, parse_instant, warn_invalid
 from connections.providers.junction import (
     GLUCOSE_HIGH_MGDL,
     GLUCOSE_LOW_MGDL,
@@ -23,7 +22,7 @@ from connections.providers.junction import (
     InvalidPayload,
     InvalidRecord,
 )
-from connections.providers.oauth2 import TokenSet, request_tokens
+from connections.providers.oauth2 import OAuthClient
 
 PROVIDER = "dexcom"
 SOURCE = "dexcom"
@@ -46,58 +45,15 @@ def windows(start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
     return out
 
 
-class DexcomClient:
+class DexcomClient(OAuthClient):
     provider = PROVIDER
-
-    def __init__(self, base_url: str, client_id: str, client_secret: str) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.client_id = client_id
-        self.client_secret = client_secret
-        self.http = http_for(PROVIDER, self.base_url)
+    authorize_path = "/v2/oauth2/login"
+    token_path = "/v2/oauth2/token"
+    scope = "offline_access"
 
     @classmethod
     def from_config(cls, config: DirectProvidersConfig) -> DexcomClient:
         return cls(config.dexcom_api_url, config.dexcom_client_id, config.dexcom_client_secret)
-
-    def close(self) -> None:
-        self.http.close()
-
-    def __enter__(self) -> DexcomClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def authorize_url(self, redirect_uri: str, state: str) -> str:
-        query = urlencode(
-            {
-                "client_id": self.client_id,
-                "redirect_uri": redirect_uri,
-                "response_type": "code",
-                "scope": "offline_access",
-                "state": state,
-            }
-        )
-        return f"{self.base_url}/v2/oauth2/login?{query}"
-
-    def exchange_code(self, code: str, redirect_uri: str) -> TokenSet:
-        form = {
-            "client_id": self.client_id,
-            "client_secret": self.client_secret,
-            "code": code,
-            "grant_type": "authorization_code",
-            "redirect_uri": redirect_uri,
-        }
-        return request_tokens(self.http, "/v2/oauth2/token", form, now=datetime.now(UTC))
-
-    def refresh(self, refresh_token: str) -> TokenSet:
-        form = {
-            "client_id": self.client_id,
-            "client_secret": self.client_secret,
-            "refresh_token": refresh_token,
-            "grant_type": "refresh_token",
-        }
-        return request_tokens(self.http, "/v2/oauth2/token", form, now=datetime.now(UTC))
 
     def data_range(self, access_token: str) -> dict[str, Any]:
         route = "/v3/users/self/dataRange"

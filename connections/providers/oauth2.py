@@ -8,10 +8,12 @@ decides what a failure means.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Self
+from urllib.parse import urlencode
 
 from connections.providers.base import ProviderBadResponse, ProviderError, ProviderHTTP
+from connections.providers.common import http_for
 
 # Statuses the token endpoint uses for OAuth errors (RFC 6749 §5.2); their body's `error` is read.
 OAUTH_ERROR_STATUSES = frozenset({400, 401})
@@ -65,3 +67,64 @@ def request_tokens(http: ProviderHTTP, path: str, form: dict[str, str], *, now: 
         expires_at=now + timedelta(seconds=expires_in),
         scope=str(body.get("scope") or ""),
     )
+
+
+class OAuthClient:
+    """The authorization-code client WHOOP and Dexcom share: authorize URL, code exchange, refresh.
+
+    Subclasses name their provider, paths and scopes, and add their data calls on `self.http`.
+    """
+
+    provider: str
+    authorize_path: str
+    token_path: str
+    scope: str
+    # Extra form fields some servers want on a refresh (WHOOP: scope=offline to get a new refresh token).
+    refresh_extra: dict[str, str] = {}
+
+    def __init__(self, base_url: str, client_id: str, client_secret: str) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.http = http_for(self.provider, self.base_url)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def authorize_url(self, redirect_uri: str, state: str) -> str:
+        query = urlencode(
+            {
+                "client_id": self.client_id,
+                "redirect_uri": redirect_uri,
+                "response_type": "code",
+                "scope": self.scope,
+                "state": state,
+            }
+        )
+        return f"{self.base_url}{self.authorize_path}?{query}"
+
+    def exchange_code(self, code: str, redirect_uri: str) -> TokenSet:
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": redirect_uri,
+            "client_id": self.client_id,
+            "client_secret": self.client_secret,
+        }
+        return request_tokens(self.http, self.token_path, form, now=datetime.now(UTC))
+
+    def refresh(self, refresh_token: str) -> TokenSet:
+        form = {
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token,
+            "client_id": self.client_id,
+            "client_secret": self.client_secret,
+            **self.refresh_extra,
+        }
+        return request_tokens(self.http, self.token_path, form, now=datetime.now(UTC))

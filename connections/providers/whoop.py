@@ -13,12 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlencode
 
 from connections.config import DirectProvidersConfig
-from connections.providers.common import as_dict, bearer, canonical, http_for, parse_instant, warn_invalid
+from connections.providers.common import as_dict, bearer, canonical, parse_instant, warn_invalid
 from connections.providers.junction import InvalidPayload, InvalidRecord, WearableRow
-from connections.providers.oauth2 import TokenSet, request_tokens
+from connections.providers.oauth2 import OAuthClient
 
 PROVIDER = "whoop"
 SCOPES = "offline read:recovery read:cycles read:workout read:sleep read:profile read:body_measurement"
@@ -62,61 +61,17 @@ METRICS: tuple[str, ...] = (
 )
 
 
-class WhoopClient:
+class WhoopClient(OAuthClient):
     provider = PROVIDER
-
-    def __init__(self, base_url: str, client_id: str, client_secret: str) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.client_id = client_id
-        self.client_secret = client_secret
-        self.http = http_for(PROVIDER, self.base_url)
+    authorize_path = "/oauth/oauth2/auth"
+    token_path = "/oauth/oauth2/token"
+    scope = SCOPES
+    # WHOOP returns a new refresh token only when the refresh asks for the offline scope again.
+    refresh_extra = {"scope": "offline"}
 
     @classmethod
     def from_config(cls, config: DirectProvidersConfig) -> WhoopClient:
         return cls(config.whoop_api_url, config.whoop_client_id, config.whoop_client_secret)
-
-    def close(self) -> None:
-        self.http.close()
-
-    def __enter__(self) -> WhoopClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # --- OAuth ---------------------------------------------------------------------------------------
-
-    def authorize_url(self, redirect_uri: str, state: str) -> str:
-        query = urlencode(
-            {
-                "client_id": self.client_id,
-                "redirect_uri": redirect_uri,
-                "response_type": "code",
-                "scope": SCOPES,
-                "state": state,
-            }
-        )
-        return f"{self.base_url}/oauth/oauth2/auth?{query}"
-
-    def exchange_code(self, code: str, redirect_uri: str) -> TokenSet:
-        form = {
-            "grant_type": "authorization_code",
-            "code": code,
-            "redirect_uri": redirect_uri,
-            "client_id": self.client_id,
-            "client_secret": self.client_secret,
-        }
-        return request_tokens(self.http, "/oauth/oauth2/token", form, now=datetime.now(UTC))
-
-    def refresh(self, refresh_token: str) -> TokenSet:
-        form = {
-            "grant_type": "refresh_token",
-            "refresh_token": refresh_token,
-            "client_id": self.client_id,
-            "client_secret": self.client_secret,
-            "scope": "offline",
-        }
-        return request_tokens(self.http, "/oauth/oauth2/token", form, now=datetime.now(UTC))
 
     # --- Data ----------------------------------------------------------------------------------------
 
