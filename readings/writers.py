@@ -12,10 +12,8 @@ import threading
 from collections.abc import Sequence
 from typing import Protocol
 
-from django.conf import settings
-
 from connections.config import JunctionSyncConfig
-from connections.providers.base import ProviderHTTP, RetryPolicy
+from connections.providers.common import http_for
 from connections.providers.junction import GlucoseRow, WearableRow
 from readings.store import store_batch
 
@@ -64,17 +62,7 @@ class PatientGraphWriter:
     in_transaction = False
 
     def __init__(self, base_url: str, api_key: str) -> None:
-        self.http = ProviderHTTP(
-            "patient-graph",
-            base_url,
-            headers={"authorization": f"Bearer {api_key}"},
-            timeout=settings.PROVIDER_HTTP_TIMEOUT,
-            policy=RetryPolicy(
-                attempts=settings.PROVIDER_HTTP_ATTEMPTS,
-                base=settings.PROVIDER_BACKOFF_BASE,
-                cap=settings.PROVIDER_BACKOFF_CAP,
-            ),
-        )
+        self.http = http_for("patient-graph", base_url, headers={"authorization": f"Bearer {api_key}"})
 
     def store(
         self,

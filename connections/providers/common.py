@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import ssl
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any
 
 from django.conf import settings
@@ -14,12 +12,6 @@ from connections.providers.base import ProviderHTTP, RetryPolicy
 from connections.providers.junction import InvalidRecord
 
 logger = logging.getLogger("loopsync.providers")
-
-
-@lru_cache(maxsize=1)
-def shared_ssl_context() -> ssl.SSLContext:
-    # Loading the CA bundle costs ~60 ms; one context serves every client (contexts are thread-safe).
-    return ssl.create_default_context()
 
 
 def http_for(provider: str, base_url: str, headers: dict[str, str] | None = None) -> ProviderHTTP:
@@ -34,8 +26,6 @@ def http_for(provider: str, base_url: str, headers: dict[str, str] | None = None
             base=settings.PROVIDER_BACKOFF_BASE,
             cap=settings.PROVIDER_BACKOFF_CAP,
         ),
-        max_connections=64,
-        verify=shared_ssl_context(),
     )
 
 

@@ -15,10 +15,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from django.conf import settings
-
 from connections.config import JunctionSyncConfig
-from connections.providers.base import ProviderHTTP, RetryPolicy
+from connections.providers.base import ProviderHTTP
 
 logger = logging.getLogger("loopsync.providers.junction")
 
@@ -328,16 +326,10 @@ class JunctionClient:
 
     @classmethod
     def from_config(cls, config: JunctionSyncConfig) -> JunctionClient:
-        return cls(
-            config.base_url,
-            config.api_key,
-            timeout=settings.PROVIDER_HTTP_TIMEOUT,
-            policy=RetryPolicy(
-                attempts=settings.PROVIDER_HTTP_ATTEMPTS,
-                base=settings.PROVIDER_BACKOFF_BASE,
-                cap=settings.PROVIDER_BACKOFF_CAP,
-            ),
-        )
+        from connections.providers.common import http_for  # common imports this module
+
+        http = http_for(cls.provider, config.base_url, headers={"x-vital-api-key": config.api_key})
+        return cls(config.base_url, config.api_key, http=http)
 
     def close(self) -> None:
         self.http.close()
