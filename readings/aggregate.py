@@ -34,7 +34,7 @@ from django.db import connection as db
 from django.db import transaction
 from django.utils import timezone
 
-from connections.models import Patient, validate_time_zone
+from connections.models import Patient, SyncFingerprint, validate_time_zone
 from readings.store import local_day_bounds
 
 logger = logging.getLogger("loopsync.aggregate")
@@ -149,6 +149,9 @@ def change_patient_time_zone(patient_id: int, time_zone: str) -> AggregateResult
         from readings.models import DailyStat
 
         DailyStat.objects.filter(patient_id=patient_id, day__gte=first_complete_day()).delete()
+        # Day-level summaries are stored at local noon of the old zone; forgetting the day fingerprints makes
+        # the next sync parse those days again instead of skipping them as unchanged.
+        SyncFingerprint.objects.filter(connection__patient_id=patient_id).delete()
         result = _rebuild_chunk([patient_id])
     result.mode = "time-zone-change"
     result.patients = 1

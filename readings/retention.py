@@ -141,6 +141,7 @@ def run_cleanup(*, dry_run: bool = False, now: datetime | None = None) -> Cleanu
             _forget_tombstones(now)
         for table in RAW_TABLES:
             result.removals.append(_duplicates(table, cutoff, dry_run))
+        result.removals.append(_expired_fingerprints(now, dry_run))
     result.duration_s = round(monotonic.monotonic() - started, 3)
     logger.info(
         "%s finished",
@@ -154,6 +155,16 @@ def run_cleanup(*, dry_run: bool = False, now: datetime | None = None) -> Cleanu
         },
     )
     return result
+
+
+def _expired_fingerprints(now: datetime, dry_run: bool) -> Removal:
+    """Day fingerprints older than the sync's lookback are never consulted again (connections.sync)."""
+    from connections.models import SyncFingerprint
+
+    oldest_used = (now - timedelta(days=settings.JUNCTION_SYNC.lookback_days + 1)).date()
+    expired = SyncFingerprint.objects.filter(day__lt=oldest_used)
+    rows = expired.count() if dry_run else expired.delete()[0]
+    return Removal(table=SyncFingerprint._meta.db_table, reason="expired", rows=rows, patients=None)
 
 
 @contextmanager

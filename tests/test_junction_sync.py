@@ -267,3 +267,21 @@ def test_401_gives_a_clear_error_in_the_summary(junction_config: JunctionSyncCon
     assert summary.attempts == 1  # credentials rejected: retrying cannot help
     assert any("401" in e and "credentials rejected" in e for e in summary.errors)
     assert "sk_us_wrong" not in " ".join(summary.errors)
+
+
+def test_after_a_time_zone_change_the_next_sync_parses_every_day_again(
+    junction_config: JunctionSyncConfig,
+) -> None:
+    from readings.aggregate import change_patient_time_zone
+
+    config = junction_config.replace(user_ids=junction_config.user_ids[:1])
+    run_wearable_sync_job(config)
+    patient = Patient.objects.get(junction_user_id=config.user_ids[0])
+    new_zone = "Pacific/Kiritimati" if patient.time_zone != "Pacific/Kiritimati" else "Pacific/Pago_Pago"
+
+    change_patient_time_zone(patient.pk, new_zone)
+    again = run_wearable_sync_job(config)
+
+    # Without this, unchanged days would be skipped and day-level summaries would keep the old zone's noon.
+    assert again.users[0].unchanged_days == 0
+    assert again.users[0].records_stored > 0  # activity and body summaries moved to the new local noon

@@ -264,3 +264,20 @@ def test_retention_drops_whole_partitions_and_deletes_only_the_old_rows_of_the_s
     assert all(p.end > cutoff for p in list_partitions("patient_wearable_readings"))
     assert sorted(WearableReading.objects.values_list("measured_at", flat=True)) == [just_new, now]
     assert run_cleanup().rows_removed == 0
+
+
+def test_day_fingerprints_older_than_the_sync_lookback_are_pruned(now: datetime, patient: Patient) -> None:
+    from connections.models import SyncFingerprint
+
+    connection = Connection.objects.create(patient=patient, provider=Provider.JUNCTION)
+    lookback = 7  # settings_test keeps the default JUNCTION_SYNC_LOOKBACK_DAYS
+    for age in (0, lookback, lookback + 2, 60):
+        SyncFingerprint.objects.create(
+            connection=connection, resource="heartrate", day=(now - timedelta(days=age)).date(), digest="x"
+        )
+
+    assert removed(run_cleanup(dry_run=True), "sync_fingerprints", "expired") == (2, None)
+    assert SyncFingerprint.objects.count() == 4
+    run_cleanup()
+    kept = sorted((now.date() - fp.day).days for fp in SyncFingerprint.objects.all())
+    assert kept == [0, lookback]
