@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import time as monotonic
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -35,6 +34,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from connections.models import Patient, SyncFingerprint, validate_time_zone
+from readings.locks import single_flight
 from readings.store import local_day_bounds
 
 logger = logging.getLogger("loopsync.aggregate")
@@ -104,7 +104,7 @@ def run_aggregation(*, full: bool = False) -> AggregateResult:
     """`aggregate-wearable-data`: incremental by default, `full=True` rebuilds every patient."""
     started = monotonic.monotonic()
     result = AggregateResult(mode="full" if full else "incremental")
-    with _single_flight() as acquired:
+    with single_flight(_ADVISORY_LOCK) as acquired:
         if not acquired:
             result.status = "skipped: another run holds the lock"
             return result
@@ -165,23 +165,6 @@ def _tune_session() -> None:
         with db.cursor() as cursor:
             cursor.execute(f"SET LOCAL work_mem = '{AGGREGATE_WORK_MEM}'")
             cursor.execute("SET LOCAL jit = off")
-
-
-@contextmanager
-def _single_flight() -> Iterator[bool]:
-    if not is_postgres():
-        # SQLite: IMMEDIATE transactions already serialise writers; two runs only repeat idempotent work.
-        yield True
-        return
-    with db.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s)", [_ADVISORY_LOCK])
-        acquired = bool(cursor.fetchone()[0])
-    try:
-        yield acquired
-    finally:
-        if acquired:
-            with db.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s)", [_ADVISORY_LOCK])
 
 
 def _dirty_patient_ids() -> list[int]:

@@ -32,8 +32,6 @@ from __future__ import annotations
 import logging
 import time as monotonic
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -46,6 +44,7 @@ from django.utils import timezone
 
 from connections.models import Connection, ConnectionStatus, Patient
 from readings.dirty import mark_dirty
+from readings.locks import single_flight
 from readings.models import ConnectionRemoval
 from readings.partitions import (
     RAW_TABLES,
@@ -128,7 +127,7 @@ def run_cleanup(*, dry_run: bool = False, now: datetime | None = None) -> Cleanu
     now = now or timezone.now()
     cutoff = retention_cutoff(now)
     result = CleanupResult(dry_run=dry_run, cutoff=cutoff.isoformat())
-    with _single_flight() as acquired:
+    with single_flight(_ADVISORY_LOCK) as acquired:
         if not acquired:
             result.status = "skipped: another run holds the lock"
             return result
@@ -165,22 +164,6 @@ def _expired_fingerprints(now: datetime, dry_run: bool) -> Removal:
     expired = SyncFingerprint.objects.filter(day__lt=oldest_used)
     rows = expired.count() if dry_run else expired.delete()[0]
     return Removal(table=SyncFingerprint._meta.db_table, reason="expired", rows=rows, patients=None)
-
-
-@contextmanager
-def _single_flight() -> Iterator[bool]:
-    if not is_postgres():
-        yield True
-        return
-    with db.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s)", [_ADVISORY_LOCK])
-        acquired = bool(cursor.fetchone()[0])
-    try:
-        yield acquired
-    finally:
-        if acquired:
-            with db.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s)", [_ADVISORY_LOCK])
 
 
 def _partitions_ahead(cutoff: datetime, now: datetime, dry_run: bool) -> list[str]:
