@@ -54,13 +54,7 @@ HR_EVERY_MIN = 15
 CGM_EVERY_MIN = 20
 
 
-def ensure_database(url: str) -> None:
-    import psycopg
-
-    base, _, name = url.rpartition("/")
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
+from pgdb import ensure_database  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 
 def day_rows(patient_id: int, day: datetime) -> tuple[list[str], list[str]]:

@@ -32,13 +32,7 @@ os.environ.setdefault("LOG_LEVEL", "warning")
 BUDGET_SECONDS = 90.0
 
 
-def ensure_database(url: str) -> None:
-    import psycopg
-
-    base, _, name = url.rpartition("/")
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
+from pgdb import ensure_database  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 
 def start_sandbox(users: int) -> tuple[subprocess.Popen[str], str]:
