@@ -131,8 +131,11 @@ def run_wrk(url: str, method: str, path: str, tokens: list[str], sources: list[s
         )
     command = ["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{args.duration}s"]
     command += ["--latency", "-s", script.name, url]
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    done = subprocess.run(command, capture_output=True, text=True)
     os.unlink(script.name)
+    if done.returncode != 0:
+        raise SystemExit(f"wrk failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
+    out = done.stdout
 
     def latency_ms(label: str) -> float:
         value, unit = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()  # type: ignore[union-attr]
@@ -183,6 +186,7 @@ def main() -> None:
             **os.environ,
             "DEBUG": "false",
             "SECRET_KEY": "bench-only-secret",
+            "FIELD_ENCRYPTION_KEYS": "YmVuY2gtb25seS1maWVsZC1lbmNyeXB0aW9uLWtleSE=",
             "ALLOWED_HOSTS": "127.0.0.1",
             "DB_CONN_MAX_AGE": "600",
             # Networkless verification, as recommended for production (no JWKS round trip).

@@ -31,6 +31,7 @@ from connections.models import (
 from connections.providers.base import ProviderError, ProviderRateLimited, RetryPolicy
 from connections.providers.junction import JunctionClient
 from connections.sync import UserSyncSummary, sync_junction_connection
+from loopsync.rawsql import first_instance, select_fields
 
 logger = logging.getLogger("loopsync.actions")
 
@@ -247,24 +248,22 @@ def request_manual_sync(
         replay = _replay(patient, source, idempotency_key)
         if replay is not None:
             return replay
-    connection = resolve_source_connection(patient, source)
     now = timezone.now()
     stale_after = timedelta(seconds=settings.MANUAL_SYNC_STALE_SECONDS)
-    # The common case (the app polls by POSTing again) is read-only: no row lock, no commit to wait for.
-    active = SyncRequest.objects.filter(
-        patient=patient, source=source, status__in=ACTIVE_SYNC_REQUEST_STATUSES
-    ).first()
+    # The common case (the app polls by POSTing again) is one indexed read: no row lock, no commit to wait
+    # for, and no source resolution (the sync pending was resolved when it was queued; if its connection has
+    # gone since, the task fails it cleanly).
+    active = _active_sync_request(patient.pk, source)
     if active is not None and now - active.created_at < stale_after:
         return ManualSyncOutcome(active, created=False)
+    connection = resolve_source_connection(patient, source)
     with transaction.atomic():
         Patient.objects.select_for_update().filter(pk=patient.pk).values_list("pk").first()
         if idempotency_key:
             replay = _replay(patient, source, idempotency_key)
             if replay is not None:
                 return replay
-        active = SyncRequest.objects.filter(
-            patient=patient, source=source, status__in=ACTIVE_SYNC_REQUEST_STATUSES
-        ).first()
+        active = _active_sync_request(patient.pk, source)
         if active is not None:
             if now - active.created_at < stale_after:
                 return ManualSyncOutcome(active, created=False)
@@ -306,6 +305,14 @@ def request_manual_sync(
         extra={"sync_request_id": request.pk, "source": source, "patient_id": patient.pk},
     )
     return ManualSyncOutcome(request, created=True)
+
+
+def _active_sync_request(patient_id: int, source: str) -> SyncRequest | None:
+    """The patient's queued or running sync of `source` (the partial unique index allows one), in plain SQL:
+    the steady state of an app that re-POSTs while its sync is pending is this one indexed read."""
+    statuses = ", ".join(["%s"] * len(ACTIVE_SYNC_REQUEST_STATUSES))
+    sql = f"{select_fields(SyncRequest)} WHERE patient_id = %s AND source = %s AND status IN ({statuses}) LIMIT 1"
+    return first_instance(SyncRequest, sql, [patient_id, source, *ACTIVE_SYNC_REQUEST_STATUSES])
 
 
 def _replay(patient: Patient, source: str, idempotency_key: str) -> ManualSyncOutcome | None:

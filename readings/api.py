@@ -11,12 +11,15 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
-from django.db.models import Q, QuerySet
+from django.db import connection
+from django.db.models import DateField, DateTimeField, Field, Model
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers
@@ -34,6 +37,7 @@ from connections.providers.junction import (
     WORKOUT_FIELDS,
 )
 from connections.providers.whoop import METRICS as WHOOP_METRICS
+from loopsync.rawsql import from_db, to_db
 from readings.models import DailyStat, GlucoseReading, WearableReading
 from readings.store import local_day_bounds
 
@@ -174,40 +178,82 @@ def _day(value: Any) -> date:
     return date.fromisoformat(_text(value))
 
 
-def keyset_page(
-    request: Request,
-    queryset: QuerySet[Any],
-    key: Sequence[tuple[str, Callable[[Any], Any]]],
-    columns: Sequence[str],
-    page_size: int,
-) -> Response:
-    """One page in key order after the request's cursor; `next_cursor` is null on the last page."""
-    fields = [name for name, _ in key]
-    raw_cursor = request.query_params.get("cursor")
-    if raw_cursor:
-        after = _decode_cursor(raw_cursor, [decode for _, decode in key])
-        condition = Q()
-        for i, name in enumerate(fields):
-            # (a, b, c) > (x, y, z)  ==  a > x  OR  (a = x AND b > y)  OR  (a = x AND b = y AND c > z)
-            condition |= Q(**{f: after[j] for j, f in enumerate(fields[:i])}, **{f"{name}__gt": after[i]})
-        queryset = queryset.filter(condition)
-    rows = list(queryset.order_by(*fields).values_list(*columns)[: page_size + 1])
-    more = len(rows) > page_size
-    rows = rows[:page_size]
-    index = [columns.index(f) for f in fields]
-    next_cursor = _encode_cursor([rows[-1][i] for i in index]) if more else None
-    next_url = None
-    if next_cursor:
-        params = request.query_params.copy()
-        params["cursor"] = next_cursor
-        next_url = request.build_absolute_uri(f"{request.path}?{params.urlencode()}")
-    return Response(
-        {
-            "results": [dict(zip(columns, row, strict=True)) for row in rows],
-            "next_cursor": next_cursor,
-            "next": next_url,
+@dataclass(frozen=True)
+class KeysetQuery:
+    """One endpoint's page query in plain SQL: the ORM's query compilation cost more than the indexed read
+    itself on the consumer app's most frequent requests.
+
+    `filters` are (field, operator) pairs, ANDed, each taking one value; `key` is the rest of the primary key
+    after the equality filters, so a page is one index range scan however deep the client pages.
+    """
+
+    model: type[Model]
+    filters: tuple[tuple[str, str], ...]
+    key: tuple[str, ...]
+    columns: tuple[str, ...]
+
+    @cached_property
+    def _fields(self) -> dict[str, Field[Any, Any]]:
+        meta = self.model._meta
+        return {
+            name: meta.get_field(name) for name in {*self.key, *self.columns, *(f for f, _ in self.filters)}
         }
-    )
+
+    @cached_property
+    def _sql(self) -> tuple[str, str, str]:
+        quote = connection.ops.quote_name
+        column = {name: quote(field.column) for name, field in self._fields.items()}
+        where = " AND ".join(f"{column[name]} {operator} %s" for name, operator in self.filters)
+        # A row-value comparison: (a, b) > (x, y) is one bound of the index range on both databases.
+        after = f" AND ({', '.join(column[n] for n in self.key)}) > ({', '.join(['%s'] * len(self.key))})"
+        select = (
+            f"SELECT {', '.join(column[n] for n in self.columns)} FROM {quote(self.model._meta.db_table)}"
+        )
+        order = f" ORDER BY {', '.join(column[n] for n in self.key)} LIMIT "
+        return f"{select} WHERE {where}", after, order
+
+    def _adapt(self, name: str, value: Any) -> Any:
+        return to_db(self._fields[name], value)
+
+    @cached_property
+    def _converters(self) -> list[tuple[str, Callable[[Any], Any]]]:
+        return [(name, convert) for name in self.columns if (convert := from_db(self._fields[name]))]
+
+    @cached_property
+    def _cursor_decoders(self) -> list[Callable[[Any], Any]]:
+        decoders: list[Callable[[Any], Any]] = []
+        for name in self.key:
+            field = self._fields[name]
+            is_moment, is_day = isinstance(field, DateTimeField), isinstance(field, DateField)
+            decoders.append(_moment if is_moment else _day if is_day else _text)
+        return decoders
+
+    def page(self, request: Request, values: Sequence[Any], page_size: int) -> Response:
+        """One page in key order after the request's cursor; `next_cursor` is null on the last page."""
+        where, after, order = self._sql
+        params = [self._adapt(name, value) for (name, _), value in zip(self.filters, values, strict=True)]
+        sql = where
+        raw_cursor = request.query_params.get("cursor")
+        if raw_cursor:
+            last = _decode_cursor(raw_cursor, self._cursor_decoders)
+            sql += after
+            params += [self._adapt(name, value) for name, value in zip(self.key, last, strict=True)]
+        with connection.cursor() as db:
+            db.execute(f"{sql}{order}{int(page_size) + 1}", params)
+            rows = db.fetchall()
+        more = len(rows) > page_size
+        columns = self.columns
+        results = [dict(zip(columns, row, strict=True)) for row in rows[:page_size]]
+        for name, convert in self._converters:
+            for item in results:
+                item[name] = convert(item[name])
+        next_cursor = _encode_cursor([results[-1][name] for name in self.key]) if more else None
+        next_url = None
+        if next_cursor:
+            query = request.query_params.copy()
+            query["cursor"] = next_cursor
+            next_url = request.build_absolute_uri(f"{request.path}?{query.urlencode()}")
+        return Response({"results": results, "next_cursor": next_cursor, "next": next_url})
 
 
 # --- Serializers (the schema; rows are built from values_list for speed) ----------------------------------------
@@ -293,8 +339,20 @@ def _params(
 # --- Views --------------------------------------------------------------------------------------------------
 
 
+DAILY_STAT_COLUMNS = ("metric", "day", "avg", "min", "max", "sum", "count", "avg_7d", "avg_30d")
+
+
 class DailyStatsView(PatientAPIView):
     DEFAULT_PAGE, MAX_PAGE = 100, 1000
+    ALL_METRICS = KeysetQuery(
+        DailyStat, (("patient", "="), ("day", ">="), ("day", "<=")), ("metric", "day"), DAILY_STAT_COLUMNS
+    )
+    ONE_METRIC = KeysetQuery(
+        DailyStat,
+        (("patient", "="), ("metric", "="), ("day", ">="), ("day", "<=")),
+        ("metric", "day"),
+        DAILY_STAT_COLUMNS,
+    )
 
     @extend_schema(
         operation_id="wearables_daily_stats_list",
@@ -317,20 +375,19 @@ class DailyStatsView(PatientAPIView):
         start = parse_day(request, "start") or end - timedelta(days=DEFAULT_DAILY_DAYS - 1)
         check_range(start, end + timedelta(days=1), limit=timedelta(days=MAX_RANGE_DAYS))
         page_size = parse_page_size(request, self.DEFAULT_PAGE, self.MAX_PAGE)
-        queryset = DailyStat.objects.filter(patient=patient, day__gte=start, day__lte=end)
         if metric:
-            queryset = queryset.filter(metric=metric)
-        return keyset_page(
-            request,
-            queryset,
-            [("metric", _text), ("day", _day)],
-            ["metric", "day", "avg", "min", "max", "sum", "count", "avg_7d", "avg_30d"],
-            page_size,
-        )
+            return self.ONE_METRIC.page(request, [patient.pk, metric, start, end], page_size)
+        return self.ALL_METRICS.page(request, [patient.pk, start, end], page_size)
 
 
 class ReadingsView(PatientAPIView):
     DEFAULT_PAGE, MAX_PAGE = 500, 5000
+    QUERY = KeysetQuery(
+        WearableReading,
+        (("patient", "="), ("metric", "="), ("measured_at", ">="), ("measured_at", "<")),
+        ("metric", "source", "source_type", "measured_at"),
+        ("metric", "source", "source_type", "measured_at", "end_at", "value", "unit"),
+    )
 
     @extend_schema(
         operation_id="wearables_readings_list",
@@ -349,20 +406,26 @@ class ReadingsView(PatientAPIView):
         patient = self.patient(request)
         metric = parse_metric(request, KNOWN_METRICS, required=True)
         start, end, page_size = _window(request, patient.time_zone, self.DEFAULT_PAGE, self.MAX_PAGE)
-        queryset = WearableReading.objects.filter(
-            patient=patient, metric=metric, measured_at__gte=start, measured_at__lt=end
-        )
-        return keyset_page(
-            request,
-            queryset,
-            [("metric", _text), ("source", _text), ("source_type", _text), ("measured_at", _moment)],
-            ["metric", "source", "source_type", "measured_at", "end_at", "value", "unit"],
-            page_size,
-        )
+        return self.QUERY.page(request, [patient.pk, metric, start, end], page_size)
 
 
 class GlucoseView(PatientAPIView):
     DEFAULT_PAGE, MAX_PAGE = 500, 5000
+    QUERY = KeysetQuery(
+        GlucoseReading,
+        (("patient", "="), ("measured_at", ">="), ("measured_at", "<")),
+        ("source", "measured_at"),
+        (
+            "source",
+            "measured_at",
+            "value_mg_dl",
+            "original_value",
+            "original_unit",
+            "trend",
+            "trend_rate",
+            "device",
+        ),
+    )
 
     @extend_schema(
         operation_id="wearables_glucose_list",
@@ -375,23 +438,7 @@ class GlucoseView(PatientAPIView):
         reject_unknown_parameters(request, PAGED)
         patient = self.patient(request)
         start, end, page_size = _window(request, patient.time_zone, self.DEFAULT_PAGE, self.MAX_PAGE)
-        queryset = GlucoseReading.objects.filter(patient=patient, measured_at__gte=start, measured_at__lt=end)
-        return keyset_page(
-            request,
-            queryset,
-            [("source", _text), ("measured_at", _moment)],
-            [
-                "source",
-                "measured_at",
-                "value_mg_dl",
-                "original_value",
-                "original_unit",
-                "trend",
-                "trend_rate",
-                "device",
-            ],
-            page_size,
-        )
+        return self.QUERY.page(request, [patient.pk, start, end], page_size)
 
 
 def _window(

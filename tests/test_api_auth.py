@@ -8,10 +8,17 @@ import time
 
 import jwt
 import pytest
+import time_machine
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from connections.api.authentication import JWKS_UNKNOWN_KID_COOLDOWN_SECONDS, InvalidToken, JWKSCache
+from connections.api.authentication import (
+    JWKS_UNKNOWN_KID_COOLDOWN_SECONDS,
+    SESSION_CACHE_SECONDS,
+    InvalidToken,
+    JWKSCache,
+)
+from connections.models import Patient
 from sandbox import SandboxServer
 from sandbox.clerk import ClerkSandbox
 from tests.api_helpers import client_for, error_of, make_patient
@@ -205,3 +212,66 @@ def test_rsa_private_key_is_not_accepted_as_public_pem(clerk: ClerkSandbox, sett
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
     assert "connections.E101" in {m.id for m in rest_api_settings_check(None)}
+
+
+# --- Remembered sessions (one RSA check and patient lookup per token per process) ---------------------------
+
+
+def test_a_remembered_token_still_expires_at_its_exp(patient, clerk: ClerkSandbox) -> None:
+    token = clerk.mint("user_alice", ttl=20)
+    with time_machine.travel(time.time(), tick=True) as traveller:
+        assert client_for(token).get(CONNECTIONS).status_code == 200
+        traveller.shift(20 + 6)  # past exp and the 5 s leeway, still inside the cache's own bound
+        assert_rejected(token)
+
+
+def test_a_remembered_token_is_checked_again_once_the_cache_bound_passes(
+    patient, clerk: ClerkSandbox
+) -> None:
+    token = clerk.mint("user_alice", ttl=3600)
+    with time_machine.travel(time.time(), tick=True) as traveller:
+        assert client_for(token).get(CONNECTIONS).status_code == 200
+        # Re-pointed without signals (a bulk update, or another process): the remembered session is used
+        # until the bound, then the token is looked up again and this account has no patient any more.
+        Patient.objects.filter(pk=patient.pk).update(clerk_user_id="user_moved")
+        assert client_for(token).get(CONNECTIONS).status_code == 200
+        traveller.shift(SESSION_CACHE_SECONDS + 1)
+        assert client_for(token).get(CONNECTIONS).status_code == 403
+
+
+def test_deleting_a_patient_forgets_its_sessions_at_once(patient, clerk: ClerkSandbox) -> None:
+    token = clerk.mint("user_alice")
+    assert client_for(token).get(CONNECTIONS).status_code == 200
+
+    patient.delete()
+
+    assert client_for(token).get(CONNECTIONS).status_code == 403
+
+
+def test_a_remembered_token_skips_the_signature_check(
+    patient, clerk: ClerkSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = clerk.mint("user_alice")
+    assert client_for(token).get(CONNECTIONS).status_code == 200
+    real_decode = jwt.decode
+    decoded: list[str] = []
+    monkeypatch.setattr(
+        jwt, "decode", lambda token, *a, **k: decoded.append(token) or real_decode(token, *a, **k)
+    )
+
+    assert client_for(token).get(CONNECTIONS).status_code == 200
+    other = clerk.mint("user_alice", ttl=120)
+    assert client_for(other).get(CONNECTIONS).status_code == 200
+
+    assert decoded == [other]  # only the token this process had not seen yet
+
+
+def test_a_token_without_a_patient_is_not_remembered(
+    clean_sandbox: SandboxServer, clerk: ClerkSandbox
+) -> None:
+    token = clerk.mint("user_late")
+    assert client_for(token).get(CONNECTIONS).status_code == 403
+
+    make_patient(clean_sandbox, 0, "user_late")
+
+    assert client_for(token).get(CONNECTIONS).status_code == 200

@@ -201,6 +201,25 @@ def test_a_source_without_a_connection_is_404(
 
 
 @pytest.mark.django_db
+def test_a_connection_deactivated_while_its_sync_is_queued_fails_that_sync_then_is_404(
+    alice: Patient, clerk: ClerkSandbox, clean_sandbox: SandboxServer, django_capture_on_commit_callbacks
+) -> None:
+    client = client_for(clerk.mint("user_alice"))
+    source = wearable_of(clean_sandbox, alice)
+    with django_capture_on_commit_callbacks(execute=False) as queued:
+        first = client.post(SYNC, {"source": source}, format="json").json()
+    Connection.objects.filter(patient=alice).update(status="inactive")
+
+    # Still pending: the app polling by POSTing again gets the same sync, not a second one.
+    assert client.post(SYNC, {"source": source}, format="json").json()["id"] == first["id"]
+    queued[0]()
+
+    status = client.get(f"{SYNC}/{first['id']}").json()
+    assert status["status"] == "failed" and "deactivated" in status["error"]
+    assert client.post(SYNC, {"source": source}, format="json").status_code == 404
+
+
+@pytest.mark.django_db
 def test_more_than_the_hourly_limit_is_429_with_retry_after(
     alice: Patient, clerk: ClerkSandbox, clean_sandbox: SandboxServer, settings
 ) -> None:

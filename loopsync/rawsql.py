@@ -1,0 +1,68 @@
+"""Plain-SQL reads for the hottest request paths, where the ORM's query compilation costs more than the
+indexed read itself. Values come back as Django would return them on either database."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
+from typing import Any, TypeVar
+
+from django.db import connection
+from django.db.models import DateField, DateTimeField, Field, Model
+
+M = TypeVar("M", bound=Model)
+
+
+def aware_utc(value: Any) -> Any:
+    """A datetime column's value: SQLite hands it back naive UTC (as Django stores it), as text or parsed by
+    its declared type; PostgreSQL already returns it aware."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def as_date(value: Any) -> Any:
+    """A date column's value: text on SQLite, a date on PostgreSQL."""
+    return date.fromisoformat(value) if isinstance(value, str) else value
+
+
+def from_db(field: Field[Any, Any]) -> Any:
+    """The converter a raw value of `field` needs, or None."""
+    if isinstance(field, DateTimeField):
+        return aware_utc
+    if isinstance(field, DateField):
+        return as_date
+    return None
+
+
+def to_db(field: Field[Any, Any], value: Any) -> Any:
+    """A parameter compared with `field`, as the database stores it (SQLite: naive UTC text)."""
+    if isinstance(field, DateTimeField):
+        return connection.ops.adapt_datetimefield_value(value)
+    if isinstance(field, DateField):
+        return connection.ops.adapt_datefield_value(value)
+    return value
+
+
+def select_fields(model: type[Model]) -> str:
+    """`SELECT <every concrete column> FROM <table>`, for first_instance()."""
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(f.column) for f in model._meta.concrete_fields)
+    return f"SELECT {columns} FROM {quote(model._meta.db_table)}"
+
+
+def first_instance(model: type[M], sql: str, params: Sequence[Any]) -> M | None:
+    """The first row of `sql` (which selects select_fields(model)) as a model instance, or None."""
+    with connection.cursor() as db:
+        db.execute(sql, params)
+        row = db.fetchone()
+    if row is None:
+        return None
+    fields = model._meta.concrete_fields
+    values = [
+        convert(value) if (convert := from_db(field)) else value
+        for field, value in zip(fields, row, strict=True)
+    ]
+    return model.from_db(connection.alias, [f.attname for f in fields], values)
