@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
+from functools import cache
 from typing import Any, TypeVar
 
 from django.db import connection
@@ -48,16 +49,38 @@ def to_db(field: Field[Any, Any], value: Any) -> Any:
 
 def select_fields(model: type[Model]) -> str:
     """`SELECT <every concrete column> FROM <table>`, for first_instance()."""
+    return _select_fields(model, connection.vendor)
+
+
+@cache
+def _select_fields(model: type[Model], vendor: str) -> str:
     quote = connection.ops.quote_name
     columns = ", ".join(quote(f.column) for f in model._meta.concrete_fields)
     return f"SELECT {columns} FROM {quote(model._meta.db_table)}"
 
 
+def fetch_rows(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """Every row of a read on the default connection (its transaction, if one is open).
+
+    On PostgreSQL with server-side binding: psycopg prepares a statement from its fifth run on a connection,
+    so the hot reads are parsed and planned once per connection instead of once per request.
+    """
+    if connection.vendor != "postgresql":
+        with connection.cursor() as db:
+            db.execute(sql, params)
+            return db.fetchall()
+    import psycopg
+
+    connection.ensure_connection()
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as db:
+        db.execute(sql, params)  # type: ignore[arg-type]
+        return db.fetchall()
+
+
 def first_instance(model: type[M], sql: str, params: Sequence[Any]) -> M | None:
     """The first row of `sql` (which selects select_fields(model)) as a model instance, or None."""
-    with connection.cursor() as db:
-        db.execute(sql, params)
-        row = db.fetchone()
+    rows = fetch_rows(sql, params)
+    row = rows[0] if rows else None
     if row is None:
         return None
     fields = model._meta.concrete_fields

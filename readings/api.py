@@ -37,7 +37,7 @@ from connections.providers.junction import (
     WORKOUT_FIELDS,
 )
 from connections.providers.whoop import METRICS as WHOOP_METRICS
-from loopsync.rawsql import from_db, to_db
+from loopsync.rawsql import fetch_rows, from_db, to_db
 from readings.models import DailyStat, GlucoseReading, WearableReading
 from readings.store import local_day_bounds
 
@@ -238,9 +238,7 @@ class KeysetQuery:
             last = _decode_cursor(raw_cursor, self._cursor_decoders)
             sql += after
             params += [self._adapt(name, value) for name, value in zip(self.key, last, strict=True)]
-        with connection.cursor() as db:
-            db.execute(f"{sql}{order}{int(page_size) + 1}", params)
-            rows = db.fetchall()
+        rows = fetch_rows(f"{sql}{order}{int(page_size) + 1}", params)
         more = len(rows) > page_size
         columns = self.columns
         results = [dict(zip(columns, row, strict=True)) for row in rows[:page_size]]

@@ -186,6 +186,44 @@ def test_unknown_source_is_400_naming_the_accepted_sources(alice: Patient, clerk
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("body", "code", "field_error"),
+    [
+        ({"source": ""}, "invalid_request", "This field may not be blank."),
+        ({"source": "x" * 65}, "invalid_request", "Ensure this field has no more than 64 characters."),
+        ({"source": 7}, "invalid_source", None),  # the serializer turns 7 into "7", an unknown source
+        ({"source": ["oura"]}, "invalid_request", "Not a valid string."),
+        (["oura"], "invalid_request", None),
+        ({"source": "oura\x00"}, "invalid_request", "Null characters are not allowed."),
+    ],
+)
+def test_a_malformed_body_is_400_from_the_serializer(
+    alice: Patient, clerk: ClerkSandbox, body, code: str, field_error: str | None
+) -> None:
+    response = client_for(clerk.mint("user_alice")).post(SYNC, body, format="json")
+
+    assert response.status_code == 400
+    error = error_of(response)
+    assert error["code"] == code
+    if field_error:
+        assert error["details"] == {"source": [field_error]}
+
+
+@pytest.mark.django_db
+def test_surrounding_whitespace_in_the_source_is_trimmed(
+    alice: Patient, clerk: ClerkSandbox, clean_sandbox: SandboxServer
+) -> None:
+    client = client_for(clerk.mint("user_alice"))
+    source = wearable_of(clean_sandbox, alice)
+
+    padded = client.post(SYNC, {"source": f"  {source}\n"}, format="json")
+    plain = client.post(SYNC, {"source": source}, format="json")
+
+    assert padded.status_code == plain.status_code == 202
+    assert padded.json()["id"] == plain.json()["id"] and padded.json()["source"] == source
+
+
+@pytest.mark.django_db
 def test_a_source_without_a_connection_is_404(
     alice: Patient, clerk: ClerkSandbox, clean_sandbox: SandboxServer
 ) -> None:

@@ -23,6 +23,4 @@ class ORJSONRenderer(JSONRenderer):
     ) -> bytes:
         if data is None:
             return b""
-        return orjson.dumps(
-            data, default=_drf_default, option=orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS
-        )
+        return orjson.dumps(data, default=_drf_default, option=orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS)
