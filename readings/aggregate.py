@@ -160,11 +160,13 @@ def change_patient_time_zone(patient_id: int, time_zone: str) -> AggregateResult
 
 def _tune_session() -> None:
     """PostgreSQL, this transaction only: hash aggregates in memory, no JIT (its compile time exceeds its gain
-    on these short aggregate queries)."""
+    on these short aggregate queries), and no wait for the WAL flush at commit: the statistics are derived,
+    and a commit lost to a crash loses its mark deletions with it, so the next run recomputes those days."""
     if is_postgres():
         with db.cursor() as cursor:
             cursor.execute(f"SET LOCAL work_mem = '{AGGREGATE_WORK_MEM}'")
             cursor.execute("SET LOCAL jit = off")
+            cursor.execute("SET LOCAL synchronous_commit = off")
 
 
 def _dirty_patient_ids() -> list[int]:
@@ -253,7 +255,7 @@ spans AS (
     SELECT patient_id, metric, min(day) - 29 AS lo, max(day) AS hi FROM targets GROUP BY patient_id, metric
 ),
 win AS (
-    SELECT s.id, s.patient_id, s.metric, s.day,
+    SELECT s.patient_id, s.metric, s.day,
            sum(s.sum) OVER w7 / NULLIF(sum(s.count) OVER w7, 0) AS avg_7d,
            sum(s.sum) OVER w30 / NULLIF(sum(s.count) OVER w30, 0) AS avg_30d
     FROM spans p
@@ -271,7 +273,8 @@ changed AS (
     UPDATE patient_wearable_daily_stats s
        SET avg_7d = r.avg_7d, avg_30d = r.avg_30d, updated_at = now()
       FROM recomputed r
-     WHERE s.id = r.id AND ({pg_rolling_changed})
+     WHERE s.patient_id = r.patient_id AND s.metric = r.metric AND s.day = r.day
+       AND ({pg_rolling_changed})
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM recomputed), (SELECT count(*) FROM changed)
@@ -318,7 +321,7 @@ WHERE d.day >= %(first_day)s
 
 _PG_ROLLING_FULL = """
 WITH recomputed AS (
-    SELECT s.id,
+    SELECT s.patient_id, s.metric, s.day,
            sum(s.sum) OVER w7 / NULLIF(sum(s.count) OVER w7, 0) AS avg_7d,
            sum(s.sum) OVER w30 / NULLIF(sum(s.count) OVER w30, 0) AS avg_30d
     FROM patient_wearable_daily_stats s
@@ -332,7 +335,8 @@ changed AS (
     UPDATE patient_wearable_daily_stats s
        SET avg_7d = r.avg_7d, avg_30d = r.avg_30d, updated_at = now()
       FROM recomputed r
-     WHERE s.id = r.id AND ({pg_rolling_changed})
+     WHERE s.patient_id = r.patient_id AND s.metric = r.metric AND s.day = r.day
+       AND ({pg_rolling_changed})
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM recomputed), (SELECT count(*) FROM changed)
@@ -608,8 +612,8 @@ def _pg_full_rebuild(patient_ids: list[int], result: AggregateResult) -> None:
         # Days before the first complete one are partial (retention has started on them): the stored rows
         # stay. Filtered here, not in the scan: a filter on the day would evaluate its expression twice.
         cursor.execute("DELETE FROM agg_full_daily WHERE day IS NULL OR day < %(first_day)s", params)
+        # No ANALYZE: the chunks read it by patient range through this index, whatever its statistics.
         cursor.execute("CREATE INDEX ON agg_full_daily (patient_id)")
-        cursor.execute("ANALYZE agg_full_daily")
     try:
         for chunk in _chunks(patient_ids, CHUNK_PATIENTS):
             # Chunks are runs of consecutive ids, so BETWEEN covers exactly them (and reads by range).
@@ -714,7 +718,7 @@ spans AS (
     FROM targets GROUP BY patient_id, metric
 ),
 win AS (
-    SELECT s.id, s.patient_id, s.metric, s.day,
+    SELECT s.patient_id, s.metric, s.day,
            sum(s.sum) OVER w7 / NULLIF(sum(s.count) OVER w7, 0) AS avg_7d,
            sum(s.sum) OVER w30 / NULLIF(sum(s.count) OVER w30, 0) AS avg_30d
     FROM spans p
@@ -724,7 +728,7 @@ win AS (
     + _SQLITE_WINDOWS
     + """
 )
-SELECT w.id, w.avg_7d, w.avg_30d
+SELECT w.patient_id, w.metric, w.day, w.avg_7d, w.avg_30d
 FROM win w JOIN targets t ON t.patient_id = w.patient_id AND t.metric = w.metric AND t.day = w.day
 """
 )
@@ -732,7 +736,7 @@ FROM win w JOIN targets t ON t.patient_id = w.patient_id AND t.metric = w.metric
 _SQLITE_ROLLING_FULL = (
     """
 CREATE TEMP TABLE agg_rolling AS
-SELECT s.id,
+SELECT s.patient_id, s.metric, s.day,
        sum(s.sum) OVER w7 / NULLIF(sum(s.count) OVER w7, 0) AS avg_7d,
        sum(s.sum) OVER w30 / NULLIF(sum(s.count) OVER w30, 0) AS avg_30d
 FROM patient_wearable_daily_stats s
@@ -745,7 +749,8 @@ _SQLITE_ROLLING_APPLY = """
 UPDATE patient_wearable_daily_stats
    SET avg_7d = r.avg_7d, avg_30d = r.avg_30d, updated_at = ?
   FROM agg_rolling r
- WHERE patient_wearable_daily_stats.id = r.id
+ WHERE patient_wearable_daily_stats.patient_id = r.patient_id
+   AND patient_wearable_daily_stats.metric = r.metric AND patient_wearable_daily_stats.day = r.day
    AND ({sqlite_rolling_changed})
 """
 

@@ -84,9 +84,17 @@ class GlucoseReading(models.Model):
 
 
 class DailyStat(models.Model):
-    """Per patient, metric and patient-local day: avg/min/max/sum/count, recomputed from raw rows in SQL."""
+    """Per patient, metric and patient-local day: avg/min/max/sum/count, recomputed from raw rows in SQL.
 
-    patient = models.ForeignKey(Patient, on_delete=models.CASCADE, db_index=False, related_name="daily_stats")
+    Derived data written in bulk by the aggregator: keyed by what it describes (no surrogate sequence), and
+    no database constraint on the patient, whose per-row check at commit cost as much as the write. Deleting
+    a patient still deletes its statistics (Django's cascade); cleanup removes any whose patient is gone.
+    """
+
+    pk = models.CompositePrimaryKey("patient", "metric", "day")
+    patient = models.ForeignKey(
+        Patient, on_delete=models.CASCADE, db_constraint=False, db_index=False, related_name="daily_stats"
+    )
     metric = models.CharField(max_length=40)
     day = models.DateField()
     avg = models.FloatField()
@@ -101,9 +109,6 @@ class DailyStat(models.Model):
 
     class Meta:
         db_table = "patient_wearable_daily_stats"
-        constraints = [
-            models.UniqueConstraint(fields=["patient", "metric", "day"], name="daily_stat_unique_day"),
-        ]
 
     def __str__(self) -> str:
         return f"{self.metric} {self.day}"

@@ -141,6 +141,7 @@ def run_cleanup(*, dry_run: bool = False, now: datetime | None = None) -> Cleanu
         for table in RAW_TABLES:
             result.removals.append(_duplicates(table, cutoff, dry_run))
         result.removals.append(_expired_fingerprints(now, dry_run))
+        result.removals.append(_stats_of_deleted_patients(dry_run))
     result.duration_s = round(monotonic.monotonic() - started, 3)
     logger.info(
         "%s finished",
@@ -164,6 +165,20 @@ def _expired_fingerprints(now: datetime, dry_run: bool) -> Removal:
     expired = SyncFingerprint.objects.filter(day__lt=oldest_used)
     rows = expired.count() if dry_run else expired.delete()[0]
     return Removal(table=SyncFingerprint._meta.db_table, reason="expired", rows=rows, patients=None)
+
+
+_STATS_WITHOUT_PATIENT = "FROM patient_wearable_daily_stats AS s WHERE NOT EXISTS (SELECT 1 FROM patients AS p WHERE p.id = s.patient_id)"
+
+
+def _stats_of_deleted_patients(dry_run: bool) -> Removal:
+    """Daily statistics carry no database constraint on their patient (readings.models.DailyStat): a patient
+    deleted in SQL, not through Django's cascade, leaves them behind, and here they go."""
+    with transaction.atomic(), db.cursor() as cursor:
+        cursor.execute(f"SELECT count(*), count(DISTINCT s.patient_id) {_STATS_WITHOUT_PATIENT}")
+        rows, patients = cursor.fetchone()
+        if rows and not dry_run:
+            cursor.execute(f"DELETE {_STATS_WITHOUT_PATIENT}")
+    return Removal("patient_wearable_daily_stats", "orphan", rows, patients)
 
 
 def _partitions_ahead(cutoff: datetime, now: datetime, dry_run: bool) -> list[str]:

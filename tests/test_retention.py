@@ -178,6 +178,37 @@ def test_orphans_of_a_deleted_connection_go_after_the_grace_period_and_daily_sta
     assert not ConnectionRemoval.objects.exists()
 
 
+def test_daily_stats_of_a_patient_deleted_in_sql_are_removed_and_a_dry_run_only_counts_them(
+    now: datetime, patient: Patient
+) -> None:
+    gone = Patient.objects.create(time_zone="UTC")
+    for owner in (patient, gone):
+        DailyStat.objects.create(
+            patient=owner, metric="steps", day=now.date(), avg=1, min=1, max=1, sum=1, count=1
+        )
+    with connection.cursor() as cursor:
+        # Around Django's cascade, as a manual fix or another service would: the statistics stay behind.
+        cursor.execute("DELETE FROM patients WHERE id = %s", [gone.pk])
+
+    dry = run_cleanup(dry_run=True)
+    assert removed(dry, "patient_wearable_daily_stats", "orphan") == (1, 1)
+    assert DailyStat.objects.count() == 2
+
+    real = run_cleanup()
+    assert removed(real, "patient_wearable_daily_stats", "orphan") == (1, 1)
+    assert list(DailyStat.objects.values_list("patient_id", flat=True)) == [patient.pk]
+
+
+def test_deleting_a_patient_deletes_its_daily_stats(patient: Patient, now: datetime) -> None:
+    DailyStat.objects.create(
+        patient=patient, metric="steps", day=now.date(), avg=1, min=1, max=1, sum=1, count=1
+    )
+
+    patient.delete()
+
+    assert not DailyStat.objects.exists()
+
+
 def test_readings_of_a_connection_inactive_past_the_grace_period_are_removed(
     now: datetime, patient: Patient
 ) -> None:
