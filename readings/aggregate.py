@@ -29,8 +29,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
+from django.db import IntegrityError, transaction
 from django.db import connection as db
-from django.db import transaction
 from django.utils import timezone
 
 from connections.models import Patient, SyncFingerprint, validate_time_zone
@@ -596,6 +596,22 @@ ON CONFLICT (patient_id, metric, day) DO UPDATE
 _PG_FULL_UPSERT = _PG_FULL_UPSERT.replace("{rolling_changed}", _rolling_changed("s", "greatest", "EXCLUDED"))
 
 
+# A chunk with nothing stored yet (a first build) takes a plain insert: a conflict check per row costs
+# nearly as much as the insert itself.
+_PG_FULL_INSERT = _PG_FULL_UPSERT[: _PG_FULL_UPSERT.index("ON CONFLICT")]
+
+
+def _pg_write_full_chunk(cursor: Any, params: dict[str, Any], stored: int) -> int:
+    if stored:
+        return _pg_count(cursor, _PG_FULL_UPSERT, params)
+    try:
+        with transaction.atomic():
+            return _pg_count(cursor, _PG_FULL_INSERT, params)
+    except IntegrityError:
+        # A sync stored a day of this chunk since it was counted: back to the savepoint, and upsert.
+        return _pg_count(cursor, _PG_FULL_UPSERT, params)
+
+
 def _pg_full_rebuild(patient_ids: list[int], result: AggregateResult) -> None:
     now = timezone.now()
     params: dict[str, Any] = {"raw_from": raw_horizon(now), "first_day": first_complete_day(now)}
@@ -641,7 +657,7 @@ def _pg_full_rebuild(patient_ids: list[int], result: AggregateResult) -> None:
                 )
                 daily, stored = cursor.fetchone()
                 # Rows written carry both their daily values and rolling averages: counted once, as daily.
-                result.daily_rows_changed += _pg_count(cursor, _PG_FULL_UPSERT, chunk_params)
+                result.daily_rows_changed += _pg_write_full_chunk(cursor, chunk_params, stored)
                 result.daily_rows_recomputed += daily
                 result.rolling_rows_recomputed += max(stored, daily)
                 result.marks_cleared += _pg_count(cursor, _PG_CLEAR_MARKS, None)

@@ -220,6 +220,25 @@ def test_zone_changes_are_found_to_the_second_from_any_start() -> None:
     assert zones["off0"][kathmandu] == timedelta(hours=5, minutes=45)
 
 
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the chunked full rebuild is PostgreSQL's")
+def test_a_first_build_that_meets_a_stored_day_falls_back_to_the_upsert(
+    now: datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    patient = Patient.objects.create(time_zone="Europe/London")
+    store(patient, [("heart_rate", TRANSITION_MINUTES[0] + m, float(m)) for m in range(0, 600, 7)])
+    run_aggregation()
+    expected = stored(patient)
+    DailyStat.objects.filter(patient=patient).update(avg_7d=None, count=1)
+    write = aggregate._pg_write_full_chunk
+    # As if the stats were stored by a sync between the chunk's count and its insert.
+    monkeypatch.setattr(aggregate, "_pg_write_full_chunk", lambda cursor, params, _: write(cursor, params, 0))
+
+    result = run_aggregation(full=True)
+
+    assert result.status == "success" and result.daily_rows_changed == len(expected)
+    assert stored(patient) == expected
+
+
 def test_full_rebuild_buckets_rows_dated_after_the_offset_window_by_the_zone_rules() -> None:
     """Readings up to two weeks after "now" cross New York's 2 Nov change, beyond the offsets the full scan
     precomputes (now + 2 days): those rows take AT TIME ZONE's day, not the last offset's."""
