@@ -159,6 +159,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=3, help="gunicorn worker processes")
+    parser.add_argument("--gunicorn-args", default="", help="extra gunicorn options, e.g. '--threads 2'")
     parser.add_argument("--patients", type=int, default=100)
     parser.add_argument(
         "--warmup", type=int, default=10, help="seconds of POSTs before measuring (fills caches)"
@@ -207,6 +208,7 @@ def main() -> None:
                 f"127.0.0.1:{port}",
                 "-w",
                 str(args.workers),
+                *(args.gunicorn_args.split() if args.gunicorn_args else []),
                 "--log-level",
                 "warning",
             ],

@@ -30,7 +30,9 @@ def as_date(value: Any) -> Any:
 
 
 def from_db(field: Field[Any, Any]) -> Any:
-    """The converter a raw value of `field` needs, or None."""
+    """The converter a raw value of `field` needs, or None (PostgreSQL returns dates and aware datetimes)."""
+    if connection.vendor == "postgresql":
+        return None
     if isinstance(field, DateTimeField):
         return aware_utc
     if isinstance(field, DateField):
@@ -38,13 +40,15 @@ def from_db(field: Field[Any, Any]) -> Any:
     return None
 
 
-def to_db(field: Field[Any, Any], value: Any) -> Any:
-    """A parameter compared with `field`, as the database stores it (SQLite: naive UTC text)."""
+def to_db(field: Field[Any, Any]) -> Any:
+    """The adapter a parameter compared with `field` needs (SQLite: naive UTC text), or None."""
+    if connection.vendor == "postgresql":
+        return None  # psycopg binds dates and aware datetimes as they are
     if isinstance(field, DateTimeField):
-        return connection.ops.adapt_datetimefield_value(value)
+        return connection.ops.adapt_datetimefield_value
     if isinstance(field, DateField):
-        return connection.ops.adapt_datefield_value(value)
-    return value
+        return connection.ops.adapt_datefield_value
+    return None
 
 
 def select_fields(model: type[Model]) -> str:
@@ -80,12 +84,14 @@ def fetch_rows(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
 def first_instance(model: type[M], sql: str, params: Sequence[Any]) -> M | None:
     """The first row of `sql` (which selects select_fields(model)) as a model instance, or None."""
     rows = fetch_rows(sql, params)
-    row = rows[0] if rows else None
-    if row is None:
+    if not rows:
         return None
+    attnames, converters = _row_shape(model, connection.vendor)
+    values = [convert(v) if convert else v for convert, v in zip(converters, rows[0], strict=True)]
+    return model.from_db(connection.alias, attnames, values)
+
+
+@cache
+def _row_shape(model: type[Model], vendor: str) -> tuple[list[str], list[Any]]:
     fields = model._meta.concrete_fields
-    values = [
-        convert(value) if (convert := from_db(field)) else value
-        for field, value in zip(fields, row, strict=True)
-    ]
-    return model.from_db(connection.alias, [f.attname for f in fields], values)
+    return [f.attname for f in fields], [from_db(f) for f in fields]

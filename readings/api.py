@@ -178,6 +178,10 @@ def _day(value: Any) -> date:
     return date.fromisoformat(_text(value))
 
 
+def _adapted(adapters: Sequence[Callable[[Any], Any] | None], values: Sequence[Any]) -> list[Any]:
+    return [adapt(v) if adapt else v for adapt, v in zip(adapters, values, strict=True)]
+
+
 @dataclass(frozen=True)
 class KeysetQuery:
     """One endpoint's page query in plain SQL: the ORM's query compilation cost more than the indexed read
@@ -212,8 +216,13 @@ class KeysetQuery:
         order = f" ORDER BY {', '.join(column[n] for n in self.key)} LIMIT "
         return f"{select} WHERE {where}", after, order
 
-    def _adapt(self, name: str, value: Any) -> Any:
-        return to_db(self._fields[name], value)
+    @cached_property
+    def _filter_adapters(self) -> list[Callable[[Any], Any] | None]:
+        return [to_db(self._fields[name]) for name, _ in self.filters]
+
+    @cached_property
+    def _key_adapters(self) -> list[Callable[[Any], Any] | None]:
+        return [to_db(self._fields[name]) for name in self.key]
 
     @cached_property
     def _converters(self) -> list[tuple[str, Callable[[Any], Any]]]:
@@ -231,13 +240,13 @@ class KeysetQuery:
     def page(self, request: Request, values: Sequence[Any], page_size: int) -> Response:
         """One page in key order after the request's cursor; `next_cursor` is null on the last page."""
         where, after, order = self._sql
-        params = [self._adapt(name, value) for (name, _), value in zip(self.filters, values, strict=True)]
+        params = _adapted(self._filter_adapters, values)
         sql = where
         raw_cursor = request.query_params.get("cursor")
         if raw_cursor:
             last = _decode_cursor(raw_cursor, self._cursor_decoders)
             sql += after
-            params += [self._adapt(name, value) for name, value in zip(self.key, last, strict=True)]
+            params += _adapted(self._key_adapters, last)
         rows = fetch_rows(f"{sql}{order}{int(page_size) + 1}", params)
         more = len(rows) > page_size
         columns = self.columns
@@ -368,8 +377,7 @@ class DailyStatsView(PatientAPIView):
         reject_unknown_parameters(request, PAGED | {"metric"})
         patient = self.patient(request)
         metric = parse_metric(request, DAILY_METRICS)
-        today = timezone.now().astimezone(ZoneInfo(patient.time_zone)).date()
-        end = parse_day(request, "end") or today
+        end = parse_day(request, "end") or timezone.now().astimezone(ZoneInfo(patient.time_zone)).date()
         start = parse_day(request, "start") or end - timedelta(days=DEFAULT_DAILY_DAYS - 1)
         check_range(start, end + timedelta(days=1), limit=timedelta(days=MAX_RANGE_DAYS))
         page_size = parse_page_size(request, self.DEFAULT_PAGE, self.MAX_PAGE)
