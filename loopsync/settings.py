@@ -189,7 +189,7 @@ LOGGING = {
 }
 
 REST_FRAMEWORK = {
-    "DEFAULT_RENDERER_CLASSES": ["connections.api.renderers.ORJSONRenderer"],
+    "DEFAULT_RENDERER_CLASSES": ["connections.api.jsoncodec.ORJSONRenderer"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
 }
 
@@ -239,7 +239,7 @@ REST_FRAMEWORK |= {
     "DEFAULT_AUTHENTICATION_CLASSES": ["connections.api.authentication.ClerkAuthentication"],
     "EXCEPTION_HANDLER": "connections.api.errors.api_exception_handler",
     # Both APIs speak JSON only; form parsers would also appear in the schema as accepted bodies.
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["connections.api.jsoncodec.ORJSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
 }

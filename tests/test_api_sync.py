@@ -210,6 +210,39 @@ def test_a_malformed_body_is_400_from_the_serializer(
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("raw", "content_type"),
+    [
+        (b'{"source": "oura"', "application/json"),  # truncated
+        (b'{"source": NaN}', "application/json"),  # not JSON, whatever Python's json module allows
+        (b'{"source": "\xff"}', "application/json"),  # not UTF-8
+    ],
+)
+def test_a_body_that_is_not_json_is_400_malformed_request(
+    alice: Patient, clerk: ClerkSandbox, raw: bytes, content_type: str
+) -> None:
+    response = client_for(clerk.mint("user_alice")).post(SYNC, raw, content_type=content_type)
+
+    assert response.status_code == 400
+    assert error_of(response)["code"] == "malformed_request"
+    assert error_of(response)["message"].startswith("JSON parse error")
+
+
+@pytest.mark.django_db
+def test_a_body_in_another_declared_charset_is_decoded(
+    alice: Patient, clerk: ClerkSandbox, clean_sandbox: SandboxServer
+) -> None:
+    source = wearable_of(clean_sandbox, alice)
+    body = f'{{"source": "{source}"}}'.encode("utf-16")
+
+    response = client_for(clerk.mint("user_alice")).post(
+        SYNC, body, content_type="application/json; charset=utf-16"
+    )
+
+    assert response.status_code == 202 and response.json()["source"] == source
+
+
+@pytest.mark.django_db
 def test_surrounding_whitespace_in_the_source_is_trimmed(
     alice: Patient, clerk: ClerkSandbox, clean_sandbox: SandboxServer
 ) -> None:
