@@ -86,8 +86,8 @@ def seed(sandbox, patients: int, *, queued: bool = True) -> list[tuple[str, str]
         batch_size=5000,
     )
     # Every patient already has a sync queued (no worker runs in the benchmark): the POSTs measure the steady
-    # state of an app that re-POSTs while a sync is pending. The first POST (a new request, two commits) is
-    # measured on its own by --create-path.
+    # state of an app that re-POSTs while a sync is pending. A first POST (a new request: the row and
+    # django-q2's queue row, two commits) is not what this measures.
     if queued:
         SyncRequest.objects.bulk_create(
             [
