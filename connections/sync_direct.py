@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+from django.conf import settings
 from django.db import connections as db_connections
 from django.db import transaction
 from django.utils import timezone
@@ -38,6 +39,7 @@ from connections.config import DirectProvidersConfig
 from connections.models import (
     Connection,
     ConnectionStatus,
+    Patient,
     Provider,
     ProviderCredential,
     SyncEvent,
@@ -52,6 +54,7 @@ from connections.providers.whoop import COLLECTIONS, WhoopClient, WhoopParsed, p
 from connections.sync import JobResult, UserSyncSummary, _finish_event, log_job_summary, run_with_retries
 from connections.tokens import Refresher, access_token
 from readings.store import store_batch
+from readings.writers import DATABASE_WRITER, ReadingsWriter, writer_for
 
 logger = logging.getLogger("loopsync.sync_direct")
 
@@ -265,15 +268,35 @@ FETCHERS: dict[str, Callable[[Connection, DirectClients, str], Fetched]] = {
 # --- Store ---------------------------------------------------------------------------------------------------
 
 
-def store_fetched(connection: Connection, fetched: Fetched) -> int:
-    """Rows, the cursor and WHOOP's pending_since in one transaction; returns rows written."""
+def store_fetched(connection: Connection, fetched: Fetched, writer: ReadingsWriter = DATABASE_WRITER) -> int:
+    """Rows, the cursor and WHOOP's pending_since in one transaction; returns rows written.
+
+    A remote writer (the patient-graph API, PATIENT_GRAPH_API_URL) cannot join the transaction: the rows go
+    first, and the cursor moves only once the API has accepted them (a failure leaves it where it was, and
+    the idempotent ingest makes the retry harmless).
+    """
+    remote_written = None
+    if not writer.in_transaction and (fetched.readings or fetched.glucose):
+        patient = Patient.objects.get(pk=connection.patient_id)
+        remote_written = writer.store(
+            patient_id=patient.pk,
+            junction_user_id=patient.junction_user_id or None,
+            time_zone=patient.time_zone,
+            provider=connection.provider,
+            connection_id=connection.pk,
+            readings=fetched.readings,
+            glucose=fetched.glucose,
+        )
     with transaction.atomic():
         # The row lock serialises two workers storing the same connection; the cursor never moves backwards.
         locked = Connection.objects.select_for_update().select_related("patient").get(pk=connection.pk)
         patient = locked.patient
-        result = store_batch(
-            patient.pk, patient.time_zone, fetched.readings, fetched.glucose, connection_id=locked.pk
-        )
+        if writer.in_transaction:
+            written = store_batch(
+                patient.pk, patient.time_zone, fetched.readings, fetched.glucose, connection_id=locked.pk
+            ).written
+        else:
+            written = remote_written or 0
         now = timezone.now()
         if fetched.cursor is not None:
             locked.last_sync_at = max(locked.last_sync_at or fetched.cursor, fetched.cursor)
@@ -288,7 +311,7 @@ def store_fetched(connection: Connection, fetched: Fetched) -> int:
                 pending_since=fetched.pending_since, updated_at=now
             )
     connection.last_sync_at = locked.last_sync_at
-    return result.written
+    return written
 
 
 # --- One connection --------------------------------------------------------------------------------------
@@ -326,7 +349,7 @@ def sync_direct_connection(
     def attempt() -> int:
         nonlocal fetched
         fetched = fetcher(connection, clients, trigger)
-        return store_fetched(connection, fetched)
+        return store_fetched(connection, fetched, writer_for(settings.JUNCTION_SYNC))
 
     # A revoked connection (ConnectionRevoked) is not retryable: it fails on the first attempt.
     stored = run_with_retries(summary, attempt, sleep=sleep)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import pytest
 
+from connections import sync_direct
 from connections.models import Connection, Patient, Provider, SyncFingerprint
 from connections.sync import run_wearable_sync_job
 from readings.models import DailyStat, GlucoseReading, WearableReading
 from sandbox import SandboxServer
 from sandbox.clerk import ClerkSandbox
 from tests.api_helpers import client_for, error_of
+from tests.direct_helpers import connect, sync
 
 INGEST = "/api/patient-graph/service/ingest"
 DAILY = "/api/patient-graph/service/daily-stats"
@@ -246,3 +248,50 @@ def test_when_the_api_fails_the_cursor_does_not_move(junction_config, live_serve
     assert not result.ok and "401" in result.errors[0]
     assert not WearableReading.objects.exists() and not SyncFingerprint.objects.exists()
     assert Connection.objects.get().last_sync_at is None
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("frozen_time")
+def test_direct_provider_syncs_write_through_the_api_exactly_what_the_database_path_stores(
+    direct_config, clean_sandbox: SandboxServer, live_server, settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connections = [
+        connect(clean_sandbox, direct_config, Provider.WHOOP, 1),
+        connect(clean_sandbox, direct_config, Provider.DEXCOM, 2),
+        connect(clean_sandbox, direct_config, Provider.LIBRE, 3),
+    ]
+    for connection in connections:
+        assert sync(connection, direct_config).status == "success"
+    expected = snapshot()
+    assert expected["readings"] and expected["glucose"]
+    forget_data()
+    settings.JUNCTION_SYNC = settings.JUNCTION_SYNC.replace(
+        patient_graph_url=f"{live_server.url}/api/patient-graph", patient_graph_key=KEY
+    )
+    # The worker must not write rows itself any more (the API's own store_batch is another reference).
+    monkeypatch.setattr(sync_direct, "store_batch", lambda *a, **k: pytest.fail("the worker wrote to the DB"))
+
+    for connection in connections:
+        summary = sync(connection, direct_config)
+        assert summary.status == "success", summary.errors
+
+    assert snapshot() == expected
+    assert all(c.last_sync_at is not None for c in Connection.objects.all())
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("frozen_time")
+def test_a_direct_sync_whose_api_write_fails_leaves_its_cursor(
+    direct_config, clean_sandbox: SandboxServer, live_server, settings
+) -> None:
+    connection = connect(clean_sandbox, direct_config, Provider.DEXCOM, 2)
+    # An API the worker cannot write to (here: the wrong address, answered 404).
+    settings.JUNCTION_SYNC = settings.JUNCTION_SYNC.replace(
+        patient_graph_url=f"{live_server.url}/api/nowhere", patient_graph_key=KEY
+    )
+
+    summary = sync(connection, direct_config)
+
+    assert summary.status != "success" and "404" in summary.errors[0]
+    connection.refresh_from_db()
+    assert connection.last_sync_at is None and not GlucoseReading.objects.exists()
