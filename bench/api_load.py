@@ -100,6 +100,20 @@ def seed(sandbox, patients: int, *, queued: bool = True) -> list[tuple[str, str]
 
 # Every request is built once, at start-up, so the load generator's own work per request is a table lookup
 # for every endpoint alike.
+def vacuum_seeded_tables() -> None:
+    """Every run deletes and re-inserts its rows: without a vacuum the tables and their indexes grow with each
+    run (autovacuum is off on some development servers, and would not have run yet on the others), and the
+    endpoints would be measured against dead rows no production table keeps."""
+    from django.db import connection
+
+    from connections.models import Connection, Patient, SyncRequest
+    from readings.models import DailyStat
+
+    with connection.cursor() as cursor:
+        for model in (Patient, Connection, SyncRequest, DailyStat):
+            cursor.execute(f'VACUUM (FULL, ANALYZE) "{model._meta.db_table}"')
+
+
 LUA = """
 local tokens = {%(tokens)s}
 local sources = {%(sources)s}
@@ -185,6 +199,7 @@ def main() -> None:
     call_command("migrate", "--noinput", verbosity=0)
     with SandboxServer(port=0, users=args.patients, seed=11, api_key="sk_us_bench") as sandbox:
         pairs = seed(sandbox, args.patients)
+        vacuum_seeded_tables()
         tokens = [sandbox.clerk.mint(clerk_id, ttl=3600) for clerk_id, _ in pairs]
         sources = [source for _, source in pairs]
         port = free_port()
