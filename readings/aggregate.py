@@ -491,7 +491,7 @@ GROUP BY 1, 3
 _PG_ZONE_CHANGES = """
 WITH hourly AS (
     SELECT z.time_zone, h, (h AT TIME ZONE z.time_zone) - (h AT TIME ZONE 'UTC') AS off
-    FROM (SELECT DISTINCT time_zone FROM patients) AS z
+    FROM unnest(%(zones)s::text[]) AS z(time_zone)
     CROSS JOIN generate_series(%(start)s::timestamptz, %(until)s::timestamptz, interval '1 hour') AS h
 ), changes AS (
     SELECT time_zone, h, off, lag(off) OVER (PARTITION BY time_zone ORDER BY h) AS previous FROM hourly
@@ -528,9 +528,13 @@ def zone_slots(
 
 def _pg_zone_params(cursor: Any, start: datetime, until: datetime) -> dict[str, Any]:
     """The scan's zone arrays over [start, until) for every patient (see _PG_LOCAL_DAY)."""
+    # The patients first, and the zones of exactly those: a zone changed in between must not go missing.
+    cursor.execute("SELECT id, time_zone FROM patients ORDER BY id")
+    patients = cursor.fetchall()
     # Whole hours: the per-second search then lands exactly on the change (they happen on whole seconds).
     start = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-    cursor.execute(_PG_ZONE_CHANGES, {"start": start, "until": until})
+    zones_in_use = sorted({zone for _, zone in patients})
+    cursor.execute(_PG_ZONE_CHANGES, {"zones": zones_in_use, "start": start, "until": until})
     periods: dict[str, list[tuple[timedelta, datetime | None]]] = {}
     for zone, offset, starts_at in cursor.fetchall():
         periods.setdefault(zone, []).append((offset, starts_at))
@@ -546,8 +550,6 @@ def _pg_zone_params(cursor: Any, start: datetime, until: datetime) -> dict[str, 
             arrays[f"t{i + 1}"].append(starts[i])
         arrays["valid_until"].append(valid_until)
     index = {zone: i + 1 for i, zone in enumerate(arrays["zones"])}  # PostgreSQL arrays start at 1
-    cursor.execute("SELECT id, time_zone FROM patients ORDER BY id")
-    patients = cursor.fetchall()
     base = patients[0][0] - 1 if patients else 0
     # Patient ids come from a sequence: dense, so one slot per id from the smallest; a gap holds 0 (no
     # zone, never read: a deleted patient has no rows). One text literal, not a list of parameters.
