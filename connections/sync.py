@@ -286,6 +286,7 @@ def _write_rows(writer: ReadingsWriter, connection: Connection, window: FetchedW
     return writer.store(
         patient_id=patient.pk,
         junction_user_id=patient.junction_user_id,
+        clerk_user_id=patient.clerk_user_id,
         time_zone=patient.time_zone,
         provider=connection.provider,
         connection_id=connection.pk,

@@ -281,6 +281,7 @@ def store_fetched(connection: Connection, fetched: Fetched, writer: ReadingsWrit
         remote_written = writer.store(
             patient_id=patient.pk,
             junction_user_id=patient.junction_user_id or None,
+            clerk_user_id=patient.clerk_user_id or None,
             time_zone=patient.time_zone,
             provider=connection.provider,
             connection_id=connection.pk,

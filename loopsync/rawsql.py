@@ -3,7 +3,6 @@ indexed read itself. Values come back as Django would return them on either data
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from functools import cache
@@ -78,22 +77,31 @@ def fetch_rows(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
             return db.fetchall()
     connection.ensure_connection()
     with connection.wrap_database_errors:
-        db = _server_binding_cursor(connection.connection)
+        db = _server_binding_cursor()
         db.execute(sql, params)
         return db.fetchall()
 
 
-# One per open psycopg connection; a connection is only ever used by the thread that owns it (Django's rule).
-_cursors: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+def execute_bound(sql: str, params: Any) -> None:
+    """PostgreSQL: run one statement with its parameters sent apart from the text (a named parameter used
+    several times travels once; Django's own cursor pastes every use in as a literal)."""
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        _server_binding_cursor().execute(sql, params)
 
 
-def _server_binding_cursor(raw: Any) -> Any:
-    cursor = _cursors.get(raw)
-    if cursor is None or cursor.closed:
+def _server_binding_cursor() -> Any:
+    """The cursor of the connection's current psycopg connection, made once. Kept on Django's wrapper (one per
+    thread), so a reconnect replaces it and a closed connection's cursor is not kept beyond the next call.
+    These reads bypass Django's cursor wrapper: no execute_wrappers, not in `connection.queries`."""
+    raw = connection.connection
+    held = getattr(connection, "_loopsync_cursor", None)
+    if held is None or held[0] is not raw or held[1].closed:
         import psycopg
 
-        cursor = _cursors[raw] = psycopg.Cursor(raw)
-    return cursor
+        held = (raw, psycopg.Cursor(raw))
+        connection._loopsync_cursor = held  # type: ignore[attr-defined]
+    return held[1]
 
 
 def first_instance(model: type[M], sql: str, params: Sequence[Any]) -> M | None:

@@ -34,6 +34,7 @@ from django.db import connection as db
 from django.utils import timezone
 
 from connections.models import Patient, SyncFingerprint, validate_time_zone
+from loopsync.rawsql import execute_bound
 from readings.locks import single_flight
 from readings.store import local_day_bounds
 
@@ -486,13 +487,14 @@ GROUP BY 1, 3
 """
 
 # Every zone in use, its offset at the window's start and each change after it, to the second: sampled
-# hourly (no zone changes twice within an hour), then the hour before a change searched second by second.
+# hourly (no zone changes twice within an hour) to an hour past the window, then the hour before a change
+# searched second by second.
 # PostgreSQL's own zone data, the same AT TIME ZONE and the incremental path use.
 _PG_ZONE_CHANGES = """
 WITH hourly AS (
     SELECT z.time_zone, h, (h AT TIME ZONE z.time_zone) - (h AT TIME ZONE 'UTC') AS off
     FROM unnest(%(zones)s::text[]) AS z(time_zone)
-    CROSS JOIN generate_series(%(start)s::timestamptz, %(until)s::timestamptz, interval '1 hour') AS h
+    CROSS JOIN generate_series(%(start)s::timestamptz, %(until)s::timestamptz + interval '1 hour', interval '1 hour') AS h
 ), changes AS (
     SELECT time_zone, h, off, lag(off) OVER (PARTITION BY time_zone ORDER BY h) AS previous FROM hourly
 )
@@ -581,6 +583,8 @@ SELECT c.patient_id, c.metric, c.day, c.avg, c.min, c.max, c.sum, c.count,
        sum(c.sum) OVER w30 / NULLIF(sum(c.count) OVER w30, 0),
        now()
 FROM combined c
+-- A patient deleted since the scan (Django's cascade took its statistics) does not get them back.
+WHERE EXISTS (SELECT 1 FROM patients p WHERE p.id = c.patient_id)
 WINDOW w7 AS (PARTITION BY c.patient_id, c.metric ORDER BY c.day
               RANGE BETWEEN INTERVAL '6 days' PRECEDING AND CURRENT ROW),
        w30 AS (PARTITION BY c.patient_id, c.metric ORDER BY c.day
@@ -626,7 +630,8 @@ def _pg_full_rebuild(patient_ids: list[int], result: AggregateResult) -> None:
         # marks, newer than the snapshot, stay for the next run.
         cursor.execute(_PG_FULL_MARKS)
         zones = _pg_zone_params(cursor, params["raw_from"] - _HORIZON_MARGIN, now + _HORIZON_MARGIN)
-        cursor.execute(_PG_FULL_SCAN, {**params, **zones})
+        # zone_of appears in every branch of the day expression: sent once, as a parameter.
+        execute_bound(_PG_FULL_SCAN, {**params, **zones})
         # Days before the first complete one are partial (retention has started on them): the stored rows
         # stay. Filtered here, not in the scan: a filter on the day would evaluate its expression twice.
         cursor.execute("DELETE FROM agg_full_daily WHERE day IS NULL OR day < %(first_day)s", params)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from connections.config import JunctionSyncConfig
+from connections.providers.base import ProviderError
 from connections.providers.common import http_for
 from connections.providers.junction import GlucoseRow, WearableRow
 from readings.store import store_batch
@@ -30,6 +31,7 @@ class ReadingsWriter(Protocol):
         *,
         patient_id: int,
         junction_user_id: str | None,
+        clerk_user_id: str | None,
         time_zone: str,
         provider: str,
         connection_id: int,
@@ -46,6 +48,7 @@ class DatabaseWriter:
         *,
         patient_id: int,
         junction_user_id: str | None,
+        clerk_user_id: str | None,
         time_zone: str,
         provider: str,
         connection_id: int,
@@ -69,16 +72,24 @@ class PatientGraphWriter:
         *,
         patient_id: int,
         junction_user_id: str | None,
+        clerk_user_id: str | None,
         time_zone: str,
         provider: str,
         connection_id: int,
         readings: Sequence[WearableRow],
         glucose: Sequence[GlucoseRow],
     ) -> int:
-        # The remote database has its own ids: the patient travels by its Junction user id when it has one.
-        who: dict[str, object] = (
-            {"junction_user_id": junction_user_id} if junction_user_id else {"patient_id": patient_id}
-        )
+        # The remote database has its own ids: the patient travels by an id both sides share, its Junction
+        # user id or its Clerk user id. Never by our row id, which there may be another patient's.
+        if junction_user_id:
+            who: dict[str, object] = {"junction_user_id": junction_user_id}
+        elif clerk_user_id:
+            who = {"clerk_user_id": clerk_user_id}
+        else:
+            raise ProviderError(
+                "patient-graph",
+                "the patient has no Junction or Clerk user id to be found by in the patient graph",
+            )
         written = 0
         for start in range(0, max(len(readings), len(glucose)), INGEST_BATCH_ROWS):
             body = {

@@ -275,3 +275,18 @@ def test_a_token_without_a_patient_is_not_remembered(
     make_patient(clean_sandbox, 0, "user_late")
 
     assert client_for(token).get(CONNECTIONS).status_code == 200
+
+
+def test_a_session_remembered_while_a_patient_change_is_uncommitted_is_forgotten_at_commit(
+    patient, clerk: ClerkSandbox, django_capture_on_commit_callbacks
+) -> None:
+    token = clerk.mint("user_alice")
+    with django_capture_on_commit_callbacks(execute=True):
+        patient.clerk_user_id = "user_renamed"
+        patient.save()
+        # A request served by another connection in between still sees (and remembers) the old patient.
+        Patient.objects.filter(pk=patient.pk).update(clerk_user_id="user_alice")
+        assert client_for(token).get(CONNECTIONS).status_code == 200
+        Patient.objects.filter(pk=patient.pk).update(clerk_user_id="user_renamed")
+
+    assert client_for(token).get(CONNECTIONS).status_code == 403

@@ -239,6 +239,27 @@ def test_a_first_build_that_meets_a_stored_day_falls_back_to_the_upsert(
     assert stored(patient) == expected
 
 
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the chunked full rebuild is PostgreSQL's")
+def test_a_patient_deleted_during_a_full_rebuild_does_not_get_its_stats_back(
+    now: datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kept, gone = Patient.objects.create(time_zone="UTC"), Patient.objects.create(time_zone="UTC")
+    for patient in (kept, gone):
+        store(patient, [("heart_rate", TRANSITION_MINUTES[0] + m, float(m)) for m in range(0, 300, 11)])
+    DailyStat.objects.all().delete()
+    write = aggregate._pg_write_full_chunk
+
+    def delete_then_write(cursor: Any, params: dict[str, Any], stored: int) -> int:
+        Patient.objects.filter(pk=gone.pk).delete()  # after the scan, before the chunk's write
+        return write(cursor, params, stored)
+
+    monkeypatch.setattr(aggregate, "_pg_write_full_chunk", delete_then_write)
+
+    run_aggregation(full=True)
+
+    assert set(DailyStat.objects.values_list("patient_id", flat=True)) == {kept.pk}
+
+
 def test_full_rebuild_buckets_rows_dated_after_the_offset_window_by_the_zone_rules() -> None:
     """Readings up to two weeks after "now" cross New York's 2 Nov change, beyond the offsets the full scan
     precomputes (now + 2 days): those rows take AT TIME ZONE's day, not the last offset's."""

@@ -102,6 +102,20 @@ def test_ingest_is_idempotent_and_keeps_daily_stats(service_key: str) -> None:
 
 
 @pytest.mark.django_db
+def test_ingest_finds_a_patient_without_a_junction_id_by_its_clerk_id(service_key: str) -> None:
+    patient = Patient.objects.create(clerk_user_id="user_cgm_only", time_zone="UTC")
+    Patient.objects.create(clerk_user_id="user_someone_else", time_zone="UTC")
+    client = client_for(service_key)
+
+    response = client.post(INGEST, {"clerk_user_id": "user_cgm_only", "glucose": [glucose(0)]}, format="json")
+
+    assert response.status_code == 200 and response.json()["glucose_written"] == 1
+    assert list(GlucoseReading.objects.values_list("patient_id", flat=True)) == [patient.pk]
+    unknown = client.post(INGEST, {"clerk_user_id": "user_nobody", "glucose": [glucose(0)]}, format="json")
+    assert unknown.status_code == 404
+
+
+@pytest.mark.django_db
 def test_a_batch_with_an_invalid_row_is_refused_whole_naming_the_row_not_the_value(service_key: str) -> None:
     patient = Patient.objects.create()
     rows = [reading(0), {**reading(1), "value": "NaN"}, {**reading(2), "measured_at": "2026-03-09T08:02:00"}]
@@ -260,7 +274,9 @@ def test_direct_provider_syncs_write_through_the_api_exactly_what_the_database_p
         connect(clean_sandbox, direct_config, Provider.DEXCOM, 2),
         connect(clean_sandbox, direct_config, Provider.LIBRE, 3),
     ]
-    for connection in connections:
+    for i, connection in enumerate(connections):
+        # Found in the patient graph by Clerk id: these patients have no Junction user id.
+        Patient.objects.filter(pk=connection.patient_id).update(clerk_user_id=f"user_direct_{i}")
         assert sync(connection, direct_config).status == "success"
     expected = snapshot()
     assert expected["readings"] and expected["glucose"]
@@ -281,10 +297,28 @@ def test_direct_provider_syncs_write_through_the_api_exactly_what_the_database_p
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("frozen_time")
+def test_a_patient_without_a_shared_id_is_never_written_to_the_graph_by_its_local_id(
+    direct_config, clean_sandbox: SandboxServer, live_server, settings
+) -> None:
+    connection = connect(clean_sandbox, direct_config, Provider.DEXCOM, 2)
+    settings.JUNCTION_SYNC = settings.JUNCTION_SYNC.replace(
+        patient_graph_url=f"{live_server.url}/api/patient-graph", patient_graph_key=KEY
+    )
+
+    summary = sync(connection, direct_config)
+
+    assert summary.status != "success" and "no Junction or Clerk user id" in summary.errors[0]
+    connection.refresh_from_db()
+    assert connection.last_sync_at is None and not GlucoseReading.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("frozen_time")
 def test_a_direct_sync_whose_api_write_fails_leaves_its_cursor(
     direct_config, clean_sandbox: SandboxServer, live_server, settings
 ) -> None:
     connection = connect(clean_sandbox, direct_config, Provider.DEXCOM, 2)
+    Patient.objects.filter(pk=connection.patient_id).update(clerk_user_id="user_direct")
     # An API the worker cannot write to (here: the wrong address, answered 404).
     settings.JUNCTION_SYNC = settings.JUNCTION_SYNC.replace(
         patient_graph_url=f"{live_server.url}/api/nowhere", patient_graph_key=KEY

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import jwt
 from django.conf import settings
+from django.db import transaction
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions, permissions
 from rest_framework.request import Request
@@ -244,6 +245,13 @@ def forget_sessions(**_: Any) -> None:
     current = _verifier
     if current is not None and current[1] is not None:
         current[1].sessions.clear()
+
+
+def forget_sessions_of_changed_patient(**_: Any) -> None:
+    """Patient saved or deleted: forget now, and again when that change commits, since a request in between
+    still reads (and would remember) the patient as it was."""
+    forget_sessions()
+    transaction.on_commit(forget_sessions)
 
 
 @dataclass

@@ -1,5 +1,7 @@
-"""JSON through orjson: responses with the same bytes DRF's JSONRenderer writes (compact, UTF-8, UTC as `Z`),
-several times faster on pages of hundreds of rows; request bodies parsed as strictly as DRF's JSONParser."""
+"""JSON through orjson: responses with the bytes DRF's JSONRenderer writes (compact, UTF-8, UTC as `Z`, U+2028
+and U+2029 escaped), several times faster on pages of hundreds of rows; request bodies parsed as strictly as
+DRF's JSONParser. Differences: a NaN or infinite float renders as null (DRF's strict mode fails the response;
+nothing we store is one), a `; indent=` media-type parameter is ignored, and exponents print as `1e16`."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from rest_framework.utils.encoders import JSONEncoder
 # What orjson does not know natively (lazy translations, Decimal, timedelta, querysets) is converted exactly
 # as DRF's encoder converts it.
 _drf_default = JSONEncoder().default
+LINE_SEPARATOR, PARAGRAPH_SEPARATOR = "\u2028".encode(), "\u2029".encode()
 
 
 class ORJSONRenderer(JSONRenderer):
@@ -25,7 +28,11 @@ class ORJSONRenderer(JSONRenderer):
     ) -> bytes:
         if data is None:
             return b""
-        return orjson.dumps(data, default=_drf_default, option=orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS)
+        rendered = orjson.dumps(data, default=_drf_default, option=orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS)
+        # As DRF does: the two line separators JSON allows raw but JavaScript source does not.
+        if LINE_SEPARATOR in rendered or PARAGRAPH_SEPARATOR in rendered:
+            rendered = rendered.replace(LINE_SEPARATOR, b"\\u2028").replace(PARAGRAPH_SEPARATOR, b"\\u2029")
+        return rendered
 
 
 class ORJSONParser(JSONParser):

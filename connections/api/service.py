@@ -66,12 +66,19 @@ class GlucoseIn(serializers.Serializer):
 
 class IngestIn(serializers.Serializer):
     patient_id = serializers.IntegerField(
-        min_value=1, required=False, help_text="This deployment's patient id; or send junction_user_id."
+        min_value=1,
+        required=False,
+        help_text="This deployment's patient id; or send junction_user_id or clerk_user_id.",
     )
     junction_user_id = serializers.CharField(
         max_length=64,
         required=False,
         help_text="Identifies the patient across databases (a sync worker's own).",
+    )
+    clerk_user_id = serializers.CharField(
+        max_length=64,
+        required=False,
+        help_text="Identifies the patient across databases when it has no Junction user id.",
     )
     provider = serializers.ChoiceField(
         choices=Provider.choices, required=False, help_text="The connection that delivered the rows."
@@ -213,7 +220,9 @@ def _body(request: Request) -> dict[str, Any]:
     return body
 
 
-def _patient(body: dict[str, Any], *, by_junction_id: bool = False) -> Patient:
+def _patient(body: dict[str, Any], *, by_external_id: bool = False) -> Patient:
+    """The patient a service call is about: `patient_id`, or (ingest from a sync worker, whose database has
+    its own ids) `junction_user_id` or `clerk_user_id`."""
     patient_id = body.get("patient_id")
     if "patient_id" in body and (
         isinstance(patient_id, bool) or not isinstance(patient_id, int) or not 0 < patient_id < 2**63
@@ -221,20 +230,23 @@ def _patient(body: dict[str, Any], *, by_junction_id: bool = False) -> Patient:
         raise APIError(
             400, "invalid_request", "patient_id: must be a positive integer", {"patient_id": ["invalid"]}
         )
-    junction_user_id = body.get("junction_user_id") if by_junction_id else None
-    if (
-        by_junction_id
-        and "junction_user_id" in body
-        and (not isinstance(junction_user_id, str) or not 0 < len(junction_user_id) <= 64)
-    ):
-        raise APIError(400, "invalid_request", "junction_user_id: must be a string of 1 to 64 characters")
+    external: dict[str, str] = {}
+    for name in ("junction_user_id", "clerk_user_id") if by_external_id else ():
+        value = body.get(name)
+        if name in body and (not isinstance(value, str) or not 0 < len(value) <= 64):
+            raise APIError(400, "invalid_request", f"{name}: must be a string of 1 to 64 characters")
+        if value:
+            external[name] = value
     patient = None
     if patient_id is not None:
         patient = Patient.objects.filter(pk=patient_id).first()
-    elif junction_user_id:
-        patient = Patient.objects.filter(junction_user_id=junction_user_id).first()
+    elif external:
+        name, value = next(iter(external.items()))
+        patient = Patient.objects.filter(**{name: value}).first()
     if patient is None:
-        raise APIError(404, "not_found", "No such patient (send patient_id or junction_user_id).")
+        raise APIError(
+            404, "not_found", "No such patient (send patient_id, junction_user_id or clerk_user_id)."
+        )
     return patient
 
 
@@ -257,7 +269,7 @@ class IngestView(ServiceAPIView):
     )
     def post(self, request: Request) -> Response:
         body = _body(request)
-        patient = _patient(body, by_junction_id=True)
+        patient = _patient(body, by_external_id=True)
         raw_readings, raw_glucose = _list(body, "readings"), _list(body, "glucose")
         if len(raw_readings) + len(raw_glucose) > MAX_ROWS_PER_REQUEST:
             raise APIError(400, "too_many_rows", f"At most {MAX_ROWS_PER_REQUEST} rows per request.")

@@ -85,7 +85,15 @@ class RebuildDailyStats(Operation):
         del schema_editor.deferred_sql[pending:]
         new._meta.db_table = TABLE
         columns = ", ".join(schema_editor.quote_name(c) for c in COLUMNS)
-        schema_editor.execute(f"INSERT INTO {rebuilt} ({columns}) SELECT {columns} FROM {TABLE}")
+        if schema_editor.connection.vendor == "postgresql":
+            # No write may land in the old table after the copy (SQLite's write lock is the whole database).
+            schema_editor.execute(f"LOCK TABLE {TABLE} IN SHARE MODE")
+        # Statistics of a patient deleted around Django's cascade have nowhere to go (going back, the patient
+        # constraint would refuse them): they are not copied.
+        schema_editor.execute(
+            f"INSERT INTO {rebuilt} ({columns}) SELECT {columns} FROM {TABLE} "
+            f"WHERE patient_id IN (SELECT id FROM patients)"
+        )
         schema_editor.execute(f"DROP TABLE {TABLE}")
         schema_editor.execute(f"ALTER TABLE {rebuilt} RENAME TO {TABLE}")
         if schema_editor.connection.vendor == "postgresql":
