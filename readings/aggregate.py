@@ -838,6 +838,8 @@ def _json_ids(ids: list[int]) -> str:
 def _sqlite_rolling(raw: Any, sql: str, params: list[Any]) -> tuple[int, int]:
     raw.execute("DROP TABLE IF EXISTS agg_rolling")
     raw.execute(sql, params)
+    # The UPDATE below finds each stored day's new values by key: without this index it scans them all.
+    raw.execute("CREATE INDEX agg_rolling_key ON agg_rolling (patient_id, metric, day)")
     recomputed = raw.execute("SELECT count(*) FROM agg_rolling").fetchone()[0]
     changed = raw.execute(_SQLITE_ROLLING_APPLY, [_sqlite_now()]).rowcount
     raw.execute("DROP TABLE agg_rolling")
