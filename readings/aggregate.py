@@ -752,7 +752,9 @@ win AS (
     + """
 )
 SELECT w.patient_id, w.metric, w.day, w.avg_7d, w.avg_30d
-FROM win w JOIN targets t ON t.patient_id = w.patient_id AND t.metric = w.metric AND t.day = w.day
+FROM win w
+-- IN, not a join: SQLite builds a transient index over the targets instead of scanning them per row.
+WHERE (w.patient_id, w.metric, w.day) IN (SELECT patient_id, metric, day FROM targets)
 """
 )
 
