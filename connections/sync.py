@@ -282,17 +282,7 @@ def store_junction_window(
 
 
 def _write_rows(writer: ReadingsWriter, connection: Connection, window: FetchedWindow) -> int:
-    patient = connection.patient
-    return writer.store(
-        patient_id=patient.pk,
-        junction_user_id=patient.junction_user_id,
-        clerk_user_id=patient.clerk_user_id,
-        time_zone=patient.time_zone,
-        provider=connection.provider,
-        connection_id=connection.pk,
-        readings=window.payload.readings,
-        glucose=window.payload.glucose,
-    )
+    return writer.store(connection, window.payload.readings, window.payload.glucose)
 
 
 def sync_junction_connection(

@@ -39,7 +39,6 @@ from connections.config import DirectProvidersConfig
 from connections.models import (
     Connection,
     ConnectionStatus,
-    Patient,
     Provider,
     ProviderCredential,
     SyncEvent,
@@ -53,7 +52,6 @@ from connections.providers.oauth2 import TokenSet
 from connections.providers.whoop import COLLECTIONS, WhoopClient, WhoopParsed, parse_records
 from connections.sync import JobResult, UserSyncSummary, _finish_event, log_job_summary, run_with_retries
 from connections.tokens import Refresher, access_token
-from readings.store import store_batch
 from readings.writers import DATABASE_WRITER, ReadingsWriter, writer_for
 
 logger = logging.getLogger("loopsync.sync_direct")
@@ -277,25 +275,12 @@ def store_fetched(connection: Connection, fetched: Fetched, writer: ReadingsWrit
     """
     remote_written = None
     if not writer.in_transaction and (fetched.readings or fetched.glucose):
-        patient = Patient.objects.get(pk=connection.patient_id)
-        remote_written = writer.store(
-            patient_id=patient.pk,
-            junction_user_id=patient.junction_user_id or None,
-            clerk_user_id=patient.clerk_user_id or None,
-            time_zone=patient.time_zone,
-            provider=connection.provider,
-            connection_id=connection.pk,
-            readings=fetched.readings,
-            glucose=fetched.glucose,
-        )
+        remote_written = writer.store(connection, fetched.readings, fetched.glucose)
     with transaction.atomic():
         # The row lock serialises two workers storing the same connection; the cursor never moves backwards.
         locked = Connection.objects.select_for_update().select_related("patient").get(pk=connection.pk)
-        patient = locked.patient
         if writer.in_transaction:
-            written = store_batch(
-                patient.pk, patient.time_zone, fetched.readings, fetched.glucose, connection_id=locked.pk
-            ).written
+            written = writer.store(locked, fetched.readings, fetched.glucose)
         else:
             written = remote_written or 0
         now = timezone.now()

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from connections.config import JunctionSyncConfig
+from connections.models import Connection
 from connections.providers.base import ProviderError
 from connections.providers.common import http_for
 from connections.providers.junction import GlucoseRow, WearableRow
@@ -27,35 +28,22 @@ class ReadingsWriter(Protocol):
     in_transaction: bool
 
     def store(
-        self,
-        *,
-        patient_id: int,
-        junction_user_id: str | None,
-        clerk_user_id: str | None,
-        time_zone: str,
-        provider: str,
-        connection_id: int,
-        readings: Sequence[WearableRow],
-        glucose: Sequence[GlucoseRow],
-    ) -> int: ...
+        self, connection: Connection, readings: Sequence[WearableRow], glucose: Sequence[GlucoseRow]
+    ) -> int:
+        """Store one connection's rows (its patient loaded or loadable); return the rows written."""
+        ...
 
 
 class DatabaseWriter:
     in_transaction = True
 
     def store(
-        self,
-        *,
-        patient_id: int,
-        junction_user_id: str | None,
-        clerk_user_id: str | None,
-        time_zone: str,
-        provider: str,
-        connection_id: int,
-        readings: Sequence[WearableRow],
-        glucose: Sequence[GlucoseRow],
+        self, connection: Connection, readings: Sequence[WearableRow], glucose: Sequence[GlucoseRow]
     ) -> int:
-        return store_batch(patient_id, time_zone, readings, glucose, connection_id=connection_id).written
+        patient = connection.patient
+        return store_batch(
+            patient.pk, patient.time_zone, readings, glucose, connection_id=connection.pk
+        ).written
 
 
 class PatientGraphWriter:
@@ -68,23 +56,15 @@ class PatientGraphWriter:
         self.http = http_for("patient-graph", base_url, headers={"authorization": f"Bearer {api_key}"})
 
     def store(
-        self,
-        *,
-        patient_id: int,
-        junction_user_id: str | None,
-        clerk_user_id: str | None,
-        time_zone: str,
-        provider: str,
-        connection_id: int,
-        readings: Sequence[WearableRow],
-        glucose: Sequence[GlucoseRow],
+        self, connection: Connection, readings: Sequence[WearableRow], glucose: Sequence[GlucoseRow]
     ) -> int:
         # The remote database has its own ids: the patient travels by an id both sides share, its Junction
         # user id or its Clerk user id. Never by our row id, which there may be another patient's.
-        if junction_user_id:
-            who: dict[str, object] = {"junction_user_id": junction_user_id}
-        elif clerk_user_id:
-            who = {"clerk_user_id": clerk_user_id}
+        patient = connection.patient
+        if patient.junction_user_id:
+            who: dict[str, object] = {"junction_user_id": patient.junction_user_id}
+        elif patient.clerk_user_id:
+            who = {"clerk_user_id": patient.clerk_user_id}
         else:
             raise ProviderError(
                 "patient-graph",
@@ -94,7 +74,7 @@ class PatientGraphWriter:
         for start in range(0, max(len(readings), len(glucose)), INGEST_BATCH_ROWS):
             body = {
                 **who,
-                "provider": provider,
+                "provider": connection.provider,
                 "readings": [_reading(row) for row in readings[start : start + INGEST_BATCH_ROWS]],
                 "glucose": [_glucose(row) for row in glucose[start : start + INGEST_BATCH_ROWS]],
             }

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from connections import sync_direct
 from connections.models import Connection, Patient, Provider, SyncFingerprint
 from connections.sync import run_wearable_sync_job
+from readings import writers
 from readings.models import DailyStat, GlucoseReading, WearableReading
 from sandbox import SandboxServer
 from sandbox.clerk import ClerkSandbox
@@ -285,7 +285,7 @@ def test_direct_provider_syncs_write_through_the_api_exactly_what_the_database_p
         patient_graph_url=f"{live_server.url}/api/patient-graph", patient_graph_key=KEY
     )
     # The worker must not write rows itself any more (the API's own store_batch is another reference).
-    monkeypatch.setattr(sync_direct, "store_batch", lambda *a, **k: pytest.fail("the worker wrote to the DB"))
+    monkeypatch.setattr(writers, "store_batch", lambda *a, **k: pytest.fail("the worker wrote to the DB"))
 
     for connection in connections:
         summary = sync(connection, direct_config)
