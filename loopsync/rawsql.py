@@ -75,19 +75,18 @@ def fetch_rows(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         with connection.cursor() as db:
             db.execute(sql, params)
             return db.fetchall()
-    connection.ensure_connection()
     with connection.wrap_database_errors:
-        db = _server_binding_cursor()
-        db.execute(sql, params)
-        return db.fetchall()
+        return execute_bound(sql, params).fetchall()
 
 
-def execute_bound(sql: str, params: Any) -> None:
+def execute_bound(sql: str, params: Any) -> Any:
     """PostgreSQL: run one statement with its parameters sent apart from the text (a named parameter used
-    several times travels once; Django's own cursor pastes every use in as a literal)."""
+    several times travels once; Django's own cursor pastes every use in as a literal); returns the cursor."""
     connection.ensure_connection()
     with connection.wrap_database_errors:
-        _server_binding_cursor().execute(sql, params)
+        cursor = _server_binding_cursor()
+        cursor.execute(sql, params)
+        return cursor
 
 
 def _server_binding_cursor() -> Any:
