@@ -310,9 +310,13 @@ def request_manual_sync(
 def _active_sync_request(patient_id: int, source: str) -> SyncRequest | None:
     """The patient's queued or running sync of `source` (the partial unique index allows one), in plain SQL:
     the steady state of an app that re-POSTs while its sync is pending is this one indexed read."""
-    statuses = ", ".join(["%s"] * len(ACTIVE_SYNC_REQUEST_STATUSES))
-    sql = f"{select_fields(SyncRequest)} WHERE patient_id = %s AND source = %s AND status IN ({statuses}) LIMIT 1"
-    return first_instance(SyncRequest, sql, [patient_id, source, *ACTIVE_SYNC_REQUEST_STATUSES])
+    sql = f"{select_fields(SyncRequest)} WHERE patient_id = %s AND source = %s AND {_IS_ACTIVE} LIMIT 1"
+    return first_instance(SyncRequest, sql, [patient_id, source])
+
+
+# Literals, not parameters: the read is a prepared statement (loopsync.rawsql), and only with these constants
+# in its text can the generic plan use the partial unique index, whose predicate they are.
+_IS_ACTIVE = f"status IN ({', '.join(repr(str(status)) for status in ACTIVE_SYNC_REQUEST_STATUSES)})"
 
 
 def _replay(patient: Patient, source: str, idempotency_key: str) -> ManualSyncOutcome | None:

@@ -213,7 +213,7 @@ class KeysetQuery:
         select = (
             f"SELECT {', '.join(column[n] for n in self.columns)} FROM {quote(self.model._meta.db_table)}"
         )
-        order = f" ORDER BY {', '.join(column[n] for n in self.key)} LIMIT "
+        order = f" ORDER BY {', '.join(column[n] for n in self.key)} LIMIT %s"
         return f"{select} WHERE {where}", after, order
 
     @cached_property
@@ -247,7 +247,7 @@ class KeysetQuery:
             last = _decode_cursor(raw_cursor, self._cursor_decoders)
             sql += after
             params += _adapted(self._key_adapters, last)
-        rows = fetch_rows(f"{sql}{order}{int(page_size) + 1}", params)
+        rows = fetch_rows(f"{sql}{order}", [*params, page_size + 1])
         more = len(rows) > page_size
         columns = self.columns
         results = [dict(zip(columns, row, strict=True)) for row in rows[:page_size]]

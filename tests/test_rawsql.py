@@ -1,16 +1,24 @@
-"""Plain-SQL hot reads (loopsync/rawsql.py): the same values Django would return, and no connection kept alive."""
+"""Plain-SQL hot reads (loopsync/rawsql.py): the same values Django would return, no connection kept alive, and
+prepared once per connection on PostgreSQL."""
 
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
 import weakref
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import pytest
 from django.db import connection
 
 from connections.models import Patient, SyncRequest
 from loopsync.rawsql import fetch_rows, first_instance, select_fields
+from tests.api_helpers import client_for
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.django_db(transaction=True)
@@ -41,3 +49,101 @@ def test_first_instance_returns_what_the_orm_returns() -> None:
     assert read.created_at.tzinfo is not None
     assert first_instance(SyncRequest, f"{select_fields(SyncRequest)} WHERE id = %s", [0]) is None
     assert fetch_rows("SELECT %s", [date(2026, 3, 1)])
+
+
+def _prepared(table: str) -> list[tuple[str, int, int]]:
+    """(name, generic plans, custom plans) of this session's prepared statements reading `table`."""
+    with connection.cursor() as db:
+        db.execute(
+            "SELECT name, generic_plans, custom_plans FROM pg_prepared_statements WHERE statement LIKE %s",
+            [f'%FROM "{table}"%'],
+        )
+        return db.fetchall()
+
+
+@pytest.mark.django_db
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's")
+def test_the_hot_api_reads_are_prepared_once_and_run_on_a_generic_plan(clerk) -> None:  # type: ignore[no-untyped-def]
+    """Each request shape is one statement on the connection, parsed and planned once: the page size is a
+    parameter, and the sync lookup's statuses are literals, so its generic plan can use the partial unique
+    index (with them as parameters PostgreSQL would re-plan every request)."""
+    from readings.models import DailyStat
+
+    patient = Patient.objects.create(time_zone="UTC", clerk_user_id="user_prepared")
+    DailyStat.objects.bulk_create(
+        DailyStat(
+            patient=patient,
+            metric="heart_rate",
+            day=date(2026, 3, d),
+            avg=60,
+            min=50,
+            max=70,
+            sum=600,
+            count=10,
+        )
+        for d in range(1, 11)
+    )
+    queued = SyncRequest.objects.create(patient=patient, source="oura")
+    client = client_for(clerk.mint("user_prepared"))
+
+    for page_size in (3, 4, 5, 3, 4, 5, 3, 4):
+        response = client.get(
+            "/api/patient-graph/wearables/daily-stats",
+            {"metric": "heart_rate", "start": "2026-03-01", "end": "2026-03-10", "page_size": page_size},
+        )
+        assert [row["day"] for row in response.json()["results"]] == [
+            f"2026-03-0{d}" for d in range(1, page_size + 1)
+        ]
+        response = client.post("/api/patient-graph/wearables/sync", {"source": "oura"}, format="json")
+        assert response.status_code == 202 and response.json()["id"] == queued.pk
+
+    for table in ("patient_wearable_daily_stats", "wearable_sync_requests"):
+        plans = _prepared(table)
+        assert len(plans) == 1, (table, plans)
+        name, generic, custom = plans[0]
+        assert generic >= 1 and custom <= 5, (table, plans)
+    with connection.cursor() as db:
+        db.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        db.execute("SET LOCAL enable_seqscan = off")  # a table this small would be scanned whole
+        db.execute(f"EXPLAIN EXECUTE {name}(%s, %s)", [patient.pk, "oura"])
+        plan = "\n".join(row[0] for row in db.fetchall())
+    assert "sync_request_one_active_per_source" in plan, plan
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's")
+def test_a_prepared_read_still_works_after_a_rollback() -> None:
+    from django.db import transaction
+
+    assert fetch_rows("SELECT %s::int + 1", [1]) == [(2,)]
+    with pytest.raises(ZeroDivisionError), transaction.atomic():
+        fetch_rows("SELECT %s::int + 1", [2])
+        raise ZeroDivisionError
+    assert fetch_rows("SELECT %s::int + 1", [3]) == [(4,)]
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's")
+@pytest.mark.parametrize(("setting", "prepared"), [("true", 1), ("false", 0)])
+def test_db_prepared_statements_turns_them_off_for_a_transaction_pooler(setting: str, prepared: int) -> None:
+    """Behind a PgBouncer in transaction mode a prepared statement may be missing on the next server
+    connection: DB_PREPARED_STATEMENTS=false must keep every statement unnamed."""
+    url = "postgres://{USER}@{HOST}:{PORT}/postgres".format(**connection.settings_dict)
+    script = (
+        "from django.db import connection;"
+        "from loopsync.rawsql import fetch_rows;"
+        "fetch_rows('SELECT %s::int', [1]);"
+        "db = connection.cursor();"
+        "db.execute('SELECT count(*) FROM pg_prepared_statements');"
+        "print(db.fetchone()[0])"
+    )
+    base = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_SETTINGS")}
+    env = {**base, "DEBUG": "true", "DATABASE_URL": url, "DB_PREPARED_STATEMENTS": setting}
+    done = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-v", "0", "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.strip()) == prepared
