@@ -63,7 +63,7 @@ def _select_fields(model: type[Model], vendor: str) -> str:
     return f"SELECT {columns} FROM {quote(model._meta.db_table)}"
 
 
-def fetch_rows(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+def fetch_rows(sql: str, params: Sequence[Any], *, prepare: bool = True) -> list[tuple[Any, ...]]:
     """Every row of a read on the default connection (its transaction, if one is open).
 
     On PostgreSQL through one reused server-side-binding cursor per connection, as a prepared statement
@@ -72,14 +72,16 @@ def fetch_rows(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
     The daily-stats page costs PostgreSQL 0.30 ms unprepared and 0.13 ms prepared (pgbench, same query); a
     cursor made per call cost more client CPU than the query. Callers bind every value that varies (limits
     included), so one statement serves every request of a shape; constants stay literals in the text, where
-    the planner can match them against partial indexes.
+    the planner can match them against partial indexes. `prepare=False` for reads of the partitioned reading
+    tables: before PostgreSQL 17 a generic plan locks every partition (and its indexes) on each execution,
+    where a custom plan locks only the weeks it reads.
     """
     if connection.vendor != "postgresql":
         with connection.cursor() as db:
             db.execute(sql, params)
             return db.fetchall()
     with connection.wrap_database_errors:
-        return execute_bound(sql, params, prepare=True).fetchall()
+        return execute_bound(sql, params, prepare=prepare).fetchall()
 
 
 def execute_bound(sql: str, params: Any, *, prepare: bool = False) -> Any:

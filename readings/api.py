@@ -195,6 +195,8 @@ class KeysetQuery:
     filters: tuple[tuple[str, str], ...]
     key: tuple[str, ...]
     columns: tuple[str, ...]
+    # A prepared statement (loopsync.rawsql.fetch_rows); not for the partitioned reading tables.
+    prepare: bool = True
 
     @cached_property
     def _fields(self) -> dict[str, Field[Any, Any]]:
@@ -247,7 +249,7 @@ class KeysetQuery:
             last = _decode_cursor(raw_cursor, self._cursor_decoders)
             sql += after
             params += _adapted(self._key_adapters, last)
-        rows = fetch_rows(f"{sql}{order}", [*params, page_size + 1])
+        rows = fetch_rows(f"{sql}{order}", [*params, page_size + 1], prepare=self.prepare)
         more = len(rows) > page_size
         columns = self.columns
         results = [dict(zip(columns, row, strict=True)) for row in rows[:page_size]]
@@ -393,6 +395,7 @@ class ReadingsView(PatientAPIView):
         (("patient", "="), ("metric", "="), ("measured_at", ">="), ("measured_at", "<")),
         ("metric", "source", "source_type", "measured_at"),
         ("metric", "source", "source_type", "measured_at", "end_at", "value", "unit"),
+        prepare=False,
     )
 
     @extend_schema(
@@ -431,6 +434,7 @@ class GlucoseView(PatientAPIView):
             "trend_rate",
             "device",
         ),
+        prepare=False,
     )
 
     @extend_schema(

@@ -97,6 +97,11 @@ def test_the_hot_api_reads_are_prepared_once_and_run_on_a_generic_plan(clerk) ->
         response = client.post("/api/patient-graph/wearables/sync", {"source": "oura"}, format="json")
         assert response.status_code == 202 and response.json()["id"] == queued.pk
 
+    for _ in range(6):
+        for endpoint in ("readings?metric=heart_rate", "glucose"):
+            assert client.get(f"/api/patient-graph/wearables/{endpoint}").status_code == 200
+    # Partitioned tables: a generic plan would lock every weekly partition on each execution.
+    assert _prepared("patient_wearable_readings") == _prepared("patient_glucose_readings") == []
     for table in ("patient_wearable_daily_stats", "wearable_sync_requests"):
         plans = _prepared(table)
         assert len(plans) == 1, (table, plans)
