@@ -10,6 +10,7 @@ import sys
 import weakref
 from datetime import UTC, date, datetime
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from django.db import connection
@@ -132,7 +133,11 @@ def test_a_prepared_read_still_works_after_a_rollback() -> None:
 def test_db_prepared_statements_turns_them_off_for_a_transaction_pooler(setting: str, prepared: int) -> None:
     """Behind a PgBouncer in transaction mode a prepared statement may be missing on the next server
     connection: DB_PREPARED_STATEMENTS=false must keep every statement unnamed."""
-    url = "postgres://{USER}@{HOST}:{PORT}/postgres".format(**connection.settings_dict)
+    db = connection.settings_dict
+    # The server's `postgres` database: the script reads no table, and the test database is this process's.
+    login = quote(db["USER"]) + (f":{quote(db['PASSWORD'])}" if db["PASSWORD"] else "")
+    port = f":{db['PORT']}" if db["PORT"] else ""
+    url = f"postgres://{login}@{quote(db['HOST'])}{port}/postgres"
     script = (
         "from django.db import connection;"
         "from loopsync.rawsql import fetch_rows;"
