@@ -87,13 +87,41 @@ def fetch_rows(sql: str, params: Sequence[Any], *, prepare: bool = True) -> list
 def execute_bound(sql: str, params: Any, *, prepare: bool = False) -> Any:
     """PostgreSQL: run one statement with its parameters sent apart from the text (a named parameter used
     several times travels once; Django's own cursor pastes every use in as a literal); returns the cursor.
-    `prepare`: keep it prepared on this connection (small reads run on every request, not one-off scans,
-    whose generic plan could be poor)."""
+    `prepare`: a read run on every request, kept prepared on this connection (not one-off scans, whose
+    generic plan could be poor), and run once more on a new connection when the kept one has gone stale."""
+    import psycopg
+
     connection.ensure_connection()
     with connection.wrap_database_errors:
-        cursor = _server_binding_cursor()
-        cursor.execute(sql, params, prepare=prepare)
-        return cursor
+        try:
+            return _execute(sql, params, prepare)
+        except (psycopg.OperationalError, psycopg.errors.FeatureNotSupported) as exc:
+            if not (prepare and _stale(exc)) or connection.in_atomic_block:
+                raise
+        # Connections are kept between requests (DB_CONN_MAX_AGE), and this is often a request's only query:
+        # a server restart or idle timeout, or a migration run by another process that changed a column a
+        # prepared statement returns ("cached plan must not change result type", which psycopg would hit on
+        # every later call), would otherwise fail every request of this worker until the connection ages
+        # out. A read outside a transaction is safe to run again; Django's own per-request health check
+        # would cost a round trip on every request instead.
+        connection.close()
+        connection.ensure_connection()
+        return _execute(sql, params, prepare)
+
+
+def _execute(sql: str, params: Any, prepare: bool) -> Any:
+    cursor = _server_binding_cursor()
+    cursor.execute(sql, params, prepare=prepare)
+    return cursor
+
+
+def _stale(exc: Exception) -> bool:
+    """The kept connection is gone, or holds a prepared statement whose result type a migration changed."""
+    import psycopg
+
+    if isinstance(exc, psycopg.errors.FeatureNotSupported):
+        return True
+    return bool(connection.connection is None or connection.connection.closed)
 
 
 def _server_binding_cursor() -> Any:
@@ -104,8 +132,13 @@ def _server_binding_cursor() -> Any:
     held = getattr(connection, "_loopsync_cursor", None)
     if held is None or held[0] is not raw or held[1].closed:
         import psycopg
+        from psycopg.types.numeric import Int8Dumper
 
-        held = (raw, psycopg.Cursor(raw))
+        cursor = psycopg.Cursor(raw)
+        # psycopg types an int by its size (smallint, integer, bigint), and the type is part of a prepared
+        # statement's key: patient 40000 would get a second statement and plan beside patient 4000's.
+        cursor.adapters.register_dumper(int, Int8Dumper)
+        held = (raw, cursor)
         connection._loopsync_cursor = held  # type: ignore[attr-defined]
     return held[1]
 

@@ -10,6 +10,7 @@ import sys
 import weakref
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -85,7 +86,12 @@ def test_the_hot_api_reads_are_prepared_once_and_run_on_a_generic_plan(clerk) ->
         for d in range(1, 11)
     )
     queued = SyncRequest.objects.create(patient=patient, source="oura")
+    # An id past smallint: psycopg would type it integer, and a second statement would be prepared.
+    other = Patient.objects.create(id=patient.pk + 40_000, time_zone="UTC", clerk_user_id="user_prepared_2")
+    other_queued = SyncRequest.objects.create(patient=other, source="oura")
+    other_client = client_for(clerk.mint("user_prepared_2"))
     client = client_for(clerk.mint("user_prepared"))
+    daily_stats = "/api/patient-graph/wearables/daily-stats"
 
     for page_size in (3, 4, 5, 3, 4, 5, 3, 4):
         response = client.get(
@@ -97,6 +103,9 @@ def test_the_hot_api_reads_are_prepared_once_and_run_on_a_generic_plan(clerk) ->
         ]
         response = client.post("/api/patient-graph/wearables/sync", {"source": "oura"}, format="json")
         assert response.status_code == 202 and response.json()["id"] == queued.pk
+        response = other_client.post("/api/patient-graph/wearables/sync", {"source": "oura"}, format="json")
+        assert response.status_code == 202 and response.json()["id"] == other_queued.pk
+        assert other_client.get(daily_stats, {"metric": "heart_rate"}).json()["results"] == []
 
     for _ in range(6):
         for endpoint in ("readings?metric=heart_rate", "glucose"):
@@ -116,16 +125,66 @@ def test_the_hot_api_reads_are_prepared_once_and_run_on_a_generic_plan(clerk) ->
     assert "sync_request_one_active_per_source" in plan, plan
 
 
+def _other_connection() -> Any:
+    import psycopg
+
+    db = connection.settings_dict
+    return psycopg.connect(
+        host=db["HOST"],
+        port=db["PORT"] or None,
+        user=db["USER"],
+        password=db["PASSWORD"] or None,
+        dbname=connection.connection.info.dbname,
+        autocommit=True,
+    )
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's")
-def test_a_prepared_read_still_works_after_a_rollback() -> None:
-    from django.db import transaction
+def test_a_prepared_read_survives_a_migration_run_by_another_process() -> None:
+    """A deploy migrates while the old workers still serve: a column type changed under a prepared statement
+    fails it ("cached plan must not change result type") on every later call of that kept connection."""
+    with connection.cursor() as db:
+        db.execute("CREATE TABLE rawsql_probe (id int PRIMARY KEY, name varchar(10))")
+        db.execute("INSERT INTO rawsql_probe VALUES (1, 'a')")
+    try:
+        assert fetch_rows("SELECT name FROM rawsql_probe WHERE id = %s", [1]) == [("a",)]
+        with _other_connection() as other:
+            other.execute("ALTER TABLE rawsql_probe ALTER COLUMN name TYPE text")
 
-    assert fetch_rows("SELECT %s::int + 1", [1]) == [(2,)]
-    with pytest.raises(ZeroDivisionError), transaction.atomic():
-        fetch_rows("SELECT %s::int + 1", [2])
-        raise ZeroDivisionError
-    assert fetch_rows("SELECT %s::int + 1", [3]) == [(4,)]
+        assert fetch_rows("SELECT name FROM rawsql_probe WHERE id = %s", [1]) == [("a",)]
+        assert fetch_rows("SELECT name FROM rawsql_probe WHERE id = %s", [1]) == [("a",)]
+    finally:
+        with connection.cursor() as db:
+            db.execute("DROP TABLE rawsql_probe")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the reused cursor is PostgreSQL's")
+def test_a_kept_connection_the_server_closed_is_replaced_for_a_read() -> None:
+    """A server restart or idle timeout between requests: the read runs again on a new connection instead
+    of failing the request."""
+    assert fetch_rows("SELECT %s::int", [1]) == [(1,)]
+    backend = connection.connection.info.backend_pid
+    with _other_connection() as other:
+        other.execute("SELECT pg_terminate_backend(%s)", [backend])
+
+    assert fetch_rows("SELECT %s::int", [2]) == [(2,)]
+    assert connection.connection.info.backend_pid != backend
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the reused cursor is PostgreSQL's")
+def test_a_lost_connection_inside_a_transaction_is_an_error_not_a_retry() -> None:
+    """Inside a transaction the earlier statements went with the connection: running the read again on a
+    new one would hide that."""
+    from django.db import OperationalError, transaction
+
+    with pytest.raises(OperationalError), transaction.atomic():
+        fetch_rows("SELECT %s::int", [1])
+        with _other_connection() as other:
+            other.execute("SELECT pg_terminate_backend(%s)", [connection.connection.info.backend_pid])
+        fetch_rows("SELECT %s::int", [2])
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's")
