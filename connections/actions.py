@@ -6,11 +6,13 @@ Each function owns its transaction and its audit row (a SyncEvent); callers stay
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
 from django.core.cache import cache
+from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django_q.tasks import async_task
@@ -316,7 +318,9 @@ def _active_sync_request(patient_id: int, source: str) -> SyncRequest | None:
 
 # Literals, not parameters: the read is a prepared statement (loopsync.rawsql), and only with these constants
 # in its text can the generic plan use the partial unique index, whose predicate they are.
-_IS_ACTIVE = f"status IN ({', '.join(repr(str(status)) for status in ACTIVE_SYNC_REQUEST_STATUSES)})"
+if not all(re.fullmatch("[a-z_]+", status) for status in ACTIVE_SYNC_REQUEST_STATUSES):
+    raise ImproperlyConfigured("sync request statuses must be plain words to be SQL literals")
+_IS_ACTIVE = "status IN (" + ", ".join(f"'{status}'" for status in ACTIVE_SYNC_REQUEST_STATUSES) + ")"
 
 
 def _replay(patient: Patient, source: str, idempotency_key: str) -> ManualSyncOutcome | None:

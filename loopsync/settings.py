@@ -95,7 +95,8 @@ elif _default_db["ENGINE"] == "django.db.backends.postgresql":
     # Django turns psycopg's prepared statements off for transaction-pooling PgBouncers. On a direct connection
     # the consumer API's hot reads (loopsync.rawsql.fetch_rows, the only statements prepared) skip PostgreSQL's
     # parse and plan: the daily-stats page went from 0.30 to 0.13 ms. ORM queries use client-side binding and
-    # are never prepared. Set false behind a PgBouncer in transaction mode older than 1.21.
+    # are never prepared. Set false behind a PgBouncer in transaction mode older than 1.22 (psycopg clears
+    # its statements with DEALLOCATE ALL after a rollback) or without max_prepared_statements.
     if env_bool("DB_PREPARED_STATEMENTS", True):
         _default_db["OPTIONS"]["prepare_threshold"] = PREPARE_ONLY_WHEN_ASKED
 DATABASES = {"default": _default_db}
