@@ -199,10 +199,15 @@ def main() -> None:
         "--warmup", type=int, default=10, help="seconds of POSTs before measuring (fills caches)"
     )
     parser.add_argument(
-        "--rounds", type=int, default=3, help="interleaved rounds; each figure is the median over them"
+        "--rounds",
+        type=int,
+        default=3,
+        help="interleaved rounds, each in another order; each figure is the median over them",
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: apt-get install -y wrk")
     ensure_database(os.environ["DATABASE_URL"])
@@ -285,12 +290,15 @@ def main() -> None:
                 ),
                 "manual_sync": (base, "POST", "/api/patient-graph/wearables/sync", tokens, sources),
             }
-            # Rounds interleave the endpoints (ping, daily_stats, manual_sync, ping, ...) and each ratio is taken
-            # within its round: a shared machine's drift between the first and the last run then moves the
+            # Rounds interleave the endpoints (ping, daily_stats, manual_sync, daily_stats, manual_sync, ping, ...)
+            # and each ratio is taken within its round: a shared machine's drift between the first and the last run then moves the
             # reference too, instead of showing up as a difference between endpoints.
             rounds: list[dict[str, dict]] = []
-            for _ in range(args.rounds):
-                measured = {name: run_wrk(*endpoint, args) for name, endpoint in endpoints.items()}
+            names = list(endpoints)
+            for round_index in range(args.rounds):
+                # Each round starts with another endpoint, so drift within a round favours none of them.
+                order = names[round_index % len(names) :] + names[: round_index % len(names)]
+                measured = {name: run_wrk(*endpoints[name], args) for name in order}
                 for figures in measured.values():
                     figures["ratio_to_ping"] = figures["req_per_s"] / measured["ping"]["req_per_s"]
                 rounds.append(measured)
@@ -298,7 +306,7 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=30)
-    results = {name: median_figures([r[name] for r in rounds]) for name in rounds[0]}
+    results = {name: median_figures([r[name] for r in rounds]) for name in endpoints}
     results["manual_sync"]["junction_lookups"] = junction_lookups
     if args.json:
         print(json.dumps(results, indent=2))
