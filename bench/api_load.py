@@ -10,9 +10,9 @@ Three endpoints on the same server, one after the other, each for --duration sec
                 source resolution, the patient row lock, single flight: the first POST of a patient queues a
                 sync, the rest return it)
 Each request carries the token of one of --patients patients (random), as the consumer app would.
-The three run --rounds times, interleaved; each ratio is taken within its round.
-Reported: the median over the rounds of req/s, p50 and p99 latency, non-2xx count, and each endpoint's
-throughput / ping's (with every round's ratio).
+The three run --rounds times, interleaved, each round starting with another endpoint; each ratio is taken
+within its round. Reported: the median over the rounds of req/s, p50 and p99 latency and each endpoint's
+throughput / ping's (with every round's ratio), and the total of non-2xx responses.
 Target: daily_stats and manual_sync >= 0.5 x ping.
 """
 
@@ -290,9 +290,9 @@ def main() -> None:
                 ),
                 "manual_sync": (base, "POST", "/api/patient-graph/wearables/sync", tokens, sources),
             }
-            # Rounds interleave the endpoints (ping, daily_stats, manual_sync, daily_stats, manual_sync, ping, ...)
-            # and each ratio is taken within its round: a shared machine's drift between the first and the last run then moves the
-            # reference too, instead of showing up as a difference between endpoints.
+            # Rounds interleave the endpoints and each ratio is taken within its round: a shared machine's drift
+            # between the first and the last run then moves the reference too, instead of showing up as a
+            # difference between endpoints.
             rounds: list[dict[str, dict]] = []
             names = list(endpoints)
             for round_index in range(args.rounds):
