@@ -30,18 +30,6 @@ from readings.store import store_batch
 MAX_ROWS_PER_REQUEST = 50_000
 MAX_ERRORS_REPORTED = 20
 
-READING_FIELDS = ("metric", "source", "source_type", "measured_at", "end_at", "value", "unit")
-GLUCOSE_FIELDS = (
-    "source",
-    "measured_at",
-    "value_mg_dl",
-    "original_value",
-    "original_unit",
-    "trend",
-    "trend_rate",
-    "device",
-)
-
 
 class ReadingIn(serializers.Serializer):
     metric = serializers.CharField(max_length=40)
