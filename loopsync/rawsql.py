@@ -8,8 +8,10 @@ from datetime import UTC, date, datetime
 from functools import cache
 from typing import Any, TypeVar
 
+import psycopg
 from django.db import connection
 from django.db.models import DateField, DateTimeField, Field, Model
+from psycopg.types.numeric import Int8Dumper
 
 M = TypeVar("M", bound=Model)
 
@@ -89,8 +91,6 @@ def execute_bound(sql: str, params: Any, *, prepare: bool = False) -> Any:
     several times travels once; Django's own cursor pastes every use in as a literal); returns the cursor.
     `prepare`: a read run on every request, kept prepared on this connection (not one-off scans, whose
     generic plan could be poor), and run once more on a new connection when the kept one has gone stale."""
-    import psycopg
-
     connection.ensure_connection()
     with connection.wrap_database_errors:
         try:
@@ -117,8 +117,6 @@ def _execute(sql: str, params: Any, prepare: bool) -> Any:
 
 def _stale(exc: Exception) -> bool:
     """The kept connection is gone, or holds a prepared statement whose result type a migration changed."""
-    import psycopg
-
     if isinstance(exc, psycopg.errors.FeatureNotSupported):
         return True
     return bool(connection.connection is None or connection.connection.closed)
@@ -131,9 +129,6 @@ def _server_binding_cursor() -> Any:
     raw = connection.connection
     held = getattr(connection, "_loopsync_cursor", None)
     if held is None or held[0] is not raw or held[1].closed:
-        import psycopg
-        from psycopg.types.numeric import Int8Dumper
-
         cursor = psycopg.Cursor(raw)
         # psycopg types an int by its size (smallint, integer, bigint), and the type is part of a prepared
         # statement's key: patient 40000 would get a second statement and plan beside patient 4000's.
