@@ -16,6 +16,7 @@ import pytest
 from django.db import connection
 
 from connections.models import Patient, SyncRequest
+from loopsync import rawsql
 from loopsync.rawsql import fetch_rows, first_instance, select_fields
 from tests.api_helpers import client_for
 
@@ -26,20 +27,22 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="the reused cursor is PostgreSQL's")
 def test_a_closed_connection_is_not_kept_alive_by_the_reused_cursor() -> None:
     import psycopg
+    from psycopg.adapt import Transformer
 
-    fetch_rows("SELECT 1", [])
+    fetch_rows("SELECT 1", [])  # a prepared statement
+    fetch_rows("SELECT 1", [], prepare=False)  # the reused cursor
     first = connection.connection
     connection.close()
 
     assert fetch_rows("SELECT %s", [2]) == [(2,)]
     gc.collect()
     # Not "nothing refers to it": a traceback kept by an earlier test may still hold a Django cursor of it.
-    # Nothing of ours may: the reused cursor (a plain psycopg.Cursor) and the (connection, cursor) pair.
+    # Nothing of ours may: the reused cursor (a plain psycopg.Cursor), the prepared statements' state, and
+    # their adaptation context.
     ours = [
         referrer
         for referrer in gc.get_referrers(first)
-        if type(referrer) is psycopg.Cursor
-        or (type(referrer) is tuple and any(type(item) is psycopg.Cursor for item in referrer))
+        if type(referrer) in (psycopg.Cursor, rawsql._ConnectionReads, rawsql._AdaptContext, Transformer)
     ]
     assert ours == []
 
@@ -62,12 +65,13 @@ def test_first_instance_returns_what_the_orm_returns() -> None:
     assert fetch_rows("SELECT %s", [date(2026, 3, 1)])
 
 
-def _prepared(table: str) -> list[tuple[str, int, int]]:
-    """(name, generic plans, custom plans) of this session's prepared statements reading `table`."""
+def _prepared(table: str, where: str = "") -> list[tuple[str, int, int]]:
+    """(name, generic plans, custom plans) of this session's prepared statements reading `table` (and whose
+    WHERE clause starts with `where`). Statements outlive the rollback that ends each test."""
     with connection.cursor() as db:
         db.execute(
             "SELECT name, generic_plans, custom_plans FROM pg_prepared_statements WHERE statement LIKE %s",
-            [f'%FROM "{table}"%'],
+            [f'%FROM "{table}"{f" WHERE {where}" if where else ""}%'],
         )
         return db.fetchall()
 
@@ -121,8 +125,8 @@ def test_the_hot_api_reads_are_prepared_once_and_run_on_a_generic_plan(clerk) ->
             assert client.get(f"/api/patient-graph/wearables/{endpoint}").status_code == 200
     # Partitioned tables: a generic plan would lock every weekly partition on each execution.
     assert _prepared("patient_wearable_readings") == _prepared("patient_glucose_readings") == []
-    for table in ("patient_wearable_daily_stats", "wearable_sync_requests"):
-        plans = _prepared(table)
+    for table, where in (("patient_wearable_daily_stats", ""), ("wearable_sync_requests", "patient_id")):
+        plans = _prepared(table, where)
         assert len(plans) == 1, (table, plans)
         name, generic, custom = plans[0]
         assert generic >= 1 and custom <= 5, (table, plans)
@@ -194,6 +198,72 @@ def test_a_lost_connection_inside_a_transaction_is_an_error_not_a_retry() -> Non
         with _other_connection() as other:
             other.execute("SELECT pg_terminate_backend(%s)", [connection.connection.info.backend_pid])
         fetch_rows("SELECT %s::int", [2])
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's")
+def test_a_statement_deallocated_behind_our_back_is_prepared_again() -> None:
+    """A pooler's DISCARD ALL, or psycopg's DEALLOCATE ALL after a rollback of statements it prepared itself:
+    outside a transaction the read is run again; inside one it is an error (the transaction is aborted), and
+    the next read prepares the statement again."""
+    from django.db import ProgrammingError, transaction
+
+    assert fetch_rows("SELECT %s::int + 1", [1]) == [(2,)]
+    with connection.cursor() as db:
+        db.execute("DEALLOCATE ALL")
+    assert fetch_rows("SELECT %s::int + 1", [2]) == [(3,)]
+
+    with pytest.raises(ProgrammingError, match="does not exist"), transaction.atomic():
+        connection.cursor().execute("DEALLOCATE ALL")
+        fetch_rows("SELECT %s::int + 1", [3])
+    assert fetch_rows("SELECT %s::int + 1", [4]) == [(5,)]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's")
+def test_a_read_first_in_a_transaction_runs_inside_it() -> None:
+    """psycopg sends BEGIN with the first statement it runs: a prepared read sent straight through libpq
+    first would run on its own, outside the transaction Django opened."""
+    from django.db import transaction
+
+    with transaction.atomic():
+        [(xid,)] = fetch_rows("SELECT pg_current_xact_id()::text", [])
+        [(again,)] = fetch_rows("SELECT pg_current_xact_id_if_assigned()::text", [])
+        with connection.cursor() as db:
+            db.execute("SELECT pg_current_xact_id_if_assigned()::text")
+            assert db.fetchone()[0] == again == xid
+
+
+@pytest.mark.django_db
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's")
+def test_a_failing_prepared_read_raises_djangos_error_and_the_statement_stays_usable() -> None:
+    from django.db import DataError, transaction
+
+    sql = "SELECT 10 / %s::int"
+    assert fetch_rows(sql, [5]) == [(2,)]
+    with pytest.raises(DataError, match="division by zero"), transaction.atomic():  # a savepoint
+        fetch_rows(sql, [0])
+    assert fetch_rows(sql, [2]) == [(5,)]
+    assert len(_statements_like("SELECT 10 /")) == 1
+
+
+@pytest.mark.django_db
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's")
+def test_placeholders_must_match_the_parameters() -> None:
+    import psycopg
+
+    with pytest.raises(psycopg.ProgrammingError, match="2 placeholders, 1 given"):
+        rawsql._ConnectionReads.prepared_rows(None, "SELECT %s, %s", [1])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="placeholders only"):
+        rawsql._numbered("SELECT %(name)s")
+    assert rawsql._numbered("SELECT %s, '100%%', %s") == (b"SELECT $1, '100%', $2", 2)
+    assert fetch_rows("SELECT %s || '%%'", ["100"]) == [("100%",)]
+
+
+def _statements_like(text: str) -> list[str]:
+    with connection.cursor() as db:
+        db.execute("SELECT name FROM pg_prepared_statements WHERE statement LIKE %s", [f"{text}%"])
+        return [row[0] for row in db.fetchall()]
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's")
