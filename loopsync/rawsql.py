@@ -3,6 +3,7 @@ indexed read itself. Values come back as Django would return them on either data
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
@@ -86,15 +87,17 @@ def fetch_rows(sql: str, params: Sequence[Any], *, prepare: bool = True) -> list
         with connection.cursor() as db:
             db.execute(sql, params)
             return db.fetchall()
-    if not (prepare and settings.DB_PREPARED_STATEMENTS):
-        with connection.wrap_database_errors:
-            return execute_bound(sql, params).fetchall()
+    prepared = prepare and settings.DB_PREPARED_STATEMENTS
     connection.ensure_connection()
     with connection.wrap_database_errors:
         try:
-            return _prepared_rows(sql, params)
+            return _rows(sql, params, prepared)
         except psycopg.OperationalError:
-            if connection.in_atomic_block or not connection.connection.closed:
+            if (
+                connection.in_atomic_block
+                or not connection.get_autocommit()
+                or not connection.connection.closed
+            ):
                 raise
         # Connections are kept between requests (DB_CONN_MAX_AGE), and this is often a request's only query:
         # after a server restart or an idle timeout it would fail every request of this worker until the
@@ -102,7 +105,7 @@ def fetch_rows(sql: str, params: Sequence[Any], *, prepare: bool = True) -> list
         # health check would cost a round trip on every request instead.
         connection.close()
         connection.ensure_connection()
-        return _prepared_rows(sql, params)
+        return _rows(sql, params, prepared)
 
 
 def execute_bound(sql: str, params: Any) -> Any:
@@ -115,25 +118,33 @@ def execute_bound(sql: str, params: Any) -> Any:
         return cursor
 
 
-def _prepared_rows(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+def _rows(sql: str, params: Sequence[Any], prepared: bool) -> list[tuple[Any, ...]]:
     reads = _reads()
-    if not reads.raw.autocommit and reads.raw.pgconn.transaction_status == pq.TransactionStatus.IDLE:
-        # Django opened a transaction (atomic) and nothing has run in it yet: psycopg sends the BEGIN with
-        # the first statement it runs itself, and this read must be inside that transaction.
-        return execute_bound(sql, params).fetchall()
+    if not prepared or (
+        not reads.raw.autocommit and reads.raw.pgconn.transaction_status == pq.TransactionStatus.IDLE
+    ):
+        # Unprepared; or Django opened a transaction (atomic) and nothing has run in it yet: psycopg sends the
+        # BEGIN with the first statement it runs itself, and this read must be inside that transaction.
+        return reads.cursor.execute(sql, params).fetchall()
     return reads.prepared_rows(sql, params)
 
 
 def _reads() -> _ConnectionReads:
-    """The plain-SQL state of the connection's current psycopg connection. Kept on Django's wrapper (one per
-    thread), so a reconnect replaces it and a closed connection is not kept alive beyond the next call.
-    These reads bypass Django's cursor wrapper: no execute_wrappers, not in `connection.queries`."""
+    """The plain-SQL state of the connection's current psycopg connection, kept on that connection: its
+    statements exist there and nowhere else (a connection from a pool keeps them between checkouts), and
+    the two are freed together when Django drops the connection. These reads bypass Django's cursor wrapper:
+    no execute_wrappers, not in `connection.queries`."""
     raw = connection.connection
-    held = getattr(connection, "_loopsync_reads", None)
-    if held is None or held.raw is not raw:
-        held = _ConnectionReads(raw)
-        connection._loopsync_reads = held  # type: ignore[attr-defined]
-    return held
+    reads = getattr(raw, "_loopsync_reads", None)
+    if reads is None:
+        reads = _ConnectionReads(raw)
+        raw._loopsync_reads = reads
+    return reads
+
+
+# Statement names are unique in the process, not only per connection: a name can then never meet a connection
+# that already has it, whatever keeps our state.
+_statement_numbers = itertools.count(1)
 
 
 class _ConnectionReads:
@@ -147,38 +158,40 @@ class _ConnectionReads:
     call (which releases the GIL while it waits), one load of the rows, with psycopg's own adapters, so values
     are exactly what a psycopg cursor returns.
 
-    Names are ours (`loopsync_N`), so psycopg never deallocates them: it clears only statements it prepared
-    itself. Protocol-level statements outlive a rollback; one that is gone anyway (a pooler's DISCARD ALL) or
-    whose result type a migration changed ("cached plan must not change result type") is prepared again, and
-    the read run again when no transaction was open. The statements come from a handful of code paths, so
-    they are never evicted: they live as long as the connection.
+    Names are ours (`loopsync_N`). psycopg deallocates only what it prepared itself, and it prepares nothing
+    while its `prepare_threshold` is None (Django's default; a system check keeps it so). Protocol-level
+    statements outlive a rollback; one that is gone anyway (a pooler's DISCARD ALL) or whose result type a
+    migration changed ("cached plan must not change result type") is prepared again, and the read run again
+    when no transaction was open. Statements are never evicted: callers pass fixed SQL texts (no
+    variable-length IN lists), a handful of them, and they live as long as the connection.
     """
 
-    __slots__ = ("raw", "_cursor", "transformer", "names", "made")
+    __slots__ = ("raw", "_cursor", "transformer", "names")
 
     def __init__(self, raw: psycopg.Connection[Any]) -> None:
         self.raw = raw
         self._cursor: psycopg.Cursor[Any] | None = None
         self.transformer = Transformer(_AdaptContext(raw))
         self.names: dict[tuple[bytes, tuple[int, ...]], bytes] = {}
-        self.made = 0
 
     @property
     def cursor(self) -> psycopg.Cursor[Any]:
-        """Made once: a cursor made per call cost more client CPU than a prepared read."""
+        """Made once (a cursor made per call cost more client CPU than a prepared read), binding ints as
+        bigint like the prepared path (see _AdaptContext)."""
         if self._cursor is None or self._cursor.closed:
             self._cursor = psycopg.Cursor(self.raw)
+            self._cursor.adapters.register_dumper(int, Int8Dumper)
         return self._cursor
 
     def prepared_rows(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         query, placeholders = _numbered(sql)
         if len(params) != placeholders:
             raise psycopg.ProgrammingError(f"the query has {placeholders} placeholders, {len(params)} given")
-        tx = self.transformer
-        values = tx.dump_sequence(params, [PyFormat.AUTO] * len(params))
-        key = (query, tx.types)
         pgconn = self.raw.pgconn
+        tx = self.transformer
         with self.raw.lock:
+            values = tx.dump_sequence(params, [PyFormat.AUTO] * len(params))
+            key = (query, tx.types)
             for attempt in (1, 2):
                 name = self.names.get(key) or self._prepare(key)
                 result = pgconn.exec_prepared(name, values, tx.formats)
@@ -189,16 +202,15 @@ class _ConnectionReads:
                 if not isinstance(error, _STALE_STATEMENT):
                     raise error
                 del self.names[key]
-                # Outside a transaction the failed read changed nothing: drop the statement and run it again.
-                if attempt == 2 or pgconn.transaction_status != pq.TransactionStatus.IDLE:
-                    raise error
                 if isinstance(error, _PLAN_CHANGED):
                     self._drop(name)
+                # Outside a transaction the failed read changed nothing: run it again on a new statement.
+                if attempt == 2 or pgconn.transaction_status != pq.TransactionStatus.IDLE:
+                    raise error
         raise AssertionError("unreachable")
 
     def _prepare(self, key: tuple[bytes, tuple[int, ...]]) -> bytes:
-        self.made += 1
-        name = f"loopsync_{self.made}".encode()
+        name = f"loopsync_{next(_statement_numbers)}".encode()
         result = self.raw.pgconn.prepare(name, key[0], key[1])
         if result.status != pq.ExecStatus.COMMAND_OK:
             raise self._error(result)
@@ -207,22 +219,27 @@ class _ConnectionReads:
 
     def _drop(self, name: bytes) -> None:
         """Deallocate a statement; its name is never reused, so a failure here only leaves it allocated."""
-        # The protocol's Close where libpq has it (17+): PgBouncer (1.21+) follows it, not DEALLOCATE <name>.
+        # The protocol's Close where libpq has it (17+): it works in an aborted transaction too, and PgBouncer
+        # (1.21+) follows it, where it does not understand DEALLOCATE <name>.
         if psycopg.capabilities.has_send_close_prepared():
             self.raw.pgconn.close_prepared(name)
-        else:
+        elif self.raw.pgconn.transaction_status == pq.TransactionStatus.IDLE:
             self.raw.pgconn.exec_(b"DEALLOCATE " + name)
 
     def _error(self, result: pq.abc.PGresult) -> psycopg.Error:
+        encoding = self.raw.info.encoding
         if result.status == pq.ExecStatus.COMMAND_OK:
             return psycopg.ProgrammingError("fetch_rows runs statements that return rows")
-        if self.raw.pgconn.status == pq.ConnStatus.BAD:
+        if self.raw.pgconn.status == pq.ConnStatus.BAD and not result.error_field(
+            pq.DiagnosticField.SQLSTATE
+        ):
             # libpq reports a lost connection as a result without a SQLSTATE; psycopg raises this class.
-            return psycopg.OperationalError(result.get_error_message(self.raw.info.encoding))
-        return psycopg.errors.error_from_result(result, encoding=self.raw.info.encoding)
+            return psycopg.OperationalError(result.get_error_message(encoding))
+        return psycopg.errors.error_from_result(result, encoding=encoding)
 
 
-# "prepared statement does not exist" and "cached plan must not change result type".
+# "prepared statement does not exist" and "cached plan must not change result type" (by SQLSTATE: the
+# message is in the server's language; another 0A000 at execution only costs a second try outside a transaction).
 _PLAN_CHANGED = psycopg.errors.FeatureNotSupported
 _STALE_STATEMENT = (psycopg.errors.InvalidSqlStatementName, _PLAN_CHANGED)
 

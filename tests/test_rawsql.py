@@ -7,6 +7,7 @@ import gc
 import os
 import subprocess
 import sys
+import weakref
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -25,26 +26,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="the reused cursor is PostgreSQL's")
-def test_a_closed_connection_is_not_kept_alive_by_the_reused_cursor() -> None:
-    import psycopg
-    from psycopg.adapt import Transformer
-
+def test_a_closed_connection_is_freed_with_our_state_on_it() -> None:
+    """Our cursor and statements hang off the psycopg connection they belong to: nothing of ours may keep a
+    connection Django closed alive (a connection per DB_CONN_MAX_AGE would otherwise pile up)."""
+    connection.close()  # a connection of this test's own, which no earlier test can hold
     fetch_rows("SELECT 1", [])  # a prepared statement
     fetch_rows("SELECT 1", [], prepare=False)  # the reused cursor
-    first = connection.connection
+    first = weakref.ref(connection.connection)
     connection.close()
 
     assert fetch_rows("SELECT %s", [2]) == [(2,)]
     gc.collect()
-    # Not "nothing refers to it": a traceback kept by an earlier test may still hold a Django cursor of it.
-    # Nothing of ours may: the reused cursor (a plain psycopg.Cursor), the prepared statements' state, and
-    # their adaptation context.
-    ours = [
-        referrer
-        for referrer in gc.get_referrers(first)
-        if type(referrer) in (psycopg.Cursor, rawsql._ConnectionReads, rawsql._AdaptContext, Transformer)
-    ]
-    assert ours == []
+    assert first() is None
 
 
 @pytest.mark.django_db
@@ -157,6 +150,8 @@ def _other_connection() -> Any:
 def test_a_prepared_read_survives_a_migration_run_by_another_process() -> None:
     """A deploy migrates while the old workers still serve: a column type changed under a prepared statement
     fails it ("cached plan must not change result type") on every later call of that kept connection."""
+    from django.db import NotSupportedError, transaction
+
     with connection.cursor() as db:
         db.execute("CREATE TABLE rawsql_probe (id int PRIMARY KEY, name varchar(10))")
         db.execute("INSERT INTO rawsql_probe VALUES (1, 'a')")
@@ -167,6 +162,17 @@ def test_a_prepared_read_survives_a_migration_run_by_another_process() -> None:
 
         assert fetch_rows("SELECT name FROM rawsql_probe WHERE id = %s", [1]) == [("a",)]
         assert fetch_rows("SELECT name FROM rawsql_probe WHERE id = %s", [1]) == [("a",)]
+        assert len(_statements_like("SELECT name FROM rawsql_probe")) == 1  # the stale one closed
+
+        # Inside a transaction the read fails (it cannot be run again there); the stale statement is still
+        # closed, and the next read prepares a new one.
+        with _other_connection() as other:
+            other.execute("ALTER TABLE rawsql_probe ALTER COLUMN name TYPE varchar(20)")
+        with pytest.raises(NotSupportedError, match="cached plan"), transaction.atomic():
+            connection.cursor().execute("SELECT 1")
+            fetch_rows("SELECT name FROM rawsql_probe WHERE id = %s", [1])
+        assert _statements_like("SELECT name FROM rawsql_probe") == []
+        assert fetch_rows("SELECT name FROM rawsql_probe WHERE id = %s", [1]) == [("a",)]
     finally:
         with connection.cursor() as db:
             db.execute("DROP TABLE rawsql_probe")
@@ -174,9 +180,11 @@ def test_a_prepared_read_survives_a_migration_run_by_another_process() -> None:
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="the reused cursor is PostgreSQL's")
-def test_a_kept_connection_the_server_closed_is_replaced_for_a_read() -> None:
+@pytest.mark.parametrize("prepared", [True, False])
+def test_a_kept_connection_the_server_closed_is_replaced_for_a_read(prepared: bool, settings) -> None:  # type: ignore[no-untyped-def]
     """A server restart or idle timeout between requests: the read runs again on a new connection instead
-    of failing the request."""
+    of failing the request, with prepared statements on or off (behind a transaction pooler)."""
+    settings.DB_PREPARED_STATEMENTS = prepared
     assert fetch_rows("SELECT %s::int", [1]) == [(1,)]
     backend = connection.connection.info.backend_pid
     with _other_connection() as other:
@@ -250,10 +258,11 @@ def test_a_failing_prepared_read_raises_djangos_error_and_the_statement_stays_us
 @pytest.mark.django_db
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's")
 def test_placeholders_must_match_the_parameters() -> None:
-    import psycopg
+    from django.db import ProgrammingError, transaction
 
-    with pytest.raises(psycopg.ProgrammingError, match="2 placeholders, 1 given"):
-        rawsql._ConnectionReads.prepared_rows(None, "SELECT %s, %s", [1])  # type: ignore[arg-type]
+    with pytest.raises(ProgrammingError, match="2 placeholders, 1 given"), transaction.atomic():
+        connection.cursor().execute("SELECT 1")  # a transaction under way: the prepared path
+        fetch_rows("SELECT %s, %s", [1])
     with pytest.raises(ValueError, match="placeholders only"):
         rawsql._numbered("SELECT %(name)s")
     assert rawsql._numbered("SELECT %s, '100%%', %s") == (b"SELECT $1, '100%', $2", 2)
@@ -264,6 +273,44 @@ def _statements_like(text: str) -> list[str]:
     with connection.cursor() as db:
         db.execute("SELECT name FROM pg_prepared_statements WHERE statement LIKE %s", [f"{text}%"])
         return [row[0] for row in db.fetchall()]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's")
+def test_ints_are_bound_as_bigint_on_every_path() -> None:
+    """psycopg would type 200 as smallint, and 200 * 200 would overflow on one path and not another."""
+    from django.db import transaction
+
+    assert fetch_rows("SELECT %s * %s", [200, 200]) == [(40000,)]
+    assert fetch_rows("SELECT %s * %s", [200, 200], prepare=False) == [(40000,)]
+    with transaction.atomic():
+        assert fetch_rows("SELECT %s * %s", [200, 200]) == [(40000,)]  # first in it: psycopg's cursor
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's")
+def test_statement_names_never_clash_on_a_connection_that_already_has_ours() -> None:
+    """State rebuilt for a connection that keeps its statements (a pooled connection, say) prepares under
+    new names instead of failing on "prepared statement already exists"."""
+    assert fetch_rows("SELECT %s::int", [1]) == [(1,)]
+    del connection.connection._loopsync_reads
+
+    assert fetch_rows("SELECT %s::int", [2]) == [(2,)]
+    assert len(_statements_like("SELECT $1::int")) == 2
+
+
+def test_psycopgs_own_prepared_statements_fail_the_system_check(settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """psycopg would deallocate every statement of the connection, ours included, after each rollback."""
+    from connections.checks import loopsync_settings_check
+
+    options = settings.DATABASES["default"].setdefault("OPTIONS", {})
+    monkeypatch.setitem(options, "prepare_threshold", 5)
+    assert "connections.E003" in {m.id for m in loopsync_settings_check(None)}
+    settings.DB_PREPARED_STATEMENTS = False
+    assert "connections.E003" not in {m.id for m in loopsync_settings_check(None)}
+    monkeypatch.delitem(options, "prepare_threshold")
+    settings.DB_PREPARED_STATEMENTS = True
+    assert "connections.E003" not in {m.id for m in loopsync_settings_check(None)}
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's")
