@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import DateField, DateTimeField, Field, Model
 from psycopg import pq
-from psycopg.adapt import AdaptersMap, PyFormat, Transformer
+from psycopg.adapt import PyFormat, Transformer
 from psycopg.types.numeric import Int8Dumper
 
 M = TypeVar("M", bound=Model)
@@ -166,22 +166,18 @@ class _ConnectionReads:
     variable-length IN lists), a handful of them, and they live as long as the connection.
     """
 
-    __slots__ = ("raw", "_cursor", "transformer", "names")
+    __slots__ = ("raw", "cursor", "transformer", "names")
 
     def __init__(self, raw: psycopg.Connection[Any]) -> None:
         self.raw = raw
-        self._cursor: psycopg.Cursor[Any] | None = None
-        self.transformer = Transformer(_AdaptContext(raw))
+        # Made once (a cursor made per call cost more client CPU than a prepared read). Its adapters bind ints
+        # as bigint: psycopg types an int by its size (smallint, integer, bigint), the types are part of a
+        # statement's key (patient 40000 would get a second statement and plan beside patient 4000's), and
+        # 200 * 200 would overflow a smallint. The prepared path dumps with the same adapters.
+        self.cursor = psycopg.Cursor(raw)
+        self.cursor.adapters.register_dumper(int, Int8Dumper)
+        self.transformer = Transformer(self.cursor)
         self.names: dict[tuple[bytes, tuple[int, ...]], bytes] = {}
-
-    @property
-    def cursor(self) -> psycopg.Cursor[Any]:
-        """Made once (a cursor made per call cost more client CPU than a prepared read), binding ints as
-        bigint like the prepared path (see _AdaptContext)."""
-        if self._cursor is None or self._cursor.closed:
-            self._cursor = psycopg.Cursor(self.raw)
-            self._cursor.adapters.register_dumper(int, Int8Dumper)
-        return self._cursor
 
     def prepared_rows(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         query, placeholders = _numbered(sql)
@@ -242,19 +238,6 @@ class _ConnectionReads:
 # message is in the server's language; another 0A000 at execution only costs a second try outside a transaction).
 _PLAN_CHANGED = psycopg.errors.FeatureNotSupported
 _STALE_STATEMENT = (psycopg.errors.InvalidSqlStatementName, _PLAN_CHANGED)
-
-
-class _AdaptContext:
-    """psycopg's adapters of the connection, except that ints are bound as bigint: psycopg types an int by
-    its size (smallint, integer, bigint), and the types are part of a statement's key, so patient 40000
-    would get a second statement and plan beside patient 4000's."""
-
-    __slots__ = ("connection", "adapters")
-
-    def __init__(self, raw: psycopg.Connection[Any]) -> None:
-        self.connection = raw
-        self.adapters = AdaptersMap(raw.adapters)
-        self.adapters.register_dumper(int, Int8Dumper)
 
 
 @lru_cache(maxsize=256)

@@ -23,9 +23,19 @@ from tests.api_helpers import client_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# On SQLite fetch_rows is Django's own cursor: no statement is prepared, and no server connection is kept
+# (and so lost, or retried) by our code.
+POSTGRES_PREPARED = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="SQLite reads are not prepared: fetch_rows uses Django's cursor"
+)
+POSTGRES_CONNECTION_STATE = pytest.mark.skipif(
+    connection.vendor != "postgresql",
+    reason="SQLite keeps no server connection or state of ours to lose, free or retry",
+)
+
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="the reused cursor is PostgreSQL's")
+@POSTGRES_CONNECTION_STATE
 def test_a_closed_connection_is_freed_with_our_state_on_it() -> None:
     """Our cursor and statements hang off the psycopg connection they belong to: nothing of ours may keep a
     connection Django closed alive (a connection per DB_CONN_MAX_AGE would otherwise pile up)."""
@@ -70,7 +80,7 @@ def _prepared(table: str, where: str = "") -> list[tuple[str, int, int]]:
 
 
 @pytest.mark.django_db
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's")
+@POSTGRES_PREPARED
 def test_the_hot_api_reads_are_prepared_once_and_run_on_a_generic_plan(clerk) -> None:  # type: ignore[no-untyped-def]
     """Each request shape is one statement on the connection, parsed and planned once: the page size is a
     parameter, and the sync lookup's statuses are literals, so its generic plan can use the partial unique
@@ -146,7 +156,7 @@ def _other_connection() -> Any:
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's")
+@POSTGRES_PREPARED
 def test_a_prepared_read_survives_a_migration_run_by_another_process() -> None:
     """A deploy migrates while the old workers still serve: a column type changed under a prepared statement
     fails it ("cached plan must not change result type") on every later call of that kept connection."""
@@ -179,7 +189,7 @@ def test_a_prepared_read_survives_a_migration_run_by_another_process() -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="the reused cursor is PostgreSQL's")
+@POSTGRES_CONNECTION_STATE
 @pytest.mark.parametrize("prepared", [True, False])
 def test_a_kept_connection_the_server_closed_is_replaced_for_a_read(prepared: bool, settings) -> None:  # type: ignore[no-untyped-def]
     """A server restart or idle timeout between requests: the read runs again on a new connection instead
@@ -195,7 +205,7 @@ def test_a_kept_connection_the_server_closed_is_replaced_for_a_read(prepared: bo
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="the reused cursor is PostgreSQL's")
+@POSTGRES_CONNECTION_STATE
 def test_a_lost_connection_inside_a_transaction_is_an_error_not_a_retry() -> None:
     """Inside a transaction the earlier statements went with the connection: running the read again on a
     new one would hide that."""
@@ -209,7 +219,7 @@ def test_a_lost_connection_inside_a_transaction_is_an_error_not_a_retry() -> Non
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's")
+@POSTGRES_PREPARED
 def test_a_statement_deallocated_behind_our_back_is_prepared_again() -> None:
     """A pooler's DISCARD ALL, or psycopg's DEALLOCATE ALL after a rollback of statements it prepared itself:
     outside a transaction the read is run again; inside one it is an error (the transaction is aborted), and
@@ -228,7 +238,7 @@ def test_a_statement_deallocated_behind_our_back_is_prepared_again() -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's")
+@POSTGRES_PREPARED
 def test_a_read_first_in_a_transaction_runs_inside_it() -> None:
     """psycopg sends BEGIN with the first statement it runs: a prepared read sent straight through libpq
     first would run on its own, outside the transaction Django opened."""
@@ -243,7 +253,7 @@ def test_a_read_first_in_a_transaction_runs_inside_it() -> None:
 
 
 @pytest.mark.django_db
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's")
+@POSTGRES_PREPARED
 def test_a_failing_prepared_read_raises_djangos_error_and_the_statement_stays_usable() -> None:
     from django.db import DataError, transaction
 
@@ -256,7 +266,7 @@ def test_a_failing_prepared_read_raises_djangos_error_and_the_statement_stays_us
 
 
 @pytest.mark.django_db
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's")
+@POSTGRES_PREPARED
 def test_placeholders_must_match_the_parameters() -> None:
     from django.db import ProgrammingError, transaction
 
@@ -276,7 +286,7 @@ def _statements_like(text: str) -> list[str]:
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's")
+@POSTGRES_PREPARED
 def test_ints_are_bound_as_bigint_on_every_path() -> None:
     """psycopg would type 200 as smallint, and 200 * 200 would overflow on one path and not another."""
     from django.db import transaction
@@ -288,7 +298,7 @@ def test_ints_are_bound_as_bigint_on_every_path() -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's")
+@POSTGRES_PREPARED
 def test_statement_names_never_clash_on_a_connection_that_already_has_ours() -> None:
     """State rebuilt for a connection that keeps its statements (a pooled connection, say) prepares under
     new names instead of failing on "prepared statement already exists"."""
@@ -313,7 +323,7 @@ def test_psycopgs_own_prepared_statements_fail_the_system_check(settings, monkey
     assert "connections.E003" not in {m.id for m in loopsync_settings_check(None)}
 
 
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's")
+@POSTGRES_PREPARED
 @pytest.mark.parametrize(("setting", "prepared"), [("true", 1), ("false", 0)])
 def test_db_prepared_statements_turns_them_off_for_a_transaction_pooler(setting: str, prepared: int) -> None:
     """Behind a PgBouncer in transaction mode a prepared statement may be missing on the next server
