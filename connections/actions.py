@@ -6,13 +6,11 @@ Each function owns its transaction and its audit row (a SyncEvent); callers stay
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
 from django.core.cache import cache
-from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django_q.tasks import async_task
@@ -33,7 +31,6 @@ from connections.models import (
 from connections.providers.base import ProviderError, ProviderRateLimited, RetryPolicy
 from connections.providers.junction import JunctionClient
 from connections.sync import UserSyncSummary, sync_junction_connection
-from loopsync.rawsql import first_instance, select_fields
 
 logger = logging.getLogger("loopsync.actions")
 
@@ -310,17 +307,12 @@ def request_manual_sync(
 
 
 def _active_sync_request(patient_id: int, source: str) -> SyncRequest | None:
-    """The patient's queued or running sync of `source` (the partial unique index allows one), in plain SQL:
-    the steady state of an app that re-POSTs while its sync is pending is this one indexed read."""
-    sql = f"{select_fields(SyncRequest)} WHERE patient_id = %s AND source = %s AND {_IS_ACTIVE} LIMIT 1"
-    return first_instance(SyncRequest, sql, [patient_id, source])
-
-
-# Literals, not parameters: the read is a prepared statement (loopsync.rawsql), and only with these constants
-# in its text can the generic plan use the partial unique index, whose predicate they are.
-if not all(re.fullmatch("[a-z_]+", status) for status in ACTIVE_SYNC_REQUEST_STATUSES):
-    raise ImproperlyConfigured("sync request statuses must be plain words to be SQL literals")
-_IS_ACTIVE = "status IN (" + ", ".join(f"'{status}'" for status in ACTIVE_SYNC_REQUEST_STATUSES) + ")"
+    """The patient's queued or running sync of `source`: the partial unique index allows one, and is the
+    index this read uses (no ORDER BY, which could steer the plan to the primary key)."""
+    active = SyncRequest.objects.filter(
+        patient_id=patient_id, source=source, status__in=ACTIVE_SYNC_REQUEST_STATUSES
+    )
+    return next(iter(active[:1]), None)
 
 
 def _replay(patient: Patient, source: str, idempotency_key: str) -> ManualSyncOutcome | None:

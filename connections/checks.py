@@ -23,17 +23,6 @@ def loopsync_settings_check(app_configs: Any, **kwargs: Any) -> list[CheckMessag
             )
         )
     engine = settings.DATABASES["default"]["ENGINE"]
-    options = settings.DATABASES["default"].get("OPTIONS", {})
-    if settings.DB_PREPARED_STATEMENTS and options.get("prepare_threshold") is not None:
-        # psycopg would then prepare statements itself, and after each rollback it deallocates every
-        # statement on the connection, the API's own (loopsync.rawsql) included.
-        messages.append(
-            Error(
-                "DATABASES OPTIONS prepare_threshold must be unset while DB_PREPARED_STATEMENTS is on.",
-                hint="Remove prepare_threshold; the API's hot reads are prepared by loopsync.rawsql.",
-                id="connections.E003",
-            )
-        )
     if not settings.DEBUG and engine.endswith("sqlite3"):
         messages.append(
             Warning(

@@ -90,12 +90,6 @@ if _default_db["ENGINE"] == "django.db.backends.sqlite3":
 elif _default_db["ENGINE"] == "django.db.backends.postgresql":
     _default_db.setdefault("OPTIONS", {})["application_name"] = "loopsync"
 DATABASES = {"default": _default_db}
-# The consumer API's hot reads (loopsync.rawsql.fetch_rows) are statements prepared on their PostgreSQL
-# connection: parsed and planned once, where the daily-stats page spent more time being planned than run
-# (0.30 ms unprepared, 0.13 ms prepared). Everything else is unnamed. Set false behind a PgBouncer in
-# transaction mode older than 1.21 (or without max_prepared_statements): there the next server connection
-# may not have the statement.
-DB_PREPARED_STATEMENTS = env_bool("DB_PREPARED_STATEMENTS", True)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

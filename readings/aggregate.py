@@ -34,7 +34,6 @@ from django.db import connection as db
 from django.utils import timezone
 
 from connections.models import Patient, SyncFingerprint, validate_time_zone
-from loopsync.rawsql import execute_bound
 from readings.locks import single_flight
 from readings.store import local_day_bounds
 
@@ -630,8 +629,7 @@ def _pg_full_rebuild(patient_ids: list[int], result: AggregateResult) -> None:
         # marks, newer than the snapshot, stay for the next run.
         cursor.execute(_PG_FULL_MARKS)
         zones = _pg_zone_params(cursor, params["raw_from"] - _HORIZON_MARGIN, now + _HORIZON_MARGIN)
-        # zone_of appears in every branch of the day expression: sent once, as a parameter.
-        execute_bound(_PG_FULL_SCAN, {**params, **zones})
+        cursor.execute(_PG_FULL_SCAN, {**params, **zones})
         # Days before the first complete one are partial (retention has started on them): the stored rows
         # stay. Filtered here, not in the scan: a filter on the day would evaluate its expression twice.
         cursor.execute("DELETE FROM agg_full_daily WHERE day IS NULL OR day < %(first_day)s", params)

@@ -18,8 +18,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
-from django.db import connection
-from django.db.models import DateField, DateTimeField, Field, Model
+from django.core.exceptions import ImproperlyConfigured
+from django.db.models import DateField, DateTimeField, Model
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers
@@ -37,7 +37,6 @@ from connections.providers.junction import (
     WORKOUT_FIELDS,
 )
 from connections.providers.whoop import METRICS as WHOOP_METRICS
-from loopsync.rawsql import fetch_rows, from_db, to_db
 from readings.models import DailyStat, GlucoseReading, WearableReading
 from readings.store import local_day_bounds
 
@@ -178,84 +177,47 @@ def _day(value: Any) -> date:
     return date.fromisoformat(_text(value))
 
 
-def _adapted(adapters: Sequence[Callable[[Any], Any] | None], values: Sequence[Any]) -> list[Any]:
-    return [adapt(v) if adapt else v for adapt, v in zip(adapters, values, strict=True)]
-
-
 @dataclass(frozen=True)
 class KeysetQuery:
-    """One endpoint's page query in plain SQL: the ORM's query compilation cost more than the indexed read
-    itself on the consumer app's most frequent requests.
+    """One endpoint's page query, through the ORM (and so Django's cursor: query logging, Sentry's spans).
 
-    `filters` are (field, operator) pairs, ANDed, each taking one value; `key` is the rest of the primary key
-    after the equality filters, so a page is one index range scan however deep the client pages.
+    `filters` are lookups, ANDed, each taking one value, one of them `patient`; `key` is the rest of the
+    model's composite primary key after the patient, so the page after a cursor is `pk > (patient, *cursor)`,
+    a row-value comparison PostgreSQL reads as one index range scan however deep the client pages.
     """
 
     model: type[Model]
-    filters: tuple[tuple[str, str], ...]
+    filters: tuple[str, ...]
     key: tuple[str, ...]
     columns: tuple[str, ...]
-    # A prepared statement (loopsync.rawsql.fetch_rows); not for the partitioned reading tables.
-    prepare: bool = True
 
-    @cached_property
-    def _fields(self) -> dict[str, Field[Any, Any]]:
-        meta = self.model._meta
-        return {
-            name: meta.get_field(name) for name in {*self.key, *self.columns, *(f for f, _ in self.filters)}
-        }
-
-    @cached_property
-    def _sql(self) -> tuple[str, str, str]:
-        quote = connection.ops.quote_name
-        column = {name: quote(field.column) for name, field in self._fields.items()}
-        where = " AND ".join(f"{column[name]} {operator} %s" for name, operator in self.filters)
-        # A row-value comparison: (a, b) > (x, y) is one bound of the index range on both databases.
-        after = f" AND ({', '.join(column[n] for n in self.key)}) > ({', '.join(['%s'] * len(self.key))})"
-        select = (
-            f"SELECT {', '.join(column[n] for n in self.columns)} FROM {quote(self.model._meta.db_table)}"
-        )
-        order = f" ORDER BY {', '.join(column[n] for n in self.key)} LIMIT %s"
-        return f"{select} WHERE {where}", after, order
-
-    @cached_property
-    def _filter_adapters(self) -> list[Callable[[Any], Any] | None]:
-        return [to_db(self._fields[name]) for name, _ in self.filters]
-
-    @cached_property
-    def _key_adapters(self) -> list[Callable[[Any], Any] | None]:
-        return [to_db(self._fields[name]) for name in self.key]
-
-    @cached_property
-    def _converters(self) -> list[tuple[str, Callable[[Any], Any]]]:
-        return [(name, convert) for name in self.columns if (convert := from_db(self._fields[name]))]
+    def __post_init__(self) -> None:
+        primary_key = [field.name for field in self.model._meta.pk_fields]
+        if primary_key != ["patient", *self.key]:
+            raise ImproperlyConfigured(
+                f"{self.model.__name__}: the key must be its primary key after patient"
+            )
 
     @cached_property
     def _cursor_decoders(self) -> list[Callable[[Any], Any]]:
         decoders: list[Callable[[Any], Any]] = []
         for name in self.key:
-            field = self._fields[name]
+            field = self.model._meta.get_field(name)
             is_moment, is_day = isinstance(field, DateTimeField), isinstance(field, DateField)
             decoders.append(_moment if is_moment else _day if is_day else _text)
         return decoders
 
     def page(self, request: Request, values: Sequence[Any], page_size: int) -> Response:
         """One page in key order after the request's cursor; `next_cursor` is null on the last page."""
-        where, after, order = self._sql
-        params = _adapted(self._filter_adapters, values)
-        sql = where
+        lookups = dict(zip(self.filters, values, strict=True))
+        rows = self.model._default_manager.filter(**lookups)
         raw_cursor = request.query_params.get("cursor")
         if raw_cursor:
             last = _decode_cursor(raw_cursor, self._cursor_decoders)
-            sql += after
-            params += _adapted(self._key_adapters, last)
-        rows = fetch_rows(f"{sql}{order}", [*params, page_size + 1], prepare=self.prepare)
-        more = len(rows) > page_size
-        columns = self.columns
-        results = [dict(zip(columns, row, strict=True)) for row in rows[:page_size]]
-        for name, convert in self._converters:
-            for item in results:
-                item[name] = convert(item[name])
+            rows = rows.filter(pk__gt=(lookups["patient"], *last))
+        results = list(rows.order_by(*self.key).values(*self.columns)[: page_size + 1])
+        more = len(results) > page_size
+        del results[page_size:]
         next_cursor = _encode_cursor([results[-1][name] for name in self.key]) if more else None
         next_url = None
         if next_cursor:
@@ -265,7 +227,7 @@ class KeysetQuery:
         return Response({"results": results, "next_cursor": next_cursor, "next": next_url})
 
 
-# --- Serializers (the schema; rows are built from values_list for speed) ----------------------------------------
+# --- Serializers (the schema; rows come from values(), not through these) ------------------------------------
 
 
 class DailyStatOut(serializers.Serializer):
@@ -354,13 +316,10 @@ DAILY_STAT_COLUMNS = ("metric", "day", "avg", "min", "max", "sum", "count", "avg
 class DailyStatsView(PatientAPIView):
     DEFAULT_PAGE, MAX_PAGE = 100, 1000
     ALL_METRICS = KeysetQuery(
-        DailyStat, (("patient", "="), ("day", ">="), ("day", "<=")), ("metric", "day"), DAILY_STAT_COLUMNS
+        DailyStat, ("patient", "day__gte", "day__lte"), ("metric", "day"), DAILY_STAT_COLUMNS
     )
     ONE_METRIC = KeysetQuery(
-        DailyStat,
-        (("patient", "="), ("metric", "="), ("day", ">="), ("day", "<=")),
-        ("metric", "day"),
-        DAILY_STAT_COLUMNS,
+        DailyStat, ("patient", "metric", "day__gte", "day__lte"), ("metric", "day"), DAILY_STAT_COLUMNS
     )
 
     @extend_schema(
@@ -392,10 +351,9 @@ class ReadingsView(PatientAPIView):
     DEFAULT_PAGE, MAX_PAGE = 500, 5000
     QUERY = KeysetQuery(
         WearableReading,
-        (("patient", "="), ("metric", "="), ("measured_at", ">="), ("measured_at", "<")),
+        ("patient", "metric", "measured_at__gte", "measured_at__lt"),
         ("metric", "source", "source_type", "measured_at"),
         ("metric", "source", "source_type", "measured_at", "end_at", "value", "unit"),
-        prepare=False,
     )
 
     @extend_schema(
@@ -422,7 +380,7 @@ class GlucoseView(PatientAPIView):
     DEFAULT_PAGE, MAX_PAGE = 500, 5000
     QUERY = KeysetQuery(
         GlucoseReading,
-        (("patient", "="), ("measured_at", ">="), ("measured_at", "<")),
+        ("patient", "measured_at__gte", "measured_at__lt"),
         ("source", "measured_at"),
         (
             "source",
@@ -434,7 +392,6 @@ class GlucoseView(PatientAPIView):
             "trend_rate",
             "device",
         ),
-        prepare=False,
     )
 
     @extend_schema(
