@@ -79,13 +79,9 @@ def _empty_cache() -> Iterator[None]:
     # Django's cache outlives a test's rolled-back rows (ids are reused): start every test empty.
     from django.core.cache import cache
 
-    from connections.api.authentication import forget_sessions
-
     cache.clear()
-    forget_sessions()
     yield
     cache.clear()
-    forget_sessions()
 
 
 @pytest.fixture

@@ -2,12 +2,12 @@
 
 Clerk tokens are verified with pyjwt, RS256 only, against a PEM (`CLERK_JWT_KEY`, no network) or the
 instance's JWKS (`CLERK_JWKS_URL`). Every failure is the same bare 401: which check failed is logged (never the
-token) but not told to the caller.
+token) but not told to the caller. Every request verifies its token and reads its patient: nothing about a
+session is remembered, so a patient deleted or unlinked by any process is refused on its next request.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import hmac
 import logging
@@ -19,7 +19,6 @@ from typing import Any
 import httpx
 import jwt
 from django.conf import settings
-from django.db import transaction
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions, permissions
 from rest_framework.request import Request
@@ -36,12 +35,6 @@ JWKS_UNKNOWN_KID_COOLDOWN_SECONDS = 60.0
 JWKS_FETCH_TIMEOUT_SECONDS = 5.0
 # A token is a few hundred bytes; anything this long is garbage and is not parsed.
 MAX_TOKEN_LENGTH = 8192
-# A verified token and its patient are remembered for this long (never past the token's own exp): the app
-# re-sends the same short-lived Clerk token with every request, so the RSA check and the patient lookup run
-# once per token per process instead of once per request. A patient saved or deleted in this process forgets
-# every session at once; other processes see the change within this bound.
-SESSION_CACHE_SECONDS = 30.0
-SESSION_CACHE_SIZE = 4096
 
 
 class InvalidToken(Exception):
@@ -105,10 +98,6 @@ class ClerkVerifier:
     pem_key: Any = None
     jwks: JWKSCache | None = None
     required_claims: list[str] = field(default_factory=lambda: ["exp", "iat", "iss", "sub"])
-    sessions: SessionCache = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.sessions = SessionCache(self.leeway)
 
     @classmethod
     def from_settings(cls) -> ClerkVerifier | None:
@@ -174,48 +163,6 @@ class ClerkVerifier:
         return claims
 
 
-@dataclass(frozen=True)
-class VerifiedSession:
-    claims: dict[str, Any]
-    patient: Patient
-    valid_from: float
-    valid_until: float
-
-
-class SessionCache:
-    """Verified tokens of patients, by token. A hit is re-checked against the clock (nbf/exp with leeway,
-    and the cache bound), so a cached token expires exactly when an uncached one would."""
-
-    def __init__(self, leeway: int) -> None:
-        self._leeway = leeway
-        self._lock = threading.Lock()
-        self._sessions: dict[str, VerifiedSession] = {}
-
-    def get(self, token: str, now: float) -> VerifiedSession | None:
-        session = self._sessions.get(token)
-        if session is None:
-            return None
-        if session.valid_from <= now < session.valid_until:
-            return session
-        with self._lock:
-            self._sessions.pop(token, None)
-        return None
-
-    def put(self, token: str, claims: dict[str, Any], patient: Patient, now: float) -> None:
-        not_before = float(claims.get("nbf", claims["iat"])) - self._leeway
-        until = min(float(claims["exp"]) + self._leeway, now + SESSION_CACHE_SECONDS)
-        session = VerifiedSession(claims, patient, valid_from=max(not_before, now), valid_until=until)
-        with self._lock:
-            while len(self._sessions) >= SESSION_CACHE_SIZE:
-                # Oldest first (dicts keep insertion order): a full cache only costs re-verification.
-                self._sessions.pop(next(iter(self._sessions)))
-            self._sessions[token] = session
-
-    def clear(self) -> None:
-        with self._lock:
-            self._sessions.clear()
-
-
 _verifier_lock = threading.Lock()
 _verifier: tuple[tuple[Any, ...], ClerkVerifier | None] | None = None
 
@@ -238,20 +185,6 @@ def clerk_verifier() -> ClerkVerifier | None:
         if _verifier is None or _verifier[0] != fingerprint:
             _verifier = (fingerprint, ClerkVerifier.from_settings())
         return _verifier[1]
-
-
-def forget_sessions(**_: Any) -> None:
-    """Drop every remembered session of this process (a patient changed; tests start clean)."""
-    current = _verifier
-    if current is not None and current[1] is not None:
-        current[1].sessions.clear()
-
-
-def forget_sessions_of_changed_patient(**_: Any) -> None:
-    """Patient saved or deleted: forget now, and again when that change commits, since a request in between
-    still reads (and would remember) the patient as it was."""
-    forget_sessions()
-    transaction.on_commit(forget_sessions)
 
 
 @dataclass
@@ -292,20 +225,14 @@ class ClerkAuthentication(authentication.BaseAuthentication):
         if verifier is None:
             logger.warning("clerk token rejected", extra={"reason": "clerk is not configured"})
             raise exceptions.AuthenticationFailed()
-        now = time.time()
-        session = verifier.sessions.get(token, now)
-        if session is not None:
-            # A copy: a request may set attributes on its patient; the cached one stays as read.
-            return ClerkUser(session.claims["sub"], copy.copy(session.patient)), session.claims
         try:
             claims = verifier.verify(token)
         except InvalidToken as exc:
             logger.info("clerk token rejected", extra={"reason": str(exc)})
             raise exceptions.AuthenticationFailed() from None
+        # Read on every request, never remembered: a patient deleted or unlinked in another process must not
+        # get through on a token that is still valid (Clerk tokens live about a minute).
         patient = Patient.objects.filter(clerk_user_id=claims["sub"]).first()
-        if patient is not None:
-            # A token without a patient is not remembered: the patient may be created in the next second.
-            verifier.sessions.put(token, claims, copy.copy(patient), now)
         return ClerkUser(clerk_user_id=claims["sub"], patient=patient), claims
 
     def authenticate_header(self, request: Request) -> str:
