@@ -308,11 +308,13 @@ def request_manual_sync(
 
 def _active_sync_request(patient_id: int, source: str) -> SyncRequest | None:
     """The patient's queued or running sync of `source`: the partial unique index allows one, and is the
-    index this read uses (no ORDER BY, which could steer the plan to the primary key)."""
-    active = SyncRequest.objects.filter(
-        patient_id=patient_id, source=source, status__in=ACTIVE_SYNC_REQUEST_STATUSES
-    )
-    return next(iter(active[:1]), None)
+    index this read uses (get() adds no ORDER BY, which could steer the plan to the primary key)."""
+    try:
+        return SyncRequest.objects.get(
+            patient_id=patient_id, source=source, status__in=ACTIVE_SYNC_REQUEST_STATUSES
+        )
+    except SyncRequest.DoesNotExist:
+        return None
 
 
 def _replay(patient: Patient, source: str, idempotency_key: str) -> ManualSyncOutcome | None:
