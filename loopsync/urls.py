@@ -14,6 +14,7 @@ urlpatterns = [
     path("healthz", healthz),
     # Connecting WHOOP / Dexcom (OAuth): /connect/<provider>/start and /connect/<provider>/callback.
     path("", include("connections.urls")),
-    # REST API: consumer (Clerk JWT), patient-graph service (API key), schema and docs.
+    # REST API: consumer (Clerk JWT), patient-graph service (API key), schema and docs; each app its routes.
     path("api/", include("connections.api.urls")),
+    path("api/", include("readings.urls")),
 ]

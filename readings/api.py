@@ -26,9 +26,9 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from connections.api.base import ERRORS, PatientAPIView
 from connections.api.errors import APIError
 from connections.api.serializers import ErrorSerializer
-from connections.api.views import ERRORS, PatientAPIView
 from connections.providers.junction import (
     ACTIVITY_FIELDS,
     BODY_FIELDS,

@@ -146,9 +146,10 @@ def test_unknown_patient_is_404_and_a_bad_body_is_400(service_key: str) -> None:
 
 
 @pytest.mark.django_db
-def test_daily_stats_upsert(service_key: str) -> None:
+def test_daily_statistics_cannot_be_written_as_sent(service_key: str) -> None:
+    """readings computes them from ingested rows (test_ingest_is_idempotent_and_keeps_daily_stats); the
+    route that upserted them as sent is gone."""
     patient = Patient.objects.create()
-    client = client_for(service_key)
     stat = {
         "metric": "steps",
         "day": "2026-03-09",
@@ -159,20 +160,10 @@ def test_daily_stats_upsert(service_key: str) -> None:
         "count": 10,
     }
 
-    assert client.post(DAILY, {"patient_id": patient.pk, "stats": [stat]}, format="json").json() == {
-        "upserted": 1
-    }
-    changed = {**stat, "avg": 6.0, "avg_7d": 5.5}
-    assert (
-        client.post(DAILY, {"patient_id": patient.pk, "stats": [changed]}, format="json").status_code == 200
-    )
+    response = client_for(service_key).post(DAILY, {"patient_id": patient.pk, "stats": [stat]}, format="json")
 
-    row = DailyStat.objects.get(patient=patient)
-    assert (row.avg, row.avg_7d, row.count) == (6.0, 5.5, 10)
-    bad = client.post(DAILY, {"patient_id": patient.pk, "stats": [{**stat, "avg": 99.0}]}, format="json")
-    assert bad.status_code == 400 and error_of(bad)["details"] == {
-        "stats[0].avg": "must lie between min and max"
-    }
+    assert response.status_code == 404
+    assert not DailyStat.objects.exists()
 
 
 def snapshot() -> dict[str, list[tuple]]:

@@ -4,12 +4,12 @@ Authenticated by `PATIENT_GRAPH_API_KEY` (`Authorization: Bearer <key>`). Ingest
 `readings.store.store_batch`, the direct path's own write, so it is idempotent on the same natural keys and
 recomputes the same daily statistics. Rows are validated in one tight loop (a batch holds thousands); a
 batch with an invalid row is rejected whole with the row's index and the rule it broke, never its values.
+Daily statistics are never written here as sent: `readings` computes them, from the rows ingested.
 """
 
 from __future__ import annotations
 
 import math
-from datetime import date
 from typing import Any
 
 from django.db import transaction
@@ -24,7 +24,6 @@ from connections.api.errors import APIError
 from connections.api.serializers import ErrorSerializer
 from connections.models import Connection, Patient, Provider
 from connections.providers.junction import GlucoseRow, InvalidRecord, WearableRow, canonical_utc
-from readings.models import DailyStat
 from readings.store import store_batch
 
 MAX_ROWS_PER_REQUEST = 50_000
@@ -79,27 +78,6 @@ class IngestOut(serializers.Serializer):
     readings_written = serializers.IntegerField()
     glucose_written = serializers.IntegerField()
     days_refreshed = serializers.IntegerField(help_text="(metric, local day) statistics recomputed.")
-
-
-class DailyStatIn(serializers.Serializer):
-    metric = serializers.CharField(max_length=40)
-    day = serializers.DateField()
-    avg = serializers.FloatField()
-    min = serializers.FloatField()
-    max = serializers.FloatField()
-    sum = serializers.FloatField()
-    count = serializers.IntegerField(min_value=1)
-    avg_7d = serializers.FloatField(allow_null=True, required=False)
-    avg_30d = serializers.FloatField(allow_null=True, required=False)
-
-
-class DailyStatsIn(serializers.Serializer):
-    patient_id = serializers.IntegerField(min_value=1)
-    stats = DailyStatIn(many=True)
-
-
-class DailyStatsOut(serializers.Serializer):
-    upserted = serializers.IntegerField()
 
 
 SERVICE_ERRORS = {
@@ -295,62 +273,3 @@ class IngestView(ServiceAPIView):
                 "days_refreshed": len(result.touched),
             }
         )
-
-
-class DailyStatsUpsertView(ServiceAPIView):
-    @extend_schema(
-        operation_id="patient_graph_daily_stats_upsert",
-        summary="Upsert daily statistics (one row per patient, metric and local day)",
-        request=DailyStatsIn,
-        responses={200: DailyStatsOut, **SERVICE_ERRORS},
-        tags=["patient-graph service"],
-    )
-    def post(self, request: Request) -> Response:
-        body = _body(request)
-        if not isinstance(body.get("stats"), list):
-            raise APIError(400, "invalid_request", "stats: must be a list", {"stats": ["must be a list"]})
-        patient = _patient(body)
-        raw = _list(body, "stats")
-        if len(raw) > MAX_ROWS_PER_REQUEST:
-            raise APIError(400, "too_many_rows", f"At most {MAX_ROWS_PER_REQUEST} rows per request.")
-        rows = _Rows()
-        stats: dict[tuple[str, date], DailyStat] = {}
-        for index, row in enumerate(raw):
-            where = f"stats[{index}]"
-            try:
-                if not isinstance(row, dict):
-                    raise InvalidRecord(f"{where}: must be an object")
-                metric = rows.text(row, "metric", 40, where)
-                try:
-                    day = date.fromisoformat(row.get("day"))  # type: ignore[arg-type]
-                except (TypeError, ValueError):
-                    raise InvalidRecord(f"{where}.day: must be a date as YYYY-MM-DD") from None
-                values = {name: rows.number(row, name, where) for name in ("avg", "min", "max", "sum")}
-                count = row.get("count")
-                if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 2**31 - 1:
-                    raise InvalidRecord(f"{where}.count: must be a positive integer")
-                if not values["min"] <= values["avg"] <= values["max"]:  # type: ignore[operator]
-                    raise InvalidRecord(f"{where}.avg: must lie between min and max")
-                stats[(metric, day)] = DailyStat(
-                    patient=patient,
-                    metric=metric,
-                    day=day,
-                    count=count,
-                    avg_7d=rows.number(row, "avg_7d", where, required=False),
-                    avg_30d=rows.number(row, "avg_30d", where, required=False),
-                    **values,
-                )
-            except InvalidRecord as exc:
-                where_field, _, why = str(exc).partition(": ")
-                rows.fail(where_field, why)
-        if rows.errors:
-            raise APIError(400, "invalid_rows", "Some rows are invalid; nothing was stored.", rows.errors)
-        with transaction.atomic():
-            DailyStat.objects.bulk_create(
-                list(stats.values()),
-                update_conflicts=True,
-                unique_fields=["patient", "metric", "day"],
-                update_fields=["avg", "min", "max", "sum", "count", "avg_7d", "avg_30d"],
-                batch_size=2000,
-            )
-        return Response({"upserted": len(stats)})

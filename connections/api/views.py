@@ -29,7 +29,7 @@ from connections.actions import (
     junction_sources_cache_key,
     request_manual_sync,
 )
-from connections.api.authentication import ClerkAuthentication, IsPatient
+from connections.api.base import ERRORS, PatientAPIView
 from connections.api.errors import APIError
 from connections.api.serializers import (
     ConnectionListSerializer,
@@ -38,15 +38,11 @@ from connections.api.serializers import (
     PingSerializer,
     SyncRequestSerializer,
 )
-from connections.models import Connection, Patient, Provider, SyncRequest
+from connections.models import Connection, Provider, SyncRequest
 
 # Printable ASCII without spaces: what Stripe-style clients send (UUIDs, ULIDs, hashes).
 _IDEMPOTENCY_KEY = re.compile(r"^[!-~]{1,255}$")
 
-ERRORS = {
-    401: OpenApiResponse(ErrorSerializer, description="Missing, expired or otherwise invalid token."),
-    403: OpenApiResponse(ErrorSerializer, description="The account has no patient record."),
-}
 IDEMPOTENCY_HEADER = OpenApiParameter(
     "Idempotency-Key",
     str,
@@ -64,14 +60,6 @@ SYNC_RESPONSES = {
     422: OpenApiResponse(ErrorSerializer, description="Idempotency-Key already used for another source."),
     429: OpenApiResponse(ErrorSerializer, description="Hourly manual-sync limit reached; see Retry-After."),
 }
-
-
-class PatientAPIView(APIView):
-    authentication_classes = [ClerkAuthentication]
-    permission_classes = [IsPatient]
-
-    def patient(self, request: Request) -> Patient:
-        return request.user.patient  # type: ignore[union-attr]  # IsPatient guarantees it
 
 
 def start_manual_sync(view: PatientAPIView, request: Request, source: str) -> Response:

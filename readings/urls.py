@@ -1,0 +1,13 @@
+"""The read API's routes, mounted at /api/ by loopsync/urls.py beside connections' own."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from readings import api
+
+urlpatterns = [
+    path("patient-graph/wearables/daily-stats", api.DailyStatsView.as_view(), name="api-daily-stats"),
+    path("patient-graph/wearables/readings", api.ReadingsView.as_view(), name="api-readings"),
+    path("patient-graph/wearables/glucose", api.GlucoseView.as_view(), name="api-glucose"),
+]
