@@ -45,8 +45,8 @@ from connections.models import (
     SyncTrigger,
 )
 from connections.providers.base import ProviderAuthError
+from connections.providers.contract import GlucoseRow, WearableRow, latest_plausible
 from connections.providers.dexcom import DexcomClient, ParsedGlucose, newest_egv, parse_egvs, windows
-from connections.providers.junction import GlucoseRow, WearableRow
 from connections.providers.libre import LibreClient, LibreSession, parse_graph
 from connections.providers.oauth2 import TokenSet
 from connections.providers.whoop import COLLECTIONS, WhoopClient, WhoopParsed, parse_records
@@ -186,7 +186,7 @@ def fetch_whoop(connection: Connection, clients: DirectClients, trigger: str) ->
     if connection.last_sync_at is None:
         start = now - timedelta(days=config.whoop_initial_days)
     else:
-        start = connection.last_sync_at - timedelta(hours=config.whoop_overlap_hours)
+        start = cursor_start(connection.last_sync_at, timedelta(hours=config.whoop_overlap_hours), now)
         if credential.pending_since is not None:
             start = min(start, credential.pending_since)
     start = max(start, now - timedelta(days=config.whoop_max_lookback_days))
@@ -215,7 +215,7 @@ def fetch_dexcom(connection: Connection, clients: DirectClients, trigger: str) -
         newest = newest_egv(session.call(client.data_range))
         start = (newest or now) - timedelta(days=config.cgm_initial_days)
     else:
-        start = connection.last_sync_at - timedelta(minutes=config.cgm_overlap_minutes)
+        start = cursor_start(connection.last_sync_at, timedelta(minutes=config.cgm_overlap_minutes), now)
     start = max(start, now - timedelta(days=config.cgm_max_lookback_days))
     parsed = ParsedGlucose()
     for lower, upper in windows(start, now):
@@ -237,7 +237,7 @@ def fetch_libre(connection: Connection, clients: DirectClients, trigger: str) ->
     credential = ProviderCredential.objects.get(connection_id=connection.pk)
     session = TokenSession(connection, libre_refresher(client), config, trigger, credential)
     since = (
-        connection.last_sync_at - timedelta(minutes=config.cgm_overlap_minutes)
+        cursor_start(connection.last_sync_at, timedelta(minutes=config.cgm_overlap_minutes), now)
         if connection.last_sync_at
         else None
     )
@@ -266,6 +266,24 @@ FETCHERS: dict[str, Callable[[Connection, DirectClients, str], Fetched]] = {
 # --- Store ---------------------------------------------------------------------------------------------------
 
 
+def advance_cursor(stored: datetime | None, candidate: datetime, now: datetime) -> datetime:
+    """The cursor after a run that reached `candidate`: never backwards, never past now plus the clock skew.
+
+    A stored cursor already beyond that ceiling came from a reading with a broken clock (before readings
+    were checked); it is pulled back, or every later run would ask for nothing and report success.
+    """
+    ceiling = latest_plausible(now)
+    candidate = min(candidate, ceiling)
+    if stored is None or stored > ceiling:
+        return candidate
+    return max(stored, candidate)
+
+
+def cursor_start(stored: datetime, overlap: timedelta, now: datetime) -> datetime:
+    """Where an incremental fetch starts: the cursor minus the overlap, and never after now."""
+    return min(stored, now) - overlap
+
+
 def store_fetched(connection: Connection, fetched: Fetched, writer: ReadingsWriter = DATABASE_WRITER) -> int:
     """Rows, the cursor and WHOOP's pending_since in one transaction; returns rows written.
 
@@ -285,7 +303,7 @@ def store_fetched(connection: Connection, fetched: Fetched, writer: ReadingsWrit
             written = remote_written or 0
         now = timezone.now()
         if fetched.cursor is not None:
-            locked.last_sync_at = max(locked.last_sync_at or fetched.cursor, fetched.cursor)
+            locked.last_sync_at = advance_cursor(locked.last_sync_at, fetched.cursor, now)
         locked.last_attempt_at = now
         locked.failure_streak = 0
         locked.last_error = ""

@@ -19,6 +19,7 @@ from typing import Any
 from connections.config import DirectProvidersConfig
 from connections.providers.base import ProviderError, ProviderHTTP, ProviderRequestError
 from connections.providers.common import as_dict, canonical, http_for, warn_invalid
+from connections.providers.contract import plausible_instant
 from connections.providers.junction import (
     GLUCOSE_HIGH_MGDL,
     GLUCOSE_LOW_MGDL,
@@ -195,9 +196,10 @@ def parse_factory_timestamp(raw: object) -> datetime:
         if meridiem not in ("AM", "PM") or not 1 <= h <= 12:
             raise ValueError(meridiem)
         h = h % 12 + (12 if meridiem == "PM" else 0)
-        return datetime(int(year), int(month), int(day), h, int(minute), int(second), tzinfo=UTC)
+        moment = datetime(int(year), int(month), int(day), h, int(minute), int(second), tzinfo=UTC)
     except ValueError:
         raise InvalidRecord("FactoryTimestamp is not M/D/YYYY h:mm:ss AM") from None
+    return plausible_instant(moment, "FactoryTimestamp")
 
 
 @dataclass
