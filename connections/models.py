@@ -222,6 +222,10 @@ class OAuthState(models.Model):
     patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="+")
     provider = models.CharField(max_length=16, choices=Provider.choices)
     redirect_uri = models.CharField(max_length=500)
+    # SHA-256 of the key set as a cookie on the browser that started the flow (RFC 6749 §10.12): the callback
+    # must come from that browser, or a victim approving an attacker's link would link their account to the
+    # attacker's patient. Only the hash is kept, so the table alone cannot complete a flow.
+    browser_binding = models.CharField(max_length=64, default="")
     created_at = models.DateTimeField()
     expires_at = models.DateTimeField()
     used_at = models.DateTimeField(null=True, blank=True)

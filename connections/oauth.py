@@ -4,13 +4,18 @@
     connection = complete_oauth("whoop", state, code)       # the callback: exchange, create/update, store
 
 The state is random (256 bits), bound to the patient and provider, single use and expiring
-(OAUTH_STATE_TTL_SECONDS). It is claimed with one conditional UPDATE before the code is exchanged, so a replayed
-callback can never connect twice, and the patient comes from the state row, never from the callback's request.
+(OAUTH_STATE_TTL_SECONDS), and bound to the browser that started the flow: `begin_oauth` returns a browser key
+that the start view sets as a cookie, and the callback is refused without it (RFC 6749 §10.12; neither WHOOP nor
+Dexcom documents PKCE, so the cookie is the binding). It is claimed with one conditional UPDATE before the code is
+exchanged, so a replayed callback can never connect twice, and the patient comes from the state row, never from
+the callback's request.
 """
 
 from __future__ import annotations
 
+import hashlib
 import secrets
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
@@ -78,12 +83,29 @@ def patient_from_connect_token(token: str) -> Patient:
 # --- The flow ----------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class OAuthStart:
+    """Where to send the browser, and the key that browser must keep (a cookie) to complete the flow."""
+
+    authorize_url: str
+    browser_key: str
+
+
+def browser_cookie_name(provider: str) -> str:
+    return f"loopsync_oauth_{provider}"
+
+
+def _binding(browser_key: str) -> str:
+    return hashlib.sha256(browser_key.encode()).hexdigest()
+
+
 def begin_oauth(
     patient: Patient, provider: str, redirect_uri: str, config: DirectProvidersConfig | None = None
-) -> str:
-    """Store a fresh state for this patient and return the provider's authorize URL."""
+) -> OAuthStart:
+    """Store a fresh state for this patient and this browser; the provider's authorize URL and the browser key."""
     config = config or settings.DIRECT_PROVIDERS
     client = oauth_client(provider, config)
+    browser_key = secrets.token_urlsafe(32)
     try:
         now = timezone.now()
         state = OAuthState.objects.create(
@@ -91,33 +113,43 @@ def begin_oauth(
             patient=patient,
             provider=provider,
             redirect_uri=redirect_uri,
+            browser_binding=_binding(browser_key),
             created_at=now,
             expires_at=now + timedelta(seconds=settings.OAUTH_STATE_TTL_SECONDS),
         )
-        return client.authorize_url(redirect_uri, state.state)
+        return OAuthStart(client.authorize_url(redirect_uri, state.state), browser_key)
     finally:
         client.close()
 
 
-def claim_state(provider: str, state: str) -> OAuthState:
-    """Use up a state exactly once; OAuthFlowError if it is unknown, used, expired or for another provider."""
+def claim_state(provider: str, state: str, browser_key: str) -> OAuthState:
+    """Use up a state exactly once, from the browser that started it; OAuthFlowError if it is unknown, used,
+    expired, for another provider, or presented by another browser."""
+    if not browser_key:
+        raise OAuthFlowError("this authorization was started in another browser; start again")
     now = timezone.now()
     claimed = OAuthState.objects.filter(
-        state=state, provider=provider, used_at__isnull=True, expires_at__gt=now
+        state=state,
+        provider=provider,
+        browser_binding=_binding(browser_key),
+        used_at__isnull=True,
+        expires_at__gt=now,
     ).update(used_at=now)
     if claimed != 1:
-        raise OAuthFlowError("the authorization state is unknown, expired or already used; start again")
+        raise OAuthFlowError(
+            "the authorization state is unknown, expired, already used or from another browser; start again"
+        )
     return OAuthState.objects.select_related("patient").get(state=state)
 
 
 def complete_oauth(
-    provider: str, state: str, code: str, config: DirectProvidersConfig | None = None
+    provider: str, state: str, code: str, browser_key: str, config: DirectProvidersConfig | None = None
 ) -> Connection:
     """The callback: claim the state, exchange the code, create or update the connection and its credential."""
     config = config or settings.DIRECT_PROVIDERS
     if not state or not code:
         raise OAuthFlowError("the callback needs both code and state")
-    flow = claim_state(provider, state)
+    flow = claim_state(provider, state, browser_key)
     client = oauth_client(provider, config)
     try:
         tokens = client.exchange_code(code, flow.redirect_uri)

@@ -55,9 +55,9 @@ def connect_sandbox_user(
         user = sandbox.libre.user(index)
         return connect_libre(patient, user.email, user.password, config)
     redirect_uri = SANDBOX_REDIRECT_URI.format(provider=provider)
-    url = begin_oauth(patient, provider, redirect_uri, config)
-    code, state = authorize_in_sandbox(url, index)
-    return complete_oauth(provider, state, code, config)
+    flow = begin_oauth(patient, provider, redirect_uri, config)
+    code, state = authorize_in_sandbox(flow.authorize_url, index)
+    return complete_oauth(provider, state, code, flow.browser_key, config)
 
 
 def _external_id(sandbox: SandboxServer, provider: str, index: int) -> str:
