@@ -20,6 +20,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core import signing
+from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.utils import timezone
 
@@ -32,11 +33,11 @@ from connections.models import (
     Provider,
     ProviderCredential,
 )
-from connections.providers.dexcom import DexcomClient
-from connections.providers.libre import LibreClient
-from connections.providers.whoop import WhoopClient
+from connections.providers.contract import ConnectMethod, SyncProvider
+from connections.providers.libre.client import LibreClient
+from connections.providers.oauth2 import OAuthClient
+from connections.providers.registry import PROVIDERS, provider_class
 
-OAUTH_PROVIDERS = (Provider.WHOOP, Provider.DEXCOM)
 CONNECT_TOKEN_SALT = "loopsync.connections.connect"
 
 
@@ -44,16 +45,22 @@ class OAuthFlowError(ValueError):
     """The flow cannot continue (unknown or used state, provider mismatch, denial); the message is safe to show."""
 
 
-def oauth_client(provider: str, config: DirectProvidersConfig) -> WhoopClient | DexcomClient:
-    if provider == Provider.WHOOP:
-        if not config.whoop_client_id:
-            raise OAuthFlowError("WHOOP is not configured (WHOOP_CLIENT_ID)")
-        return WhoopClient.from_config(config)
-    if provider == Provider.DEXCOM:
-        if not config.dexcom_client_id:
-            raise OAuthFlowError("Dexcom is not configured (DEXCOM_CLIENT_ID)")
-        return DexcomClient.from_config(config)
-    raise OAuthFlowError(f"{provider!r} does not connect through OAuth")
+def oauth_providers() -> list[str]:
+    """The providers that connect through the authorization-code flow (the /connect/<key>/ routes)."""
+    return [key for key, p in PROVIDERS.items() if p.connect is ConnectMethod.OAUTH]
+
+
+def _oauth_provider(provider: str, config: DirectProvidersConfig | None) -> SyncProvider:
+    if provider not in oauth_providers():
+        raise OAuthFlowError(f"{provider!r} does not connect through OAuth")
+    return provider_class(provider)(config)
+
+
+def oauth_client(provider: str, config: DirectProvidersConfig | None = None) -> OAuthClient:
+    try:
+        return _oauth_provider(provider, config).oauth_client()  # type: ignore[attr-defined,no-any-return]
+    except ImproperlyConfigured as exc:
+        raise OAuthFlowError(str(exc)) from None
 
 
 # --- Who is connecting -------------------------------------------------------------------------------------
@@ -103,7 +110,6 @@ def begin_oauth(
     patient: Patient, provider: str, redirect_uri: str, config: DirectProvidersConfig | None = None
 ) -> OAuthStart:
     """Store a fresh state for this patient and this browser; the provider's authorize URL and the browser key."""
-    config = config or settings.DIRECT_PROVIDERS
     client = oauth_client(provider, config)
     browser_key = secrets.token_urlsafe(32)
     try:
@@ -146,21 +152,17 @@ def complete_oauth(
     provider: str, state: str, code: str, browser_key: str, config: DirectProvidersConfig | None = None
 ) -> Connection:
     """The callback: claim the state, exchange the code, create or update the connection and its credential."""
-    config = config or settings.DIRECT_PROVIDERS
     if not state or not code:
         raise OAuthFlowError("the callback needs both code and state")
     flow = claim_state(provider, state, browser_key)
+    connecting = _oauth_provider(provider, config)
     client = oauth_client(provider, config)
     try:
         tokens = client.exchange_code(code, flow.redirect_uri)
-        external_id = ""
-        if isinstance(client, WhoopClient):
-            external_id = str(client.profile(tokens.access_token).get("user_id") or "")
-        else:
-            # Dexcom has no profile route; every v3 response carries the per-app userId.
-            external_id = str(client.data_range(tokens.access_token).get("userId") or "")
+        external_id = connecting.external_user_id(client, tokens)  # type: ignore[attr-defined]
     finally:
         client.close()
+        connecting.close()
     with transaction.atomic():
         connection, _ = Connection.objects.select_for_update().get_or_create(
             patient=flow.patient, provider=provider

@@ -11,12 +11,12 @@ from django.views.decorators.http import require_GET
 
 from connections.models import Patient
 from connections.oauth import (
-    OAUTH_PROVIDERS,
     OAuthFlowError,
     begin_oauth,
     browser_cookie_name,
     claim_state,
     complete_oauth,
+    oauth_providers,
     patient_from_connect_token,
 )
 from connections.providers.base import ProviderError
@@ -49,7 +49,7 @@ def _redirect_uri(request: HttpRequest, provider: str) -> str:
 
 @require_GET
 def connect_start(request: HttpRequest, provider: str) -> HttpResponse:
-    if provider not in OAUTH_PROVIDERS:
+    if provider not in oauth_providers():
         return _error(404, f"unknown OAuth provider {provider!r}")
     try:
         patient = connecting_patient(request)
@@ -72,7 +72,7 @@ def connect_start(request: HttpRequest, provider: str) -> HttpResponse:
 
 @require_GET
 def connect_callback(request: HttpRequest, provider: str) -> HttpResponse:
-    if provider not in OAUTH_PROVIDERS:
+    if provider not in oauth_providers():
         return _error(404, f"unknown OAuth provider {provider!r}")
     state = request.GET.get("state", "")
     denied = request.GET.get("error")

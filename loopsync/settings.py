@@ -145,7 +145,7 @@ FIELD_ENCRYPTION_KEYS = field_encryption_keys(env_list("FIELD_ENCRYPTION_KEYS"),
 OAUTH_STATE_TTL_SECONDS = env_int("OAUTH_STATE_TTL_SECONDS", 600, minimum=60, maximum=3600)
 # Parallel connections per run of the direct-provider jobs when run inline (run_job); the scheduled jobs fan
 # out one django-q2 task per connection instead.
-DIRECT_SYNC_CONCURRENCY = env_int("DIRECT_SYNC_CONCURRENCY", 16, minimum=1, maximum=128)
+SYNC_JOB_CONCURRENCY = env_int("SYNC_JOB_CONCURRENCY", 16, minimum=1, maximum=128)
 
 # --- Daily statistics and retention (aggregate-wearable-data, cleanup-wearable-data) ---------------------
 # Raw readings older than this many days are removed weekly; daily statistics are kept for good.

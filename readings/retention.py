@@ -158,7 +158,7 @@ def run_cleanup(*, dry_run: bool = False, now: datetime | None = None) -> Cleanu
 
 
 def _expired_fingerprints(now: datetime, dry_run: bool) -> Removal:
-    """Day fingerprints older than the sync's lookback are never consulted again (connections.sync)."""
+    """Day fingerprints older than the sync's lookback are never consulted again (connections.providers.junction)."""
     from connections.models import SyncFingerprint
 
     oldest_used = (now - timedelta(days=settings.JUNCTION_SYNC.lookback_days + 1)).date()

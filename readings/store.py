@@ -5,7 +5,7 @@ batch, returning the (metric, local day) keys that really changed. SQLite: `exec
 `INSERT ... ON CONFLICT` in the caller's transaction. Daily statistics are then recomputed in SQL for those
 keys only, from the raw rows, so replays and late data converge on the same numbers.
 
-Callers own the transaction (connections.sync stores a user's window, its fingerprints and the cursor in
+Callers own the transaction (connections.engine stores a user's window, its fingerprints and the cursor in
 one). Every statement here is idempotent.
 """
 
@@ -21,7 +21,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from connections.models import Connection
-from connections.providers.junction import GlucoseRow, WearableRow
+from connections.providers.junction.client import GlucoseRow, WearableRow
 from readings.dirty import mark_dirty
 
 GLUCOSE_METRIC = "glucose"

@@ -99,7 +99,7 @@ def build_data(env: dict[str, str]) -> None:
                         quiet, reason="patient paused the study", actor="olivia-ops"
                     )
                 with time_machine.travel(today - timedelta(days=days_ago), tick=True):
-                    tasks.wearable_sync_daily()
+                    tasks.sync_job("wearable-sync-daily")
                 print(f"day -{days_ago}: synced", flush=True)
             sandbox.faults.clear()
             later = datetime.now(UTC)

@@ -11,9 +11,8 @@ from django.db import connections
 
 from connections.config import JunctionSyncConfig
 from connections.models import Connection, Patient, Provider, SyncEvent
-from connections.providers.junction import JunctionClient
-from connections.sync import sync_junction_connection
 from readings.models import DailyStat, GlucoseReading, WearableReading
+from tests.direct_helpers import sync
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("frozen_time")]
 
@@ -35,8 +34,7 @@ def test_two_concurrent_syncs_of_one_connection_store_each_sample_once(
         try:
             barrier.wait()
             fresh = Connection.objects.select_related("patient").get(pk=connection.pk)
-            with JunctionClient.from_config(junction_config) as client:
-                results.append(sync_junction_connection(fresh, junction_config, client))
+            results.append(sync(fresh, junction_config))
         finally:
             connections.close_all()
 

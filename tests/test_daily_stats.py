@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.django import TestCase
 
 from connections.models import Patient
-from loopsync.schedules import SCHEDULES
+from loopsync.schedules import all_schedules
 from readings import aggregate
 from readings.aggregate import change_patient_time_zone, run_aggregation
 from readings.dirty import mark_dirty
@@ -373,7 +373,7 @@ def test_run_job_rejects_an_option_of_another_job() -> None:
 
 
 def test_both_jobs_are_scheduled_after_the_sync() -> None:
-    crons = {s.name: s.cron for s in SCHEDULES}
+    crons = {s.name: s.cron for s in all_schedules()}
     assert crons["aggregate-wearable-data"] == "30 4 * * *"  # daily, after the 03:00 sync
     assert crons["cleanup-wearable-data"] == "0 2 * * 0"  # weekly
     assert json.dumps(crons)

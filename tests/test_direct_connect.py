@@ -16,7 +16,7 @@ from connections import crypto
 from connections.config import DEV_FIELD_ENCRYPTION_KEY, DirectProvidersConfig, field_encryption_keys
 from connections.models import Connection, ConnectionStatus, OAuthState, Patient, Provider, ProviderCredential
 from connections.oauth import OAuthFlowError, connect_libre, connect_token_for
-from connections.providers.libre import LibreLoginRefused, LibreVersionRejected
+from connections.providers.libre.client import LibreLoginRefused, LibreVersionRejected
 from sandbox import SandboxServer
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen_time")]

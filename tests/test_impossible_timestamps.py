@@ -12,10 +12,9 @@ import time_machine
 from connections.config import DirectProvidersConfig, JunctionSyncConfig
 from connections.models import Connection, Patient, Provider
 from connections.providers.contract import CLOCK_SKEW, EARLIEST_READING
-from connections.sync import run_wearable_sync_job
 from readings.models import GlucoseReading, WearableReading
 from sandbox import SandboxServer
-from tests.direct_helpers import connect, sync
+from tests.direct_helpers import connect, run_wearable_sync_job, sync
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen_time")]
 

@@ -9,13 +9,12 @@ import pytest
 from django.utils import timezone
 
 from connections.models import Connection, Patient, Provider, SyncFingerprint
-from connections.sync import run_wearable_sync_job
 from readings import writers
 from readings.models import DailyStat, GlucoseReading, WearableReading
 from sandbox import SandboxServer
 from sandbox.clerk import ClerkSandbox
 from tests.api_helpers import client_for, error_of
-from tests.direct_helpers import connect, sync
+from tests.direct_helpers import connect, run_wearable_sync_job, sync
 
 INGEST = "/api/patient-graph/service/ingest"
 DAILY = "/api/patient-graph/service/daily-stats"

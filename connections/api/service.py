@@ -24,7 +24,7 @@ from connections.api.errors import APIError
 from connections.api.serializers import ErrorSerializer
 from connections.models import Connection, Patient, Provider
 from connections.providers.contract import CLOCK_SKEW, LOCAL_NOON_AHEAD
-from connections.providers.junction import GlucoseRow, InvalidRecord, WearableRow, canonical_utc
+from connections.providers.junction.client import GlucoseRow, InvalidRecord, WearableRow, canonical_utc
 from readings.models import DailyStat
 from readings.store import store_batch
 

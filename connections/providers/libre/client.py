@@ -17,10 +17,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from connections.config import DirectProvidersConfig
-from connections.providers.base import ProviderError, ProviderHTTP, ProviderRequestError
+from connections.providers.base import ProviderHTTP, ProviderRequestError
 from connections.providers.common import as_dict, canonical, http_for, warn_invalid
-from connections.providers.contract import plausible_instant
-from connections.providers.junction import (
+from connections.providers.contract import CredentialsRefused, plausible_instant
+from connections.providers.junction.client import (
     GLUCOSE_HIGH_MGDL,
     GLUCOSE_LOW_MGDL,
     MGDL_PER_MMOLL,
@@ -34,7 +34,7 @@ SOURCE = "freestyle_libre"
 TREND_ARROWS = {1: "singleDown", 2: "fortyFiveDown", 3: "flat", 4: "fortyFiveUp", 5: "singleUp"}
 
 
-class LibreLoginRefused(ProviderError):
+class LibreLoginRefused(CredentialsRefused):
     """Credentials rejected (status 2) or an action is required in the app (status 4): the patient must act."""
 
 
