@@ -27,6 +27,9 @@ if not SECRET_KEY:
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1" if DEBUG else "")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 
+# The provider sandbox's app (its `manage.py sandbox` command) is installed only for local work or when asked.
+SANDBOX_ENABLED = env_bool("SANDBOX_ENABLED", DEBUG)
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -38,7 +41,8 @@ INSTALLED_APPS = [
     "django_q",
     "connections.apps.ConnectionsConfig",
     "readings",
-    "sandbox",
+    # `manage.py sandbox` (the fake providers) only where asked for: local work, or SANDBOX_ENABLED.
+    *(["sandbox"] if SANDBOX_ENABLED else []),
     # OpenAPI schema and self-hosted Swagger UI for the REST API.
     "drf_spectacular",
     "drf_spectacular_sidecar",
