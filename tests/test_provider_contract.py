@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.test import Client
 from django.utils import timezone
@@ -19,7 +20,13 @@ from connections.engine import ConnectionInactive, run_sync_job, sync_connection
 from connections.health import Health, cadence_for, health_of
 from connections.models import Connection, ConnectionStatus, JobRun, Patient, SyncEvent, SyncStatus
 from connections.providers.contract import Batch, Cadence, ConnectMethod, SyncProvider
-from connections.providers.registry import PROVIDERS, provider_jobs, register, unregister
+from connections.providers.registry import (
+    PROVIDERS,
+    provider_jobs,
+    providers_check,
+    register_provider,
+    unregister_provider,
+)
 from loopsync.jobs import all_jobs
 from loopsync.schedules import all_schedules
 from readings.models import WearableReading
@@ -45,8 +52,9 @@ class RingProvider(SyncProvider):
     priority = 2
     settings_name = "RING_SETTINGS"
 
-    def __init__(self, config: Any = None, *, concurrency: int = 1) -> None:
-        super().__init__(config if config is not None else {"hours": 6}, concurrency=concurrency)
+    @classmethod
+    def config_from_env(cls) -> dict[str, int]:
+        return {"hours": 6}
 
     def fetch(
         self,
@@ -68,9 +76,9 @@ class RingProvider(SyncProvider):
 
 @pytest.fixture
 def ring() -> Iterator[type[RingProvider]]:
-    register(RingProvider)
+    register_provider(RingProvider)
     yield RingProvider
-    unregister(RingProvider.key)
+    unregister_provider(RingProvider.key)
 
 
 @pytest.fixture
@@ -98,10 +106,10 @@ def test_a_registered_provider_gets_its_schedule_and_its_run_job_name(ring: type
 
 
 def test_unregistered_again_it_has_no_schedule(ring: type[RingProvider]) -> None:
-    unregister(ring.key)
+    unregister_provider(ring.key)
     assert "sync-ring-data" not in {s.name for s in all_schedules()}
     assert "sync-ring-data" not in all_jobs()
-    register(ring)
+    register_provider(ring)
 
 
 def test_a_registered_provider_is_judged_by_its_own_cadence(
@@ -187,3 +195,32 @@ def test_the_built_in_providers_are_registered_with_distinct_jobs_sharing_crons_
     jobs = provider_jobs()
     assert {p.key for p in jobs["sync-cgm-readings"].providers} == {"dexcom", "libre"}
     assert [p.key for p in jobs["wearable-sync-daily"].providers] == ["junction"]
+
+
+def test_a_provider_whose_jobs_cron_disagrees_or_whose_config_fails_stops_start_up(
+    ring: type[RingProvider],
+) -> None:
+    assert providers_check(None) == []
+
+    class LateRing(RingProvider):
+        key = "late-ring"
+        cron = "45 * * * *"
+
+    class BrokenRing(RingProvider):
+        key = "broken-ring"
+        job = "sync-broken-ring"
+
+        @classmethod
+        def config_from_env(cls) -> dict[str, int]:
+            raise ImproperlyConfigured("RING_HOURS='x' is not an integer")
+
+    register_provider(LateRing)
+    register_provider(BrokenRing)
+    try:
+        errors = {m.id: m.msg for m in providers_check(None)}
+    finally:
+        unregister_provider(LateRing.key)
+        unregister_provider(BrokenRing.key)
+
+    assert "disagree on its cron" in errors["connections.E201"]
+    assert errors["connections.E202"] == "provider broken-ring: RING_HOURS='x' is not an integer"

@@ -10,6 +10,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
 from connections.providers.base import ProviderError
@@ -177,8 +178,17 @@ class SyncProvider:
     def __init__(self, config: Any = None, *, concurrency: int = 1) -> None:
         """`config` replaces the setting (tests, --sandbox); `concurrency` is how many connections a job run
         syncs at once through this instance (its clients and pools are shared by them)."""
-        self.config = config if config is not None else getattr(settings, self.settings_name)
+        if config is None:
+            config = getattr(settings, self.settings_name, None)
+        self.config = config if config is not None else self.config_from_env()
         self.concurrency = concurrency
+
+    @classmethod
+    def config_from_env(cls) -> Any:
+        """This provider's frozen configuration from the environment, raising ImproperlyConfigured (naming the
+        variable) when it is wrong: for a provider whose setting settings.py does not build. Checked at start-up
+        (system check connections.E202)."""
+        raise ImproperlyConfigured(f"{cls.settings_name} is not set and {cls.__name__} reads no environment")
 
     def __enter__(self) -> Self:
         return self

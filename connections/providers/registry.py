@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, register
 from django.core.exceptions import ImproperlyConfigured
 
 from connections.providers.contract import SyncProvider
@@ -21,13 +23,13 @@ PROVIDERS: dict[str, type[SyncProvider]] = {
 }
 
 
-def register(provider: type[SyncProvider]) -> type[SyncProvider]:
+def register_provider(provider: type[SyncProvider]) -> type[SyncProvider]:
     """Add a provider at run time (tests, plug-ins); the registry line above is the normal way."""
     PROVIDERS[provider.key] = provider
     return provider
 
 
-def unregister(key: str) -> None:
+def unregister_provider(key: str) -> None:
     PROVIDERS.pop(key, None)
 
 
@@ -77,3 +79,20 @@ def open_provider(key: str, config: Any = None, *, concurrency: int = 1) -> Iter
     """An instance of provider `key` for one sync or one job run, closed after."""
     with provider_class(key)(config, concurrency=concurrency) as provider:
         yield provider
+
+
+@register()
+def providers_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """Start-up: the registered providers agree on their jobs' crons, and each one's configuration loads."""
+    messages: list[CheckMessage] = []
+    try:
+        provider_jobs()
+    except ImproperlyConfigured as exc:
+        messages.append(Error(str(exc), id="connections.E201"))
+    for provider in PROVIDERS.values():
+        if getattr(settings, provider.settings_name, None) is None:
+            try:
+                provider.config_from_env()
+            except ImproperlyConfigured as exc:
+                messages.append(Error(f"provider {provider.key}: {exc}", id="connections.E202"))
+    return messages
