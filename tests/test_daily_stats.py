@@ -220,7 +220,6 @@ def test_zone_changes_are_found_to_the_second_from_any_start() -> None:
     assert zones["off0"][kathmandu] == timedelta(hours=5, minutes=45)
 
 
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="the chunked full rebuild is PostgreSQL's")
 def test_a_first_build_that_meets_a_stored_day_falls_back_to_the_upsert(
     now: datetime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -239,7 +238,6 @@ def test_a_first_build_that_meets_a_stored_day_falls_back_to_the_upsert(
     assert stored(patient) == expected
 
 
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="the chunked full rebuild is PostgreSQL's")
 def test_a_patient_deleted_during_a_full_rebuild_does_not_get_its_stats_back(
     now: datetime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
