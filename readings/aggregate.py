@@ -23,7 +23,7 @@ import logging
 import time as monotonic
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -32,7 +32,6 @@ from django.db import connection as db
 from django.utils import timezone
 
 from connections.models import Patient, SyncFingerprint, validate_time_zone
-from loopsync.rawsql import execute_bound
 from readings.locks import single_flight
 
 logger = logging.getLogger("loopsync.aggregate")
@@ -414,7 +413,7 @@ def _rebuild_chunk(patient_ids: list[int]) -> AggregateResult:
     return result
 
 
-# Full rebuild, PostgreSQL: one pass over the raw tables into a session temp table (a hash aggregate, no
+# Full rebuild: one pass over the raw tables into a session temp table (a hash aggregate, no
 # index probing), then short per-chunk transactions upsert it and recompute the rolling averages. The marks
 # are snapshotted before the scan: a batch committed after the scan leaves a newer mark version, which the
 # chunk does not clear.
@@ -423,116 +422,23 @@ CREATE TEMP TABLE agg_full_marks AS
 SELECT patient_id, metric, day, version FROM patient_wearable_daily_stats_dirty
 """
 
-# The local day of a raw row without a time-zone lookup per row: a patient's UTC offset is constant between
-# its zone's changes, so the day is (measured_at + offset)::date in a UTC session. The offsets come in as
-# constant arrays (per zone: four offsets, the instants they change at, and `valid_until`), indexed
-# through `zone_of`, the zone of each patient id: no join, so PostgreSQL estimates the groups from the raw
-# table alone and runs the two tables' aggregates in parallel, as it does for a plain GROUP BY. A row from
-# `valid_until` on (dated after the window, or after a fourth change) goes through AT TIME ZONE, so the day
-# is AT TIME ZONE's whatever the zone does. A patient id outside `zone_of` (created after it was built)
-# gets a NULL day; those rows are dropped and the patient's marks stay for the next run.
-_PG_ZONE = "(%(zone_of)s::int[])[{t}.patient_id - %(zone_base)s]"
-_PG_LOCAL_DAY = """CASE
-    WHEN {t}.measured_at < (%(t1)s::timestamptz[])[{z}] THEN ({t}.measured_at + (%(off0)s::interval[])[{z}])::date
-    WHEN {t}.measured_at < (%(t2)s::timestamptz[])[{z}] THEN ({t}.measured_at + (%(off1)s::interval[])[{z}])::date
-    WHEN {t}.measured_at < (%(t3)s::timestamptz[])[{z}] THEN ({t}.measured_at + (%(off2)s::interval[])[{z}])::date
-    WHEN {t}.measured_at < (%(valid_until)s::timestamptz[])[{z}]
-        THEN ({t}.measured_at + (%(off3)s::interval[])[{z}])::date
-    ELSE ({t}.measured_at AT TIME ZONE (%(zones)s::text[])[{z}])::date END"""
-
-
-def _local_day_sql(alias: str) -> str:
-    return _PG_LOCAL_DAY.format(t=alias, z=_PG_ZONE.format(t=alias))
-
-
-_PG_FULL_SCAN = f"""
+# The local day of each raw row, AT TIME ZONE its patient's zone (DST-safe, the same rule as the store and the
+# incremental path). The inner join also leaves out a patient created after the marks were read: its marks,
+# newer than the snapshot, stay for the next run.
+_PG_FULL_SCAN = """
 CREATE TEMP TABLE agg_full_daily AS
-SELECT r.patient_id, r.metric, {_local_day_sql("r")} AS day,
+SELECT r.patient_id, r.metric, (r.measured_at AT TIME ZONE p.time_zone)::date AS day,
        avg(r.value) AS avg, min(r.value) AS min, max(r.value) AS max, sum(r.value) AS sum, count(*) AS count
-FROM patient_wearable_readings r
+FROM patient_wearable_readings r JOIN patients p ON p.id = r.patient_id
 WHERE r.measured_at >= %(raw_from)s
 GROUP BY 1, 2, 3
 UNION ALL
-SELECT g.patient_id, 'glucose', {_local_day_sql("g")} AS day,
+SELECT g.patient_id, 'glucose', (g.measured_at AT TIME ZONE p.time_zone)::date AS day,
        avg(g.value_mg_dl), min(g.value_mg_dl), max(g.value_mg_dl), sum(g.value_mg_dl), count(*)
-FROM patient_glucose_readings g
+FROM patient_glucose_readings g JOIN patients p ON p.id = g.patient_id
 WHERE g.measured_at >= %(raw_from)s
 GROUP BY 1, 3
 """
-
-# Every zone in use, its offset at the window's start and each change after it, to the second: sampled
-# hourly (no zone changes twice within an hour) to an hour past the window, then the hour before a change
-# searched second by second.
-# PostgreSQL's own zone data, the same AT TIME ZONE and the incremental path use.
-_PG_ZONE_CHANGES = """
-WITH hourly AS (
-    SELECT z.time_zone, h, (h AT TIME ZONE z.time_zone) - (h AT TIME ZONE 'UTC') AS off
-    FROM unnest(%(zones)s::text[]) AS z(time_zone)
-    CROSS JOIN generate_series(%(start)s::timestamptz, %(until)s::timestamptz + interval '1 hour', interval '1 hour') AS h
-), changes AS (
-    SELECT time_zone, h, off, lag(off) OVER (PARTITION BY time_zone ORDER BY h) AS previous FROM hourly
-)
-SELECT c.time_zone, c.off,
-       CASE WHEN c.previous IS NOT NULL THEN (
-           SELECT min(s) FROM generate_series(c.h - interval '3599 seconds', c.h, interval '1 second') AS s
-           WHERE (s AT TIME ZONE c.time_zone) - (s AT TIME ZONE 'UTC') = c.off
-       ) END AS starts_at
-FROM changes c
-WHERE c.previous IS NULL OR c.previous <> c.off
-ORDER BY c.time_zone, c.h
-"""
-_ZONE_SLOTS = 3
-_FAR_PAST = datetime(1, 1, 2, tzinfo=UTC)
-
-
-def zone_slots(
-    periods: list[tuple[timedelta, datetime | None]], until: datetime
-) -> tuple[list[timedelta], list[datetime], datetime]:
-    """A zone's (offset, start) periods as the scan's slots: four offsets, the three instants they change
-    at, and `valid_until`, from which rows go through AT TIME ZONE. Unused change instants are
-    `valid_until` itself, so the common row (no change in the window) is decided by one comparison."""
-    offsets = [offset for offset, _ in periods]
-    starts = [starts_at for _, starts_at in periods[1:]]
-    if any(starts_at is None for starts_at in starts):
-        # A change not pinned to the second (never seen): AT TIME ZONE takes every row of this zone.
-        return [offsets[0]] * (_ZONE_SLOTS + 1), [_FAR_PAST] * _ZONE_SLOTS, _FAR_PAST
-    valid_until = starts[_ZONE_SLOTS] if len(starts) > _ZONE_SLOTS else until
-    offsets = (offsets + [offsets[-1]] * _ZONE_SLOTS)[: _ZONE_SLOTS + 1]
-    starts = (starts[:_ZONE_SLOTS] + [valid_until] * _ZONE_SLOTS)[:_ZONE_SLOTS]
-    return offsets, starts, valid_until
-
-
-def _pg_zone_params(cursor: Any, start: datetime, until: datetime) -> dict[str, Any]:
-    """The scan's zone arrays over [start, until) for every patient (see _PG_LOCAL_DAY)."""
-    # The patients first, and the zones of exactly those: a zone changed in between must not go missing.
-    cursor.execute("SELECT id, time_zone FROM patients ORDER BY id")
-    patients = cursor.fetchall()
-    # Whole hours: the per-second search then lands exactly on the change (they happen on whole seconds).
-    start = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-    zones_in_use = sorted({zone for _, zone in patients})
-    cursor.execute(_PG_ZONE_CHANGES, {"zones": zones_in_use, "start": start, "until": until})
-    periods: dict[str, list[tuple[timedelta, datetime | None]]] = {}
-    for zone, offset, starts_at in cursor.fetchall():
-        periods.setdefault(zone, []).append((offset, starts_at))
-    arrays: dict[str, list[Any]] = {
-        name: [] for name in ("zones", "off0", "t1", "off1", "t2", "off2", "t3", "off3", "valid_until")
-    }
-    for zone, zone_periods in periods.items():
-        offsets, starts, valid_until = zone_slots(zone_periods, until)
-        arrays["zones"].append(zone)
-        for i in range(_ZONE_SLOTS + 1):
-            arrays[f"off{i}"].append(offsets[i])
-        for i in range(_ZONE_SLOTS):
-            arrays[f"t{i + 1}"].append(starts[i])
-        arrays["valid_until"].append(valid_until)
-    index = {zone: i + 1 for i, zone in enumerate(arrays["zones"])}  # PostgreSQL arrays start at 1
-    base = patients[0][0] - 1 if patients else 0
-    # Patient ids come from a sequence: dense, so one slot per id from the smallest; a gap holds 0 (no
-    # zone, never read: a deleted patient has no rows). One text literal, not a list of parameters.
-    zone_of = [0] * (patients[-1][0] - base if patients else 0)
-    for patient_id, zone in patients:
-        zone_of[patient_id - base - 1] = index[zone]
-    return {**arrays, "zone_of": "{" + ",".join(map(str, zone_of)) + "}", "zone_base": base}
 
 
 # One write per row: the chunk's recomputed days, plus its stored days the scan did not produce (before the
@@ -597,18 +503,13 @@ def _pg_full_rebuild(patient_ids: list[int], result: AggregateResult) -> None:
     params: dict[str, Any] = {"raw_from": raw_horizon(now), "first_day": first_complete_day(now)}
     with transaction.atomic(), db.cursor() as cursor:
         _tune_session()
-        # (timestamptz + interval)::date must mean the UTC date (Django's connections are UTC; be explicit).
-        cursor.execute("SET LOCAL timezone = 'UTC'")
         cursor.execute("DROP TABLE IF EXISTS agg_full_marks, agg_full_daily")
-        # Marks first, zones second: a patient created after the zones were read is not scanned, and its
-        # marks, newer than the snapshot, stay for the next run.
+        # Marks first, scan second: a batch committed in between leaves a newer mark version, kept.
         cursor.execute(_PG_FULL_MARKS)
-        zones = _pg_zone_params(cursor, params["raw_from"] - _HORIZON_MARGIN, now + _HORIZON_MARGIN)
-        # zone_of appears in every branch of the day expression: sent once, as a parameter.
-        execute_bound(_PG_FULL_SCAN, {**params, **zones})
+        cursor.execute(_PG_FULL_SCAN, params)
         # Days before the first complete one are partial (retention has started on them): the stored rows
         # stay. Filtered here, not in the scan: a filter on the day would evaluate its expression twice.
-        cursor.execute("DELETE FROM agg_full_daily WHERE day IS NULL OR day < %(first_day)s", params)
+        cursor.execute("DELETE FROM agg_full_daily WHERE day < %(first_day)s", params)
         # No ANALYZE: the chunks read it by patient range through this index, whatever its statistics.
         cursor.execute("CREATE INDEX ON agg_full_daily (patient_id)")
     try:
