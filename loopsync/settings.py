@@ -76,7 +76,11 @@ TEMPLATES = [
 # --- Database -----------------------------------------------------------------------------------------
 # PostgreSQL only. DATABASE_URL=postgres://user:password@host:port/name points at any server; unset, the
 # embedded server in .pgdata/ (loopsync/embedded_db.py) is started if it is not running, and used.
-DATABASE_URL = env_str("DATABASE_URL") or embedded_db.url()
+DATABASE_URL = env_str("DATABASE_URL")
+if not DATABASE_URL and not DEBUG:
+    # A deploy that lost its DATABASE_URL must fail, not write to a server on its ephemeral disk.
+    raise ImproperlyConfigured("DATABASE_URL must be set when DEBUG is off (set DEBUG=true for local work)")
+DATABASE_URL = DATABASE_URL or embedded_db.url()
 try:
     _default_db = dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 0, minimum=0))
 except ValueError as exc:
