@@ -74,6 +74,6 @@ clean: db-stop
 	rm -rf $(VENV) .pgdata
 
 .PHONY: bench-aggregate
-## bench-aggregate: daily statistics and retention on PostgreSQL (5M readings, 500 patients; ~4 minutes)
+## bench-aggregate: daily statistics and retention on PostgreSQL (5M readings, 500 patients; about 2 minutes)
 bench-aggregate: $(STAMP)
 	DATABASE_URL=$(TEST_PG_URL)_bench $(PY) bench/aggregate.py --patients 500 --days 60
