@@ -154,7 +154,20 @@ def _start() -> int:
             entry = pwd.getpwnam(user)
             os.chown(PGDATA, entry.pw_uid, entry.pw_gid)
         # C locale: the same sorting on every machine, whatever locales the OS has installed.
-        _pg("initdb", "-D", str(PGDATA), "-U", "postgres", "--auth=trust", "--encoding=UTF8", "--no-locale")
+        try:
+            _pg(
+                "initdb",
+                "-D",
+                str(PGDATA),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-locale",
+            )
+        except subprocess.CalledProcessError as exc:
+            # A cluster half-created by an interrupted initdb is refused by the next one: say how to recover.
+            raise RuntimeError(f"initdb failed (delete {FOLDER} to start over): {exc.stderr}") from exc
     log = PGDATA / "server.log"
     for attempt in range(3):
         # A port found free can be taken before the server binds it: then another one.
