@@ -22,7 +22,6 @@ def loopsync_settings_check(app_configs: Any, **kwargs: Any) -> list[CheckMessag
                 id="connections.E002",
             )
         )
-    engine = settings.DATABASES["default"]["ENGINE"]
     options = settings.DATABASES["default"].get("OPTIONS", {})
     if settings.DB_PREPARED_STATEMENTS and options.get("prepare_threshold") is not None:
         # psycopg would then prepare statements itself, and after each rollback it deallocates every
@@ -32,13 +31,6 @@ def loopsync_settings_check(app_configs: Any, **kwargs: Any) -> list[CheckMessag
                 "DATABASES OPTIONS prepare_threshold must be unset while DB_PREPARED_STATEMENTS is on.",
                 hint="Remove prepare_threshold; the API's hot reads are prepared by loopsync.rawsql.",
                 id="connections.E003",
-            )
-        )
-    if not settings.DEBUG and engine.endswith("sqlite3"):
-        messages.append(
-            Warning(
-                "DATABASE_URL points at SQLite with DEBUG off; production runs on PostgreSQL.",
-                id="connections.W001",
             )
         )
     return messages

@@ -12,6 +12,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from connections.config import DirectProvidersConfig, JunctionSyncConfig, field_encryption_keys
+from loopsync import embedded_db
 from loopsync.env import env_bool, env_choice, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -77,22 +78,22 @@ TEMPLATES = [
 ]
 
 # --- Database -----------------------------------------------------------------------------------------
-# Embedded default: a SQLite file in the project folder. Production: DATABASE_URL=postgres://...
-DATABASE_URL = env_str("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
+# PostgreSQL only. DATABASE_URL=postgres://user:password@host:port/name points at any server; unset, the
+# embedded server in .pgdata/ (loopsync/embedded_db.py) is started if it is not running, and used.
+DATABASE_URL = env_str("DATABASE_URL")
+if not DATABASE_URL and not DEBUG:
+    # A deploy that lost its DATABASE_URL must fail, not write to a server on its ephemeral disk.
+    raise ImproperlyConfigured("DATABASE_URL must be set when DEBUG is off (set DEBUG=true for local work)")
+DATABASE_URL = DATABASE_URL or embedded_db.url()
 try:
     _default_db = dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 0, minimum=0))
 except ValueError as exc:
     raise ImproperlyConfigured(f"DATABASE_URL is not a database URL Django understands: {exc}") from None
-if _default_db["ENGINE"] == "django.db.backends.sqlite3":
-    # IMMEDIATE transactions take the write lock up front, so two workers wait for each other instead of
-    # failing with "database is locked" when a read transaction tries to upgrade to a write.
-    _default_db["OPTIONS"] = {
-        "timeout": 30,
-        "transaction_mode": "IMMEDIATE",
-        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-    }
-elif _default_db["ENGINE"] == "django.db.backends.postgresql":
-    _default_db.setdefault("OPTIONS", {})["application_name"] = "loopsync"
+if _default_db["ENGINE"] != "django.db.backends.postgresql":
+    raise ImproperlyConfigured(
+        "DATABASE_URL must be a PostgreSQL URL (postgres://...): the SQL is PostgreSQL's."
+    )
+_default_db.setdefault("OPTIONS", {})["application_name"] = "loopsync"
 DATABASES = {"default": _default_db}
 # The consumer API's hot reads (loopsync.rawsql.fetch_rows) are statements prepared on their PostgreSQL
 # connection: parsed and planned once, where the daily-stats page spent more time being planned than run

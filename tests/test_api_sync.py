@@ -109,15 +109,10 @@ def test_the_database_refuses_a_second_active_request_for_one_source(alice: Pati
     SyncRequest.objects.create(patient=alice, source="oura")
 
 
-@pytest.mark.postgres_only
 @pytest.mark.django_db(transaction=True)
 def test_two_simultaneous_posts_create_one_sync(
     alice: Patient, clerk: ClerkSandbox, clean_sandbox: SandboxServer, monkeypatch
 ) -> None:
-    from django.db import connection
-
-    if connection.vendor != "postgresql":
-        pytest.skip("concurrent writers need PostgreSQL")
     monkeypatch.setattr(actions, "_enqueue_manual_sync", lambda request_id: None)
     source = wearable_of(clean_sandbox, alice)
     token = clerk.mint("user_alice")

@@ -6,7 +6,6 @@ import threading
 from datetime import datetime
 
 import pytest
-from django.db import connection as db
 from django.db import connections
 
 from connections.config import JunctionSyncConfig
@@ -20,10 +19,6 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("
 def test_two_concurrent_syncs_of_one_connection_store_each_sample_once(
     junction_config: JunctionSyncConfig, frozen_time: datetime
 ) -> None:
-    if db.vendor != "postgresql":
-        pytest.skip(
-            "needs row locks across real connections; SQLite's in-memory test database has table locks"
-        )
     user_id = junction_config.user_ids[0]
     patient = Patient.objects.create(junction_user_id=user_id, time_zone="Europe/London")
     connection = Connection.objects.create(patient=patient, provider=Provider.JUNCTION)
