@@ -4,11 +4,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# PostgreSQL used by the test suite (production is PostgreSQL); `make test` skips it, saying so, if absent.
+# PostgreSQL used by the test suite; when it is not reachable, `make test` runs on the embedded server
+# (loopsync/embedded_db.py) instead, saying so. CI sets REQUIRE_POSTGRES to fail rather than fall back.
 TEST_PG_URL ?= postgres://postgres@127.0.0.1:5432/loopsync
 DEMO_ENV := DEBUG=true LOG_LEVEL=warning
 
-.PHONY: demo test test-postgres test-sqlite lint format bench bench-cgm sandbox migrate clean
+.PHONY: demo test test-postgres test-embedded db-stop lint format bench bench-cgm sandbox migrate clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,30 +21,35 @@ migrate: $(STAMP)
 	$(DEMO_ENV) $(PY) manage.py migrate --noinput -v 0
 	$(DEMO_ENV) $(PY) manage.py sync_schedules
 
-## demo: install, migrate the SQLite default, sync 20 sandbox users over the last 7 days, print the summary
+## demo: install, migrate the embedded PostgreSQL (or DATABASE_URL's), sync 20 sandbox users over the last
+## 7 days, print the summary. The embedded server keeps running for later commands: `make db-stop` stops it.
 demo: migrate
 	$(DEMO_ENV) $(PY) manage.py sync_wearables --sandbox --sandbox-users 20 --lookback-days 7
 	# Direct providers: connect sandbox WHOOP, Dexcom and Libre users (real OAuth / login flows), run both jobs.
 	$(DEMO_ENV) $(PY) manage.py run_job sync-whoop-data --sandbox --sandbox-users 5
 	$(DEMO_ENV) $(PY) manage.py run_job sync-cgm-readings --sandbox --sandbox-users 5
 
-## test: the suite against PostgreSQL (when reachable) and against SQLite
+## test: the suite on TEST_PG_URL's PostgreSQL when reachable, else on the embedded server
 test: $(STAMP)
 	@if $(PY) scripts/pg_available.py "$(TEST_PG_URL)"; then \
 		$(MAKE) --no-print-directory test-postgres; \
 	else \
 		if [ -n "$$REQUIRE_POSTGRES" ]; then echo "FATAL: PostgreSQL required but not reachable at $(TEST_PG_URL)"; exit 1; fi; \
-		echo "PostgreSQL is not reachable at $(TEST_PG_URL): SKIPPING the PostgreSQL run (SQLite only)"; \
+		echo "PostgreSQL is not reachable at $(TEST_PG_URL): running on the embedded server instead"; \
+		$(MAKE) --no-print-directory test-embedded; \
 	fi
-	@$(MAKE) --no-print-directory test-sqlite
 
 test-postgres: $(STAMP)
-	@echo "== tests on PostgreSQL =="
+	@echo "== tests on PostgreSQL at $(TEST_PG_URL) =="
 	DATABASE_URL=$(TEST_PG_URL) $(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-sqlite: $(STAMP)
-	@echo "== tests on SQLite =="
-	DATABASE_URL=sqlite:///$(CURDIR)/.test.sqlite3 $(PY) -m pytest -q $(PYTEST_ARGS)
+test-embedded: $(STAMP)
+	@url=$$($(PY) -m loopsync.embedded_db url) && echo "== tests on the embedded PostgreSQL at $$url ==" && \
+		DATABASE_URL=$$url $(PY) -m pytest -q $(PYTEST_ARGS)
+
+## db-stop: stop the embedded PostgreSQL (its data stays in .pgdata/)
+db-stop:
+	@if [ -x $(PY) ]; then $(PY) -m loopsync.embedded_db stop; fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -64,10 +70,10 @@ bench-cgm: $(STAMP)
 sandbox: $(STAMP)
 	$(DEMO_ENV) $(PY) manage.py sandbox --port 8765
 
-clean:
-	rm -rf $(VENV) db.sqlite3 db.sqlite3-* .test.sqlite3
+clean: db-stop
+	rm -rf $(VENV) .pgdata
 
 .PHONY: bench-aggregate
-## bench-aggregate: daily statistics and retention on PostgreSQL (5M readings, 500 patients; ~4 minutes)
+## bench-aggregate: daily statistics and retention on PostgreSQL (5M readings, 500 patients; about 2 minutes)
 bench-aggregate: $(STAMP)
 	DATABASE_URL=$(TEST_PG_URL)_bench $(PY) bench/aggregate.py --patients 500 --days 60

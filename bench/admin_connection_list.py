@@ -59,9 +59,8 @@ def grow(to: int, start: int) -> None:
                 for i, p in zip(ids, patients, strict=True)
             ]
         )
-    if db.vendor == "postgresql":
-        with db.cursor() as cursor:
-            cursor.execute("ANALYZE")
+    with db.cursor() as cursor:
+        cursor.execute("ANALYZE")
 
 
 def measure(client: Client) -> dict[str, float]:

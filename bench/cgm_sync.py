@@ -89,9 +89,11 @@ def main() -> int:
     from django.conf import settings
     from django.core.management import call_command
 
+    from connections.engine import run_sync_job
     from connections.models import Connection, OAuthState, Patient
+    from connections.providers.dexcom.provider import DexcomProvider
+    from connections.providers.libre.provider import LibreProvider
     from connections.sandbox_setup import connect_sandbox_user, sandbox_config
-    from connections.sync_direct import CGM_JOB, run_direct_job
     from readings.models import DailyStat, GlucoseReading
 
     call_command("migrate", verbosity=0)
@@ -129,7 +131,12 @@ def main() -> int:
         for label in ("first", "steady"):
             httpx.delete(f"{url}/_sandbox/requests")
             started = time.perf_counter()
-            result = run_direct_job(CGM_JOB, config, connection_ids=ids, concurrency=args.concurrency)
+            result = run_sync_job(
+                DexcomProvider.job,
+                configs={DexcomProvider.key: config, LibreProvider.key: config},
+                connection_ids=ids,
+                concurrency=args.concurrency,
+            )
             seconds = time.perf_counter() - started
             requests = len(httpx.get(f"{url}/_sandbox/requests", timeout=60).json()["requests"])
             figures[label] = {

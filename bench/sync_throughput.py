@@ -73,12 +73,11 @@ def main() -> int:
     from django.db import connection as db
 
     from connections.config import JunctionSyncConfig
+    from connections.engine import run_sync_job
     from connections.models import Connection, Patient, SyncEvent, SyncFingerprint
-    from connections.sync import run_wearable_sync_job
+    from connections.providers.junction.provider import JunctionProvider
     from readings.models import DailyStat, GlucoseReading, WearableReading
 
-    if db.vendor != "postgresql":
-        raise SystemExit("the benchmark runs on PostgreSQL: set DATABASE_URL=postgres://...")
     call_command("migrate", verbosity=0)
     for model in (
         WearableReading,
@@ -109,14 +108,18 @@ def main() -> int:
             lookback_days=args.days,
         )
         t0 = time.perf_counter()
-        first = run_wearable_sync_job(config, concurrency=args.concurrency)
+        first = run_sync_job(
+            JunctionProvider.job, configs={JunctionProvider.key: config}, concurrency=args.concurrency
+        )
         sync_s = time.perf_counter() - t0
         rows = WearableReading.objects.count() + GlucoseReading.objects.count()
         if first.users_failed:
             raise SystemExit(f"sync failed for {first.users_failed} users: {first.errors[:3]}")
 
         t0 = time.perf_counter()
-        second = run_wearable_sync_job(config, concurrency=args.concurrency)
+        second = run_sync_job(
+            JunctionProvider.job, configs={JunctionProvider.key: config}, concurrency=args.concurrency
+        )
         resync_s = time.perf_counter() - t0
     finally:
         sandbox.terminate()

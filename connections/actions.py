@@ -15,6 +15,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django_q.tasks import async_task
 
+from connections.engine import ConnectionInactive, sync_connection
 from connections.models import (
     ACTIVE_SYNC_REQUEST_STATUSES,
     Connection,
@@ -29,28 +30,10 @@ from connections.models import (
     SyncTrigger,
 )
 from connections.providers.base import ProviderError, ProviderRateLimited, RetryPolicy
-from connections.providers.junction import JunctionClient
-from connections.sync import UserSyncSummary, sync_junction_connection
+from connections.providers.junction.client import JunctionClient
+from connections.providers.registry import open_provider
 
 logger = logging.getLogger("loopsync.actions")
-
-
-def sync_connection_now(
-    connection: Connection, *, trigger: str = SyncTrigger.SCHEDULE, actor: str = "", force: bool = False
-) -> UserSyncSummary:
-    """Run one connection's sync in this process, whatever its provider."""
-    if connection.provider == Provider.JUNCTION:
-        config = settings.JUNCTION_SYNC
-        with JunctionClient.from_config(config) as client:
-            return sync_junction_connection(
-                connection, config, client, trigger=trigger, actor=actor, force=force
-            )
-    if connection.provider in (Provider.WHOOP, Provider.DEXCOM, Provider.LIBRE):
-        from connections.sync_direct import DirectClients, sync_direct_connection
-
-        with DirectClients(settings.DIRECT_PROVIDERS) as clients:
-            return sync_direct_connection(connection, clients, trigger=trigger, actor=actor)
-    raise NotImplementedError(f"no sync for provider {connection.provider!r} yet")
 
 
 def _audit(connection: Connection, *, kind: str, actor: str, trigger: str, note: str = "") -> SyncEvent:
@@ -85,7 +68,7 @@ def do_request_resync(
         connection_id = connection.pk
         transaction.on_commit(
             lambda: async_task(
-                "connections.tasks.sync_connection",
+                "connections.tasks.sync_connection_now_task",
                 connection_id,
                 trigger,
                 actor,
@@ -347,36 +330,29 @@ def do_manual_sync(request_id: int) -> SyncRequest | None:
     if not claimed or request is None:
         return request  # delivered twice, or already taken over: the first delivery owns it
     connection = request.connection
-    summary: UserSyncSummary | None = None
+    event: SyncEvent | None = None
     error = ""
     try:
         if connection is None or connection.status != ConnectionStatus.ACTIVE:
             error = "the connection was removed or deactivated"
         elif connection.provider == Provider.JUNCTION:
-            summary, request.junction_refresh, error = _manual_junction_sync(request, connection)
+            event, request.junction_refresh, error = _manual_junction_sync(request, connection)
         else:
-            summary = sync_connection_now(connection, trigger=SyncTrigger.MANUAL, actor="patient")
-    except NotImplementedError:
-        error = (
-            f"syncing {connection.provider if connection else request.source} directly is not available yet"
-        )
+            event = sync_connection(connection, trigger=SyncTrigger.MANUAL, actor="patient")
+    except ConnectionInactive:
+        error = "the connection was removed or deactivated"
     except Exception as exc:  # noqa: BLE001 - the request must end failed, never stay running
         logger.exception("manual sync crashed", extra={"sync_request_id": request_id})
         error = f"internal error: {type(exc).__name__}"
     request.finished_at = timezone.now()
-    if summary is not None:
-        request.records_fetched = summary.records_fetched
-        request.records_stored = summary.records_stored
-        request.records_skipped = summary.records_skipped
-        if summary.status != "success":
-            error = error or "; ".join(summary.errors) or summary.status
-        request.sync_event = (
-            SyncEvent.objects.filter(
-                connection=connection, trigger=SyncTrigger.MANUAL, started_at__gte=started
-            )
-            .order_by("-pk")
-            .first()
-        )
+    if event is not None:
+        # The event the engine wrote for this very sync (two manual syncs can never swap events).
+        request.sync_event = event
+        request.records_fetched = event.records_fetched
+        request.records_stored = event.records_stored
+        request.records_skipped = event.records_skipped
+        if event.status != SyncStatus.SUCCESS:
+            error = error or event.error.replace("\n", "; ") or event.status
     request.status = SyncRequestStatus.FAILED if error else SyncRequestStatus.SUCCESS
     request.error = error[:2000]
     request.save(
@@ -402,13 +378,11 @@ def do_manual_sync(request_id: int) -> SyncRequest | None:
     return request
 
 
-def _manual_junction_sync(
-    request: SyncRequest, connection: Connection
-) -> tuple[UserSyncSummary | None, str, str]:
-    """(summary, refresh outcome, error) of a Junction source: refresh the user, then sync its window."""
-    config = settings.JUNCTION_SYNC
+def _manual_junction_sync(request: SyncRequest, connection: Connection) -> tuple[SyncEvent | None, str, str]:
+    """(event, refresh outcome, error) of a Junction source: refresh the user, then sync its window."""
     user_id = connection.patient.junction_user_id or ""
-    with JunctionClient.from_config(config) as client:
+    with open_provider(Provider.JUNCTION) as junction:
+        client = junction.client  # type: ignore[attr-defined]
         try:
             connected = {str(p.get("slug")) for p in client.connected_providers(user_id)}
         except ProviderError as exc:
@@ -428,7 +402,5 @@ def _manual_junction_sync(
         except ProviderError as exc:
             logger.warning("junction refresh failed", extra={"error": str(exc)})
             refresh = "failed"
-        summary = sync_junction_connection(
-            connection, config, client, trigger=SyncTrigger.MANUAL, actor="patient"
-        )
-    return summary, refresh, ""
+        event = sync_connection(connection, trigger=SyncTrigger.MANUAL, actor="patient", provider=junction)
+    return event, refresh, ""

@@ -22,14 +22,6 @@ def loopsync_settings_check(app_configs: Any, **kwargs: Any) -> list[CheckMessag
                 id="connections.E002",
             )
         )
-    engine = settings.DATABASES["default"]["ENGINE"]
-    if not settings.DEBUG and engine.endswith("sqlite3"):
-        messages.append(
-            Warning(
-                "DATABASE_URL points at SQLite with DEBUG off; production runs on PostgreSQL.",
-                id="connections.W001",
-            )
-        )
     return messages
 
 

@@ -4,9 +4,9 @@ The rules (README "Ops admin" has the table):
 1. inactive: the connection's status is not active (ops deactivated it, or the patient revoked access).
 2. failing: its last `failing_streak` sync runs in a row failed. A daily run already retried the user
    3 times, so one failed run is failing; a CGM run every 30 minutes gets one run's slack for blips.
-3. stale: no successful sync for longer than the provider's cadence plus a grace period: CGM providers
-   (Dexcom, Libre) sync every 30 minutes, stale after 60; daily providers (Junction, WHOOP) sync every
-   24 hours, stale after 30 (a missed 03:00 run, with 6 hours for a long run to finish). A connection that
+3. stale: no successful sync for longer than the provider's cadence plus a grace period (each provider
+   declares its cadence: CGM providers sync every 30 minutes, stale after 60; daily providers every
+   24 hours, stale after 30, a missed 03:00 run with 6 hours for a long run to finish). A connection that
    has never synced counts from its creation, so a new one gets the same grace.
 4. ok: everything else.
 
@@ -18,14 +18,15 @@ checks the Python and SQL forms on the same rows.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from django.db import models
 from django.db.models import Case, Q, Value, When
 from django.db.models.functions import Coalesce
 
-from connections.models import Connection, ConnectionStatus, Provider
+from connections.models import Connection, ConnectionStatus
+from connections.providers.contract import DAILY_CADENCE, Cadence
+from connections.providers.registry import PROVIDERS
 
 
 class Health(models.TextChoices):
@@ -35,43 +36,24 @@ class Health(models.TextChoices):
     INACTIVE = "inactive", "Inactive"
 
 
-@dataclass(frozen=True)
-class Cadence:
-    every: timedelta
-    grace: timedelta
-    failing_streak: int
-
-    @property
-    def stale_after(self) -> timedelta:
-        return self.every + self.grace
-
-
-CGM = Cadence(every=timedelta(minutes=30), grace=timedelta(minutes=30), failing_streak=2)
-DAILY = Cadence(every=timedelta(hours=24), grace=timedelta(hours=6), failing_streak=1)
-
-CADENCES: dict[str, Cadence] = {
-    Provider.DEXCOM: CGM,
-    Provider.LIBRE: CGM,
-    Provider.JUNCTION: DAILY,
-    Provider.WHOOP: DAILY,
-}
-# A provider added to the choices without a cadence here is judged as a daily one.
-DEFAULT_CADENCE = DAILY
+# A connection of a provider no longer registered is judged as a daily one.
+DEFAULT_CADENCE = DAILY_CADENCE
 
 
 def cadence_for(provider: str) -> Cadence:
-    return CADENCES.get(provider, DEFAULT_CADENCE)
+    registered = PROVIDERS.get(provider)
+    return registered.cadence if registered is not None else DEFAULT_CADENCE
 
 
 def _by_cadence(build: Callable[[Cadence], Q]) -> Q:
     """OR over providers grouped by cadence: `build(cadence)` is the rule for that group's rows."""
     groups: dict[Cadence, list[str]] = {}
-    for provider, cadence in CADENCES.items():
-        groups.setdefault(cadence, []).append(str(provider))
+    for key, provider in PROVIDERS.items():
+        groups.setdefault(provider.cadence, []).append(key)
     q = Q(pk__in=[])
     for cadence, providers in groups.items():
         q |= Q(provider__in=providers) & build(cadence)
-    return q | (~Q(provider__in=[str(p) for p in CADENCES]) & build(DEFAULT_CADENCE))
+    return q | (~Q(provider__in=list(PROVIDERS)) & build(DEFAULT_CADENCE))
 
 
 def health_q(state: str, now: datetime) -> Q:

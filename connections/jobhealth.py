@@ -21,7 +21,7 @@ from django_q.models import Schedule
 
 from connections.charts import daily_bars_svg
 from connections.models import JobRun, JobRunStatus
-from loopsync.schedules import PREFIX, SCHEDULES
+from loopsync.schedules import PREFIX, all_schedules
 
 FAILED_STATUSES = (JobRunStatus.FAILED, JobRunStatus.PARTIAL)
 CHART_DAYS = 30
@@ -62,7 +62,7 @@ def _failure_rate(statuses: list[str]) -> float | None:
 
 def job_health(now: datetime | None = None) -> list[JobHealthRow]:
     now = now or timezone.now()
-    declared = {s.name: s for s in SCHEDULES}
+    declared = {s.name: s for s in all_schedules()}
     # Jobs that ran but are no longer (or not yet) declared still show, after the declared ones.
     names = list(declared) + sorted(
         set(JobRun.objects.exclude(job__in=list(declared)).values_list("job", flat=True).distinct())

@@ -18,7 +18,7 @@ Two shapes of job:
       with track_job(JOB_NAME) as run:
           run.expect_units(len(connections))
           for c in connections:
-              async_task("connections.tasks.sync_junction_user", c.pk, trigger, run.id)
+              async_task("connections.tasks.sync_connection_task", c.pk, trigger, run.id)
 
 A run still open when the next run of the same job starts (a worker died, a task was lost) is closed as
 failed, naming how many users never reported.
@@ -40,7 +40,7 @@ from sentry_sdk.crons import capture_checkin
 from sentry_sdk.crons.consts import MonitorStatus
 
 from connections.models import JobRun, JobRunStatus
-from loopsync.schedules import SCHEDULES
+from loopsync.schedules import all_schedules
 from loopsync.sentry import scrub_text
 
 logger = logging.getLogger("loopsync.jobs")
@@ -55,7 +55,7 @@ UNIT_SKIPPED = "skipped"
 
 def monitor_config(job: str) -> dict[str, Any] | None:
     """Sentry Crons monitor for a scheduled job: its cron, so Sentry alerts on a missed run too."""
-    schedule = next((s for s in SCHEDULES if s.name == job), None)
+    schedule = next((s for s in all_schedules() if s.name == job), None)
     if schedule is None:
         return None
     return {
@@ -106,13 +106,19 @@ class TrackedRun:
 
 
 @contextmanager
-def track_job(job: str) -> Iterator[TrackedRun]:
-    """Record one run of `job`: a JobRun row, Crons check-ins (in progress, then ok or error), a summary log."""
+def track_job(job: str, *, scheduled: bool = True) -> Iterator[TrackedRun]:
+    """Record one run of `job`: a JobRun row, Crons check-ins (in progress, then ok or error), a summary log.
+
+    `scheduled=False` (run_job, sync_wearables): the run is recorded, but it neither checks in with Sentry
+    Crons (a manual run must not hide a missed scheduled one) nor closes a scheduled run still in progress.
+    """
     now = timezone.now()
-    _close_abandoned_runs(job, now)
-    check_in_id = capture_checkin(
-        monitor_slug=job, status=MonitorStatus.IN_PROGRESS, monitor_config=monitor_config(job)
-    )
+    check_in_id = None
+    if scheduled:
+        _close_abandoned_runs(job, now)
+        check_in_id = capture_checkin(
+            monitor_slug=job, status=MonitorStatus.IN_PROGRESS, monitor_config=monitor_config(job)
+        )
     tracked = TrackedRun(JobRun.objects.create(job=job, started_at=now, sentry_check_in_id=check_in_id or ""))
     try:
         yield tracked
@@ -185,12 +191,13 @@ def _finish(job_run_id: int, *, error: str = "", now: datetime | None = None) ->
     if claimed != 1:
         return
     duration = (finished_at - run.started_at).total_seconds()
-    capture_checkin(
-        monitor_slug=run.job,
-        check_in_id=run.sentry_check_in_id or None,
-        status=MonitorStatus.OK if status == JobRunStatus.SUCCESS else MonitorStatus.ERROR,
-        duration=duration,
-    )
+    if run.sentry_check_in_id:
+        capture_checkin(
+            monitor_slug=run.job,
+            check_in_id=run.sentry_check_in_id,
+            status=MonitorStatus.OK if status == JobRunStatus.SUCCESS else MonitorStatus.ERROR,
+            duration=duration,
+        )
     logger.log(
         logging.INFO if status == JobRunStatus.SUCCESS else logging.WARNING,
         "%s finished: %s, %d/%d users synced, %d failed, %d records stored in %.1f s",

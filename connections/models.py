@@ -36,10 +36,20 @@ class Patient(models.Model):
 
 
 class Provider(models.TextChoices):
+    """The keys of the built-in providers, for code that addresses one of them. Which providers exist is the
+    registry's to say (connections.providers.registry): the model fields take their choices from there."""
+
     JUNCTION = "junction", "Junction"
     WHOOP = "whoop", "WHOOP"
     DEXCOM = "dexcom", "Dexcom"
     LIBRE = "libre", "FreeStyle Libre"
+
+
+def provider_choices() -> list[tuple[str, str]]:
+    # A callable, so registering a provider needs no migration.
+    from connections.providers.registry import provider_choices as registered
+
+    return registered()
 
 
 class ConnectionStatus(models.TextChoices):
@@ -51,7 +61,7 @@ class Connection(models.Model):
     """A patient's link to one provider; `last_sync_at` is the sync cursor for it."""
 
     patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="connections")
-    provider = models.CharField(max_length=16, choices=Provider.choices)
+    provider = models.CharField(max_length=16, choices=provider_choices)
     status = models.CharField(
         max_length=16, choices=ConnectionStatus.choices, default=ConnectionStatus.ACTIVE
     )
@@ -117,7 +127,7 @@ class SyncEvent(models.Model):
     )
     # Copied from the connection so the trail survives the connection's removal.
     patient = models.ForeignKey(Patient, on_delete=models.SET_NULL, null=True, related_name="sync_events")
-    provider = models.CharField(max_length=16, choices=Provider.choices)
+    provider = models.CharField(max_length=16, choices=provider_choices)
     trigger = models.CharField(max_length=16, choices=SyncTrigger.choices)
     status = models.CharField(max_length=16, choices=SyncStatus.choices, default=SyncStatus.RUNNING)
     started_at = models.DateTimeField()
@@ -220,8 +230,12 @@ class OAuthState(models.Model):
 
     state = models.CharField(max_length=64, unique=True)
     patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="+")
-    provider = models.CharField(max_length=16, choices=Provider.choices)
+    provider = models.CharField(max_length=16, choices=provider_choices)
     redirect_uri = models.CharField(max_length=500)
+    # SHA-256 of the key set as a cookie on the browser that started the flow (RFC 6749 §10.12): the callback
+    # must come from that browser, or a victim approving an attacker's link would link their account to the
+    # attacker's patient. Only the hash is kept, so the table alone cannot complete a flow.
+    browser_binding = models.CharField(max_length=64, default="")
     created_at = models.DateTimeField()
     expires_at = models.DateTimeField()
     used_at = models.DateTimeField(null=True, blank=True)

@@ -4,17 +4,23 @@
     connection = complete_oauth("whoop", state, code)       # the callback: exchange, create/update, store
 
 The state is random (256 bits), bound to the patient and provider, single use and expiring
-(OAUTH_STATE_TTL_SECONDS). It is claimed with one conditional UPDATE before the code is exchanged, so a replayed
-callback can never connect twice, and the patient comes from the state row, never from the callback's request.
+(OAUTH_STATE_TTL_SECONDS), and bound to the browser that started the flow: `begin_oauth` returns a browser key
+that the start view sets as a cookie, and the callback is refused without it (RFC 6749 §10.12; neither WHOOP nor
+Dexcom documents PKCE, so the cookie is the binding). It is claimed with one conditional UPDATE before the code is
+exchanged, so a replayed callback can never connect twice, and the patient comes from the state row, never from
+the callback's request.
 """
 
 from __future__ import annotations
 
+import hashlib
 import secrets
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
 from django.core import signing
+from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.utils import timezone
 
@@ -27,11 +33,11 @@ from connections.models import (
     Provider,
     ProviderCredential,
 )
-from connections.providers.dexcom import DexcomClient
-from connections.providers.libre import LibreClient
-from connections.providers.whoop import WhoopClient
+from connections.providers.contract import ConnectMethod, SyncProvider
+from connections.providers.libre.client import LibreClient
+from connections.providers.oauth2 import OAuthClient
+from connections.providers.registry import PROVIDERS, provider_class
 
-OAUTH_PROVIDERS = (Provider.WHOOP, Provider.DEXCOM)
 CONNECT_TOKEN_SALT = "loopsync.connections.connect"
 
 
@@ -39,16 +45,22 @@ class OAuthFlowError(ValueError):
     """The flow cannot continue (unknown or used state, provider mismatch, denial); the message is safe to show."""
 
 
-def oauth_client(provider: str, config: DirectProvidersConfig) -> WhoopClient | DexcomClient:
-    if provider == Provider.WHOOP:
-        if not config.whoop_client_id:
-            raise OAuthFlowError("WHOOP is not configured (WHOOP_CLIENT_ID)")
-        return WhoopClient.from_config(config)
-    if provider == Provider.DEXCOM:
-        if not config.dexcom_client_id:
-            raise OAuthFlowError("Dexcom is not configured (DEXCOM_CLIENT_ID)")
-        return DexcomClient.from_config(config)
-    raise OAuthFlowError(f"{provider!r} does not connect through OAuth")
+def oauth_providers() -> list[str]:
+    """The providers that connect through the authorization-code flow (the /connect/<key>/ routes)."""
+    return [key for key, p in PROVIDERS.items() if p.connect is ConnectMethod.OAUTH]
+
+
+def _oauth_provider(provider: str, config: DirectProvidersConfig | None) -> SyncProvider:
+    if provider not in oauth_providers():
+        raise OAuthFlowError(f"{provider!r} does not connect through OAuth")
+    return provider_class(provider)(config)
+
+
+def oauth_client(provider: str, config: DirectProvidersConfig | None = None) -> OAuthClient:
+    try:
+        return _oauth_provider(provider, config).oauth_client()  # type: ignore[attr-defined,no-any-return]
+    except ImproperlyConfigured as exc:
+        raise OAuthFlowError(str(exc)) from None
 
 
 # --- Who is connecting -------------------------------------------------------------------------------------
@@ -78,12 +90,28 @@ def patient_from_connect_token(token: str) -> Patient:
 # --- The flow ----------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class OAuthStart:
+    """Where to send the browser, and the key that browser must keep (a cookie) to complete the flow."""
+
+    authorize_url: str
+    browser_key: str
+
+
+def browser_cookie_name(provider: str) -> str:
+    return f"loopsync_oauth_{provider}"
+
+
+def _binding(browser_key: str) -> str:
+    return hashlib.sha256(browser_key.encode()).hexdigest()
+
+
 def begin_oauth(
     patient: Patient, provider: str, redirect_uri: str, config: DirectProvidersConfig | None = None
-) -> str:
-    """Store a fresh state for this patient and return the provider's authorize URL."""
-    config = config or settings.DIRECT_PROVIDERS
+) -> OAuthStart:
+    """Store a fresh state for this patient and this browser; the provider's authorize URL and the browser key."""
     client = oauth_client(provider, config)
+    browser_key = secrets.token_urlsafe(32)
     try:
         now = timezone.now()
         state = OAuthState.objects.create(
@@ -91,44 +119,50 @@ def begin_oauth(
             patient=patient,
             provider=provider,
             redirect_uri=redirect_uri,
+            browser_binding=_binding(browser_key),
             created_at=now,
             expires_at=now + timedelta(seconds=settings.OAUTH_STATE_TTL_SECONDS),
         )
-        return client.authorize_url(redirect_uri, state.state)
+        return OAuthStart(client.authorize_url(redirect_uri, state.state), browser_key)
     finally:
         client.close()
 
 
-def claim_state(provider: str, state: str) -> OAuthState:
-    """Use up a state exactly once; OAuthFlowError if it is unknown, used, expired or for another provider."""
+def claim_state(provider: str, state: str, browser_key: str) -> OAuthState:
+    """Use up a state exactly once, from the browser that started it; OAuthFlowError if it is unknown, used,
+    expired, for another provider, or presented by another browser."""
+    if not browser_key:
+        raise OAuthFlowError("this authorization was started in another browser; start again")
     now = timezone.now()
     claimed = OAuthState.objects.filter(
-        state=state, provider=provider, used_at__isnull=True, expires_at__gt=now
+        state=state,
+        provider=provider,
+        browser_binding=_binding(browser_key),
+        used_at__isnull=True,
+        expires_at__gt=now,
     ).update(used_at=now)
     if claimed != 1:
-        raise OAuthFlowError("the authorization state is unknown, expired or already used; start again")
+        raise OAuthFlowError(
+            "the authorization state is unknown, expired, already used or from another browser; start again"
+        )
     return OAuthState.objects.select_related("patient").get(state=state)
 
 
 def complete_oauth(
-    provider: str, state: str, code: str, config: DirectProvidersConfig | None = None
+    provider: str, state: str, code: str, browser_key: str, config: DirectProvidersConfig | None = None
 ) -> Connection:
     """The callback: claim the state, exchange the code, create or update the connection and its credential."""
-    config = config or settings.DIRECT_PROVIDERS
     if not state or not code:
         raise OAuthFlowError("the callback needs both code and state")
-    flow = claim_state(provider, state)
+    flow = claim_state(provider, state, browser_key)
+    connecting = _oauth_provider(provider, config)
     client = oauth_client(provider, config)
     try:
         tokens = client.exchange_code(code, flow.redirect_uri)
-        external_id = ""
-        if isinstance(client, WhoopClient):
-            external_id = str(client.profile(tokens.access_token).get("user_id") or "")
-        else:
-            # Dexcom has no profile route; every v3 response carries the per-app userId.
-            external_id = str(client.data_range(tokens.access_token).get("userId") or "")
+        external_id = connecting.external_user_id(client, tokens)  # type: ignore[attr-defined]
     finally:
         client.close()
+        connecting.close()
     with transaction.atomic():
         connection, _ = Connection.objects.select_for_update().get_or_create(
             patient=flow.patient, provider=provider

@@ -1,16 +1,19 @@
-"""Sandbox-backed WHOOP, Dexcom and Libre connections, created through the real flows (for run_job --sandbox,
-`make demo`, tests and the benchmark). Idempotent: a sandbox account already connected is reused."""
+"""Sandbox-backed connections, created through the providers' real flows (run_job --sandbox, `make demo`,
+tests and the benchmarks), for every registered provider. Idempotent: a sandbox account already connected is
+reused."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+from django.conf import settings
 
-from connections.config import DirectProvidersConfig
-from connections.models import Connection, Patient, Provider, ProviderCredential
-from connections.oauth import begin_oauth, complete_oauth, connect_libre
+from connections.models import Connection, Patient, ProviderCredential
+from connections.oauth import begin_oauth, complete_oauth
+from connections.providers.contract import ConnectMethod, SyncProvider
+from connections.providers.registry import PROVIDERS, open_provider, provider_jobs
 
 if TYPE_CHECKING:
     from sandbox.server import SandboxServer
@@ -18,18 +21,13 @@ if TYPE_CHECKING:
 SANDBOX_REDIRECT_URI = "https://loopsync.invalid/connect/{provider}/callback"
 
 
-def sandbox_config(sandbox: SandboxServer, base: DirectProvidersConfig) -> DirectProvidersConfig:
-    """The configuration pointed at the sandbox's hosts and OAuth clients."""
-    return base.replace(
-        whoop_api_url=sandbox.whoop_url,
-        whoop_client_id=sandbox.whoop.oauth.client_id,
-        whoop_client_secret=sandbox.whoop.oauth.client_secret,
-        dexcom_api_url=sandbox.dexcom_url,
-        dexcom_client_id=sandbox.dexcom.oauth.client_id,
-        dexcom_client_secret=sandbox.dexcom.oauth.client_secret,
-        libre_api_url=sandbox.libre_url,
-        libre_regional_url_template=sandbox.libre_url + "/api-{region}",
-    )
+def sandbox_config(sandbox: SandboxServer, base: Any, settings_name: str = "DIRECT_PROVIDERS") -> Any:
+    """The setting `settings_name` (given as `base`) pointed at the sandbox by every provider that reads it."""
+    config = base
+    for provider in PROVIDERS.values():
+        if provider.settings_name == settings_name:
+            config = provider.sandbox_config(sandbox, config)
+    return config
 
 
 def authorize_in_sandbox(url: str, sandbox_user: int) -> tuple[str, str]:
@@ -43,46 +41,56 @@ def authorize_in_sandbox(url: str, sandbox_user: int) -> tuple[str, str]:
     return query["code"][0], query["state"][0]
 
 
-def connect_sandbox_user(
-    sandbox: SandboxServer,
-    config: DirectProvidersConfig,
-    provider: str,
-    index: int,
-    patient: Patient | None = None,
+def connect_oauth_sandbox_user(
+    provider: SyncProvider, sandbox: SandboxServer, index: int, patient: Patient | None
 ) -> Connection:
+    """The OAuth flow with the sandbox's authorize page approving as sandbox user `index`."""
     patient = patient or Patient.objects.create()
-    if provider == Provider.LIBRE:
-        user = sandbox.libre.user(index)
-        return connect_libre(patient, user.email, user.password, config)
-    redirect_uri = SANDBOX_REDIRECT_URI.format(provider=provider)
-    url = begin_oauth(patient, provider, redirect_uri, config)
-    code, state = authorize_in_sandbox(url, index)
-    return complete_oauth(provider, state, code, config)
+    redirect_uri = SANDBOX_REDIRECT_URI.format(provider=provider.key)
+    flow = begin_oauth(patient, provider.key, redirect_uri, provider.config)
+    code, state = authorize_in_sandbox(flow.authorize_url, index)
+    return complete_oauth(provider.key, state, code, flow.browser_key, provider.config)
 
 
-def _external_id(sandbox: SandboxServer, provider: str, index: int) -> str:
-    if provider == Provider.WHOOP:
-        return str(sandbox.whoop.whoop_user_id(index))
-    if provider == Provider.DEXCOM:
-        return sandbox.dexcom.user_id(index)
-    return sandbox.libre.user(index).user_id
+def connect_sandbox_user(
+    sandbox: SandboxServer, config: Any, provider: str, index: int, patient: Patient | None = None
+) -> Connection:
+    with open_provider(provider, config) as opened:
+        return opened.connect_sandbox_user(sandbox, index, patient)
 
 
 def ensure_sandbox_connections(
-    sandbox: SandboxServer, config: DirectProvidersConfig, providers: tuple[str, ...], users: int
+    sandbox: SandboxServer, config: Any, providers: tuple[str, ...], users: int
 ) -> list[int]:
     """Connection ids of sandbox users 1..users of each provider, (re)connected through the real flows."""
     ids: list[int] = []
-    for provider in providers:
-        for index in range(1, users + 1):
-            external = _external_id(sandbox, provider, index)
-            credential = (
-                ProviderCredential.objects.select_related("connection__patient")
-                .filter(connection__provider=provider, external_user_id=external)
-                .first()
-            )
-            # Connected again even when known: a sandbox started for this run does not know the tokens an
-            # earlier one issued. The reconnect keeps the patient and the cursor, so nothing is fetched twice.
-            patient = credential.connection.patient if credential else None
-            ids.append(connect_sandbox_user(sandbox, config, provider, index, patient).pk)
+    for key in providers:
+        with open_provider(key, config) as provider:
+            for index in range(1, users + 1):
+                external = provider.sandbox_external_id(sandbox, index)
+                credential = (
+                    ProviderCredential.objects.select_related("connection__patient")
+                    .filter(connection__provider=key, external_user_id=external)
+                    .first()
+                )
+                # Connected again even when known: a sandbox started for this run does not know the tokens an
+                # earlier one issued. The reconnect keeps the patient and the cursor: nothing is fetched twice.
+                patient = credential.connection.patient if credential else None
+                ids.append(provider.connect_sandbox_user(sandbox, index, patient).pk)
     return ids
+
+
+def sandbox_job_setup(sandbox: SandboxServer, job: str) -> tuple[dict[str, Any], list[int] | None]:
+    """For `run_job JOB --sandbox`: each provider's settings pointed at the sandbox, and the connections to
+    sync (those of sandbox accounts, connected through the real flows); None when the job's providers are
+    aggregators, whose users the settings name."""
+    configs: dict[str, Any] = {}
+    connection_ids: list[int] | None = None
+    for provider in provider_jobs()[job].providers:
+        config = sandbox_config(sandbox, getattr(settings, provider.settings_name), provider.settings_name)
+        configs[provider.key] = config
+        if provider.connect is not ConnectMethod.AGGREGATOR:
+            connection_ids = (connection_ids or []) + ensure_sandbox_connections(
+                sandbox, config, (provider.key,), len(sandbox.libre.users)
+            )
+    return configs, connection_ids

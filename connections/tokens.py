@@ -19,14 +19,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from django.db import transaction
 from django.utils import timezone
 
 from connections.models import Connection, ConnectionStatus, ProviderCredential, SyncTrigger
-from connections.providers.base import ProviderError
-from connections.providers.libre import LibreLoginRefused
-from connections.providers.oauth2 import OAuthGrantError, TokenSet
+from connections.providers.base import ProviderAuthError, ProviderError
+from connections.providers.contract import CredentialsRefused
+from connections.providers.oauth2 import TokenSet
 
 logger = logging.getLogger("loopsync.tokens")
 
@@ -88,8 +89,8 @@ def refresh_access_token(
         spent = credential.refresh_token
         try:
             tokens = refresher(credential)
-        except (OAuthGrantError, LibreLoginRefused) as exc:
-            if isinstance(exc, OAuthGrantError) and not exc.refresh_token_dead:
+        except CredentialsRefused as exc:
+            if not exc.dead:
                 raise  # invalid_client etc.: our configuration, not the patient's connection
             grant_error = exc
         else:
@@ -147,3 +148,34 @@ def mark_revoked(connection: Connection, reason: str, *, trigger: str = SyncTrig
         "connection deactivated: credentials refused",
         extra={"connection_id": connection.pk, "provider": connection.provider},
     )
+
+
+T = TypeVar("T")
+
+
+class TokenSession:
+    """The connection's current access token for one sync; a 401 refreshes it once and repeats the call."""
+
+    def __init__(
+        self, connection: Connection, refresher: Refresher, *, margin: timedelta, trigger: str
+    ) -> None:
+        self.connection = connection
+        self.refresher = refresher
+        self.margin = margin
+        self.trigger = trigger
+        self.token = access_token(connection, refresher, margin=margin, trigger=trigger)
+
+    def call(self, fn: Callable[[str], T]) -> T:
+        try:
+            return fn(self.token)
+        except ProviderAuthError as exc:
+            if exc.status != 401:
+                raise
+            self.token = access_token(
+                self.connection,
+                self.refresher,
+                margin=self.margin,
+                stale_token=self.token,
+                trigger=self.trigger,
+            )
+            return fn(self.token)

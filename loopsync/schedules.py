@@ -1,4 +1,8 @@
-"""Every scheduled job, declared once. `manage.py sync_schedules` makes django-q2 match this list."""
+"""Every scheduled job, declared once. `manage.py sync_schedules` makes django-q2 match `all_schedules()`.
+
+The provider jobs come from the provider registry (each provider names its job and cron); the readings jobs
+are declared here.
+"""
 
 from __future__ import annotations
 
@@ -14,32 +18,14 @@ class JobSchedule:
     func: str
     cron: str
     description: str
+    args: tuple[str, ...] = ()
 
     @property
     def schedule_name(self) -> str:
         return PREFIX + self.name
 
 
-SCHEDULES: tuple[JobSchedule, ...] = (
-    JobSchedule(
-        name="wearable-sync-daily",
-        func="connections.tasks.wearable_sync_daily",
-        cron="0 3 * * *",
-        description="Junction users: last JUNCTION_SYNC_LOOKBACK_DAYS days of wearable data, one task per user.",
-    ),
-    JobSchedule(
-        name="sync-whoop-data",
-        func="connections.tasks.sync_whoop_data",
-        # After the night's sleep and recovery are usually scored in the Americas and Europe.
-        cron="0 6 * * *",
-        description="WHOOP: recovery, strain (cycles), sleep and workouts since the cursor; one task per connection.",
-    ),
-    JobSchedule(
-        name="sync-cgm-readings",
-        func="connections.tasks.sync_cgm_readings",
-        cron="*/30 * * * *",
-        description="Dexcom and FreeStyle Libre: glucose since the newest stored reading; one task per connection.",
-    ),
+READINGS_SCHEDULES: tuple[JobSchedule, ...] = (
     # After the 03:00 fan-out has had 90 minutes to store the day: the marks its batches left are consumed
     # in one pass. A user synced later (retries, a long queue) is picked up the next day; its daily
     # avg/min/max are already exact (store_batch computes them inline), only the rolling values wait.
@@ -58,3 +44,22 @@ SCHEDULES: tuple[JobSchedule, ...] = (
         description="Weekly: partitions ahead, raw readings past RAW_READING_RETENTION_DAYS, orphans, duplicates.",
     ),
 )
+
+
+def provider_schedules() -> tuple[JobSchedule, ...]:
+    from connections.providers.registry import provider_jobs
+
+    return tuple(
+        JobSchedule(
+            name=job.name,
+            func="connections.tasks.sync_job",
+            cron=job.cron,
+            description=job.description,
+            args=(job.name,),
+        )
+        for job in provider_jobs().values()
+    )
+
+
+def all_schedules() -> tuple[JobSchedule, ...]:
+    return (*provider_schedules(), *READINGS_SCHEDULES)

@@ -12,6 +12,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from connections.config import DirectProvidersConfig, JunctionSyncConfig, field_encryption_keys
+from loopsync import embedded_db
 from loopsync.env import env_bool, env_choice, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -27,6 +28,9 @@ if not SECRET_KEY:
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1" if DEBUG else "")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 
+# The provider sandbox's app (its `manage.py sandbox` command) is installed only for local work or when asked.
+SANDBOX_ENABLED = env_bool("SANDBOX_ENABLED", DEBUG)
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -38,7 +42,8 @@ INSTALLED_APPS = [
     "django_q",
     "connections.apps.ConnectionsConfig",
     "readings",
-    "sandbox",
+    # `manage.py sandbox` (the fake providers) only where asked for: local work, or SANDBOX_ENABLED.
+    *(["sandbox"] if SANDBOX_ENABLED else []),
     # OpenAPI schema and self-hosted Swagger UI for the REST API.
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -73,22 +78,22 @@ TEMPLATES = [
 ]
 
 # --- Database -----------------------------------------------------------------------------------------
-# Embedded default: a SQLite file in the project folder. Production: DATABASE_URL=postgres://...
-DATABASE_URL = env_str("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
+# PostgreSQL only. DATABASE_URL=postgres://user:password@host:port/name points at any server; unset, the
+# embedded server in .pgdata/ (loopsync/embedded_db.py) is started if it is not running, and used.
+DATABASE_URL = env_str("DATABASE_URL")
+if not DATABASE_URL and not DEBUG:
+    # A deploy that lost its DATABASE_URL must fail, not write to a server on its ephemeral disk.
+    raise ImproperlyConfigured("DATABASE_URL must be set when DEBUG is off (set DEBUG=true for local work)")
+DATABASE_URL = DATABASE_URL or embedded_db.url()
 try:
     _default_db = dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 0, minimum=0))
 except ValueError as exc:
     raise ImproperlyConfigured(f"DATABASE_URL is not a database URL Django understands: {exc}") from None
-if _default_db["ENGINE"] == "django.db.backends.sqlite3":
-    # IMMEDIATE transactions take the write lock up front, so two workers wait for each other instead of
-    # failing with "database is locked" when a read transaction tries to upgrade to a write.
-    _default_db["OPTIONS"] = {
-        "timeout": 30,
-        "transaction_mode": "IMMEDIATE",
-        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-    }
-elif _default_db["ENGINE"] == "django.db.backends.postgresql":
-    _default_db.setdefault("OPTIONS", {})["application_name"] = "loopsync"
+if _default_db["ENGINE"] != "django.db.backends.postgresql":
+    raise ImproperlyConfigured(
+        "DATABASE_URL must be a PostgreSQL URL (postgres://...): the SQL is PostgreSQL's."
+    )
+_default_db.setdefault("OPTIONS", {})["application_name"] = "loopsync"
 DATABASES = {"default": _default_db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -139,7 +144,7 @@ FIELD_ENCRYPTION_KEYS = field_encryption_keys(env_list("FIELD_ENCRYPTION_KEYS"),
 OAUTH_STATE_TTL_SECONDS = env_int("OAUTH_STATE_TTL_SECONDS", 600, minimum=60, maximum=3600)
 # Parallel connections per run of the direct-provider jobs when run inline (run_job); the scheduled jobs fan
 # out one django-q2 task per connection instead.
-DIRECT_SYNC_CONCURRENCY = env_int("DIRECT_SYNC_CONCURRENCY", 16, minimum=1, maximum=128)
+SYNC_JOB_CONCURRENCY = env_int("SYNC_JOB_CONCURRENCY", 16, minimum=1, maximum=128)
 
 # --- Daily statistics and retention (aggregate-wearable-data, cleanup-wearable-data) ---------------------
 # Raw readings older than this many days are removed weekly; daily statistics are kept for good.

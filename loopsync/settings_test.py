@@ -8,6 +8,11 @@ os.environ.setdefault("SECRET_KEY", "test-only-secret-key")
 os.environ.setdefault("JUNCTION_ENV", "sandbox")
 # A fixed test key (not the DEBUG development key): tests run with DEBUG off, as production does.
 os.environ.setdefault("FIELD_ENCRYPTION_KEYS", "dGVzdC1vbmx5LWtleS1mb3ItbG9vcHN5bmMtdGVzdHM=")
+if not os.environ.get("DATABASE_URL"):
+    # Tests run with DEBUG off, where settings require DATABASE_URL: without one, the embedded server.
+    from loopsync import embedded_db
+
+    os.environ["DATABASE_URL"] = embedded_db.url()
 
 from loopsync.settings import *  # noqa: E402,F403
 from loopsync.settings import Q_CLUSTER  # noqa: E402

@@ -10,8 +10,7 @@ Full (`--full`): every patient's days inside the raw-retention horizon are recom
 every stored day's rolling averages are recomputed from the daily sums and counts.
 
 Rolling averages are sample-weighted (sum of daily sums / sum of daily counts) over calendar days: RANGE
-windows on PostgreSQL (`RANGE BETWEEN '6 days' PRECEDING`), the same frame over julianday() on SQLite, so a
-missing day never stretches the window.
+windows (`RANGE BETWEEN '6 days' PRECEDING`), so a missing day never stretches the window.
 
 Days older than the horizon (`now - RAW_READING_RETENTION_DAYS`, plus a 2-day margin for zone offsets)
 are not recomputed by a full rebuild: retention has removed (some of) their raw rows, and their stored
@@ -24,9 +23,8 @@ import logging
 import time as monotonic
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -35,7 +33,6 @@ from django.utils import timezone
 
 from connections.models import Patient, SyncFingerprint, validate_time_zone
 from readings.locks import single_flight
-from readings.store import local_day_bounds
 
 logger = logging.getLogger("loopsync.aggregate")
 
@@ -83,10 +80,6 @@ class AggregateResult:
         return asdict(self)
 
 
-def is_postgres() -> bool:
-    return db.vendor == "postgresql"
-
-
 def raw_horizon(now: datetime | None = None) -> datetime:
     """The instant before which retention may already have removed raw rows."""
     return (now or timezone.now()) - timedelta(days=settings.RAW_READING_RETENTION_DAYS)
@@ -113,13 +106,13 @@ def run_aggregation(*, full: bool = False) -> AggregateResult:
         else:
             patient_ids = _dirty_patient_ids()
         result.patients = len(patient_ids)
-        if full and is_postgres():
+        if full:
             _pg_full_rebuild(patient_ids, result)
         else:
             for chunk in _chunks(patient_ids, CHUNK_PATIENTS):
                 with transaction.atomic():
                     _tune_session()
-                    result.add(_rebuild_chunk(chunk) if full else _incremental_chunk(chunk))
+                    result.add(_incremental_chunk(chunk))
     result.duration_s = round(monotonic.monotonic() - started, 3)
     logger.info("%s finished", JOB_NAME, extra={"job": JOB_NAME, **result.as_dict()})
     return result
@@ -159,14 +152,13 @@ def change_patient_time_zone(patient_id: int, time_zone: str) -> AggregateResult
 
 
 def _tune_session() -> None:
-    """PostgreSQL, this transaction only: hash aggregates in memory, no JIT (its compile time exceeds its gain
+    """This transaction only: hash aggregates in memory, no JIT (its compile time exceeds its gain
     on these short aggregate queries), and no wait for the WAL flush at commit: the statistics are derived,
     and a commit lost to a crash loses its mark deletions with it, so the next run recomputes those days."""
-    if is_postgres():
-        with db.cursor() as cursor:
-            cursor.execute(f"SET LOCAL work_mem = '{AGGREGATE_WORK_MEM}'")
-            cursor.execute("SET LOCAL jit = off")
-            cursor.execute("SET LOCAL synchronous_commit = off")
+    with db.cursor() as cursor:
+        cursor.execute(f"SET LOCAL work_mem = '{AGGREGATE_WORK_MEM}'")
+        cursor.execute("SET LOCAL jit = off")
+        cursor.execute("SET LOCAL synchronous_commit = off")
 
 
 def _dirty_patient_ids() -> list[int]:
@@ -377,23 +369,12 @@ def _incremental_chunk(patient_ids: list[int]) -> AggregateResult:
 
 def _snapshot_marks(patient_ids: list[int]) -> int:
     """Copy these patients' marks (with their versions and local-day bounds) into the agg_keys temp table."""
-    if not is_postgres():
-        return _sqlite_snapshot(_sqlite_raw(), patient_ids)
     with db.cursor() as cursor:
         return _pg_snapshot(cursor, patient_ids)
 
 
 def _recompute_snapshot(result: AggregateResult) -> None:
     """Daily statistics of the snapshot's days, then rolling averages of those days and the 29 after."""
-    if not is_postgres():
-        raw = _sqlite_raw()
-        now = _sqlite_now()
-        result.daily_rows_changed = raw.execute(_SQLITE_DAILY_WEARABLE, [now]).rowcount
-        result.daily_rows_changed += raw.execute(_SQLITE_DAILY_GLUCOSE, [now]).rowcount
-        result.rolling_rows_recomputed, result.rolling_rows_changed = _sqlite_rolling(
-            raw, _SQLITE_ROLLING_KEYS, []
-        )
-        return
     with db.cursor() as cursor:
         result.daily_rows_changed = _pg_count(cursor, _PG_DAILY_WEARABLE_KEYS.format(only=""), None)
         result.daily_rows_changed += _pg_count(cursor, _PG_DAILY_GLUCOSE_KEYS.format(only=""), None)
@@ -403,18 +384,11 @@ def _recompute_snapshot(result: AggregateResult) -> None:
 
 def _clear_snapshot_marks() -> int:
     """Delete the marks the snapshot read, only at the version read: a re-marked day stays marked."""
-    if not is_postgres():
-        raw = _sqlite_raw()
-        cleared = raw.execute(_SQLITE_CLEAR_MARKS).rowcount
-        raw.execute("DELETE FROM agg_keys")
-        return cleared
     with db.cursor() as cursor:
         return _pg_count(cursor, _PG_CLEAR_MARKS, None)
 
 
 def _rebuild_chunk(patient_ids: list[int]) -> AggregateResult:
-    if not is_postgres():
-        return _sqlite_rebuild_chunk(patient_ids)
     result = AggregateResult(mode="full")
     now = timezone.now()
     params = {"patients": patient_ids, "raw_from": raw_horizon(now), "first_day": first_complete_day(now)}
@@ -439,7 +413,7 @@ def _rebuild_chunk(patient_ids: list[int]) -> AggregateResult:
     return result
 
 
-# Full rebuild, PostgreSQL: one pass over the raw tables into a session temp table (a hash aggregate, no
+# Full rebuild: one pass over the raw tables into a session temp table (a hash aggregate, no
 # index probing), then short per-chunk transactions upsert it and recompute the rolling averages. The marks
 # are snapshotted before the scan: a batch committed after the scan leaves a newer mark version, which the
 # chunk does not clear.
@@ -448,116 +422,23 @@ CREATE TEMP TABLE agg_full_marks AS
 SELECT patient_id, metric, day, version FROM patient_wearable_daily_stats_dirty
 """
 
-# The local day of a raw row without a time-zone lookup per row: a patient's UTC offset is constant between
-# its zone's changes, so the day is (measured_at + offset)::date in a UTC session. The offsets come in as
-# constant arrays (per zone: four offsets, the instants they change at, and `valid_until`), indexed
-# through `zone_of`, the zone of each patient id: no join, so PostgreSQL estimates the groups from the raw
-# table alone and runs the two tables' aggregates in parallel, as it does for a plain GROUP BY. A row from
-# `valid_until` on (dated after the window, or after a fourth change) goes through AT TIME ZONE, so the day
-# is AT TIME ZONE's whatever the zone does. A patient id outside `zone_of` (created after it was built)
-# gets a NULL day; those rows are dropped and the patient's marks stay for the next run.
-_PG_ZONE = "(%(zone_of)s::int[])[{t}.patient_id - %(zone_base)s]"
-_PG_LOCAL_DAY = """CASE
-    WHEN {t}.measured_at < (%(t1)s::timestamptz[])[{z}] THEN ({t}.measured_at + (%(off0)s::interval[])[{z}])::date
-    WHEN {t}.measured_at < (%(t2)s::timestamptz[])[{z}] THEN ({t}.measured_at + (%(off1)s::interval[])[{z}])::date
-    WHEN {t}.measured_at < (%(t3)s::timestamptz[])[{z}] THEN ({t}.measured_at + (%(off2)s::interval[])[{z}])::date
-    WHEN {t}.measured_at < (%(valid_until)s::timestamptz[])[{z}]
-        THEN ({t}.measured_at + (%(off3)s::interval[])[{z}])::date
-    ELSE ({t}.measured_at AT TIME ZONE (%(zones)s::text[])[{z}])::date END"""
-
-
-def _local_day_sql(alias: str) -> str:
-    return _PG_LOCAL_DAY.format(t=alias, z=_PG_ZONE.format(t=alias))
-
-
-_PG_FULL_SCAN = f"""
+# The local day of each raw row, AT TIME ZONE its patient's zone (DST-safe, the same rule as the store and the
+# incremental path). The inner join also leaves out a patient created after the marks were read: its marks,
+# newer than the snapshot, stay for the next run.
+_PG_FULL_SCAN = """
 CREATE TEMP TABLE agg_full_daily AS
-SELECT r.patient_id, r.metric, {_local_day_sql("r")} AS day,
+SELECT r.patient_id, r.metric, (r.measured_at AT TIME ZONE p.time_zone)::date AS day,
        avg(r.value) AS avg, min(r.value) AS min, max(r.value) AS max, sum(r.value) AS sum, count(*) AS count
-FROM patient_wearable_readings r
+FROM patient_wearable_readings r JOIN patients p ON p.id = r.patient_id
 WHERE r.measured_at >= %(raw_from)s
 GROUP BY 1, 2, 3
 UNION ALL
-SELECT g.patient_id, 'glucose', {_local_day_sql("g")} AS day,
+SELECT g.patient_id, 'glucose', (g.measured_at AT TIME ZONE p.time_zone)::date AS day,
        avg(g.value_mg_dl), min(g.value_mg_dl), max(g.value_mg_dl), sum(g.value_mg_dl), count(*)
-FROM patient_glucose_readings g
+FROM patient_glucose_readings g JOIN patients p ON p.id = g.patient_id
 WHERE g.measured_at >= %(raw_from)s
 GROUP BY 1, 3
 """
-
-# Every zone in use, its offset at the window's start and each change after it, to the second: sampled
-# hourly (no zone changes twice within an hour) to an hour past the window, then the hour before a change
-# searched second by second.
-# PostgreSQL's own zone data, the same AT TIME ZONE and the incremental path use.
-_PG_ZONE_CHANGES = """
-WITH hourly AS (
-    SELECT z.time_zone, h, (h AT TIME ZONE z.time_zone) - (h AT TIME ZONE 'UTC') AS off
-    FROM unnest(%(zones)s::text[]) AS z(time_zone)
-    CROSS JOIN generate_series(%(start)s::timestamptz, %(until)s::timestamptz + interval '1 hour', interval '1 hour') AS h
-), changes AS (
-    SELECT time_zone, h, off, lag(off) OVER (PARTITION BY time_zone ORDER BY h) AS previous FROM hourly
-)
-SELECT c.time_zone, c.off,
-       CASE WHEN c.previous IS NOT NULL THEN (
-           SELECT min(s) FROM generate_series(c.h - interval '3599 seconds', c.h, interval '1 second') AS s
-           WHERE (s AT TIME ZONE c.time_zone) - (s AT TIME ZONE 'UTC') = c.off
-       ) END AS starts_at
-FROM changes c
-WHERE c.previous IS NULL OR c.previous <> c.off
-ORDER BY c.time_zone, c.h
-"""
-_ZONE_SLOTS = 3
-_FAR_PAST = datetime(1, 1, 2, tzinfo=UTC)
-
-
-def zone_slots(
-    periods: list[tuple[timedelta, datetime | None]], until: datetime
-) -> tuple[list[timedelta], list[datetime], datetime]:
-    """A zone's (offset, start) periods as the scan's slots: four offsets, the three instants they change
-    at, and `valid_until`, from which rows go through AT TIME ZONE. Unused change instants are
-    `valid_until` itself, so the common row (no change in the window) is decided by one comparison."""
-    offsets = [offset for offset, _ in periods]
-    starts = [starts_at for _, starts_at in periods[1:]]
-    if any(starts_at is None for starts_at in starts):
-        # A change not pinned to the second (never seen): AT TIME ZONE takes every row of this zone.
-        return [offsets[0]] * (_ZONE_SLOTS + 1), [_FAR_PAST] * _ZONE_SLOTS, _FAR_PAST
-    valid_until = starts[_ZONE_SLOTS] if len(starts) > _ZONE_SLOTS else until
-    offsets = (offsets + [offsets[-1]] * _ZONE_SLOTS)[: _ZONE_SLOTS + 1]
-    starts = (starts[:_ZONE_SLOTS] + [valid_until] * _ZONE_SLOTS)[:_ZONE_SLOTS]
-    return offsets, starts, valid_until
-
-
-def _pg_zone_params(cursor: Any, start: datetime, until: datetime) -> dict[str, Any]:
-    """The scan's zone arrays over [start, until) for every patient (see _PG_LOCAL_DAY)."""
-    # The patients first, and the zones of exactly those: a zone changed in between must not go missing.
-    cursor.execute("SELECT id, time_zone FROM patients ORDER BY id")
-    patients = cursor.fetchall()
-    # Whole hours: the per-second search then lands exactly on the change (they happen on whole seconds).
-    start = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-    zones_in_use = sorted({zone for _, zone in patients})
-    cursor.execute(_PG_ZONE_CHANGES, {"zones": zones_in_use, "start": start, "until": until})
-    periods: dict[str, list[tuple[timedelta, datetime | None]]] = {}
-    for zone, offset, starts_at in cursor.fetchall():
-        periods.setdefault(zone, []).append((offset, starts_at))
-    arrays: dict[str, list[Any]] = {
-        name: [] for name in ("zones", "off0", "t1", "off1", "t2", "off2", "t3", "off3", "valid_until")
-    }
-    for zone, zone_periods in periods.items():
-        offsets, starts, valid_until = zone_slots(zone_periods, until)
-        arrays["zones"].append(zone)
-        for i in range(_ZONE_SLOTS + 1):
-            arrays[f"off{i}"].append(offsets[i])
-        for i in range(_ZONE_SLOTS):
-            arrays[f"t{i + 1}"].append(starts[i])
-        arrays["valid_until"].append(valid_until)
-    index = {zone: i + 1 for i, zone in enumerate(arrays["zones"])}  # PostgreSQL arrays start at 1
-    base = patients[0][0] - 1 if patients else 0
-    # Patient ids come from a sequence: dense, so one slot per id from the smallest; a gap holds 0 (no
-    # zone, never read: a deleted patient has no rows). One text literal, not a list of parameters.
-    zone_of = [0] * (patients[-1][0] - base if patients else 0)
-    for patient_id, zone in patients:
-        zone_of[patient_id - base - 1] = index[zone]
-    return {**arrays, "zone_of": "{" + ",".join(map(str, zone_of)) + "}", "zone_base": base}
 
 
 # One write per row: the chunk's recomputed days, plus its stored days the scan did not produce (before the
@@ -622,17 +503,13 @@ def _pg_full_rebuild(patient_ids: list[int], result: AggregateResult) -> None:
     params: dict[str, Any] = {"raw_from": raw_horizon(now), "first_day": first_complete_day(now)}
     with transaction.atomic(), db.cursor() as cursor:
         _tune_session()
-        # (timestamptz + interval)::date must mean the UTC date (Django's connections are UTC; be explicit).
-        cursor.execute("SET LOCAL timezone = 'UTC'")
         cursor.execute("DROP TABLE IF EXISTS agg_full_marks, agg_full_daily")
-        # Marks first, zones second: a patient created after the zones were read is not scanned, and its
-        # marks, newer than the snapshot, stay for the next run.
+        # Marks first, scan second: a batch committed in between leaves a newer mark version, kept.
         cursor.execute(_PG_FULL_MARKS)
-        zones = _pg_zone_params(cursor, params["raw_from"] - _HORIZON_MARGIN, now + _HORIZON_MARGIN)
-        cursor.execute(_PG_FULL_SCAN, {**params, **zones})
+        cursor.execute(_PG_FULL_SCAN, params)
         # Days before the first complete one are partial (retention has started on them): the stored rows
         # stay. Filtered here, not in the scan: a filter on the day would evaluate its expression twice.
-        cursor.execute("DELETE FROM agg_full_daily WHERE day IS NULL OR day < %(first_day)s", params)
+        cursor.execute("DELETE FROM agg_full_daily WHERE day < %(first_day)s", params)
         # No ANALYZE: the chunks read it by patient range through this index, whatever its statistics.
         cursor.execute("CREATE INDEX ON agg_full_daily (patient_id)")
     try:
@@ -669,243 +546,3 @@ def _pg_full_rebuild(patient_ids: list[int], result: AggregateResult) -> None:
     finally:
         with db.cursor() as cursor:
             cursor.execute("DROP TABLE IF EXISTS agg_full_marks, agg_full_daily")
-
-
-# --- SQLite ------------------------------------------------------------------------------------------------------
-# SQLite has no time zones: the UTC bounds of each local day are computed in Python (zoneinfo, DST-safe) into
-# a temp table, and the raw rows are joined to it by range. Timestamps are Django's naive-UTC text, which
-# sorts like time.
-
-_SQLITE_KEYS_TABLE = """
-CREATE TEMP TABLE IF NOT EXISTS agg_keys (
-    patient_id integer, metric text, day text, version integer, day_start text, day_end text
-)
-"""
-
-_SQLITE_DAILY_SET = """
-ON CONFLICT (patient_id, metric, day) DO UPDATE
-    SET avg = excluded.avg, min = excluded.min, max = excluded.max, sum = excluded.sum,
-        count = excluded.count, updated_at = excluded.updated_at
-    WHERE min IS NOT excluded.min OR max IS NOT excluded.max OR count IS NOT excluded.count
-        OR abs(sum - excluded.sum) > 1e-9 * max(abs(excluded.sum), 1)
-        OR abs(avg - excluded.avg) > 1e-9 * max(abs(excluded.avg), 1)
-"""
-
-_SQLITE_DAILY_WEARABLE = (
-    """
-INSERT INTO patient_wearable_daily_stats (patient_id, metric, day, avg, min, max, sum, count, updated_at)
-SELECT k.patient_id, k.metric, k.day, avg(r.value), min(r.value), max(r.value), sum(r.value), count(*), ?
-FROM agg_keys k
-JOIN patient_wearable_readings r
-  ON r.patient_id = k.patient_id AND r.metric = k.metric
- AND r.measured_at >= k.day_start AND r.measured_at < k.day_end
-WHERE k.metric <> 'glucose'
-GROUP BY k.patient_id, k.metric, k.day
-"""
-    + _SQLITE_DAILY_SET
-)
-
-_SQLITE_DAILY_GLUCOSE = (
-    """
-INSERT INTO patient_wearable_daily_stats (patient_id, metric, day, avg, min, max, sum, count, updated_at)
-SELECT k.patient_id, 'glucose', k.day, avg(g.value_mg_dl), min(g.value_mg_dl), max(g.value_mg_dl),
-       sum(g.value_mg_dl), count(*), ?
-FROM agg_keys k
-JOIN patient_glucose_readings g
-  ON g.patient_id = k.patient_id AND g.measured_at >= k.day_start AND g.measured_at < k.day_end
-WHERE k.metric = 'glucose'
-GROUP BY k.patient_id, k.day
-"""
-    + _SQLITE_DAILY_SET
-)
-
-_SQLITE_WINDOWS = """
-    WINDOW w7 AS (PARTITION BY s.patient_id, s.metric ORDER BY julianday(s.day)
-                  RANGE BETWEEN 6 PRECEDING AND CURRENT ROW),
-           w30 AS (PARTITION BY s.patient_id, s.metric ORDER BY julianday(s.day)
-                   RANGE BETWEEN 29 PRECEDING AND CURRENT ROW)
-"""
-
-_SQLITE_ROLLING_KEYS = (
-    """
-CREATE TEMP TABLE agg_rolling AS
-WITH RECURSIVE offsets(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM offsets WHERE n < 29),
-targets AS (
-    SELECT DISTINCT k.patient_id, k.metric, date(k.day, '+' || o.n || ' days') AS day
-    FROM agg_keys k CROSS JOIN offsets o
-),
-spans AS (
-    SELECT patient_id, metric, date(min(day), '-29 days') AS lo, max(day) AS hi
-    FROM targets GROUP BY patient_id, metric
-),
-win AS (
-    SELECT s.patient_id, s.metric, s.day,
-           sum(s.sum) OVER w7 / NULLIF(sum(s.count) OVER w7, 0) AS avg_7d,
-           sum(s.sum) OVER w30 / NULLIF(sum(s.count) OVER w30, 0) AS avg_30d
-    FROM spans p
-    JOIN patient_wearable_daily_stats s
-      ON s.patient_id = p.patient_id AND s.metric = p.metric AND s.day BETWEEN p.lo AND p.hi
-"""
-    + _SQLITE_WINDOWS
-    + """
-)
-SELECT w.patient_id, w.metric, w.day, w.avg_7d, w.avg_30d
-FROM win w
--- IN, not a join: SQLite builds a transient index over the targets instead of scanning them per row.
-WHERE (w.patient_id, w.metric, w.day) IN (SELECT patient_id, metric, day FROM targets)
-"""
-)
-
-_SQLITE_ROLLING_FULL = (
-    """
-CREATE TEMP TABLE agg_rolling AS
-SELECT s.patient_id, s.metric, s.day,
-       sum(s.sum) OVER w7 / NULLIF(sum(s.count) OVER w7, 0) AS avg_7d,
-       sum(s.sum) OVER w30 / NULLIF(sum(s.count) OVER w30, 0) AS avg_30d
-FROM patient_wearable_daily_stats s
-WHERE s.patient_id IN (SELECT value FROM json_each(?))
-"""
-    + _SQLITE_WINDOWS
-)
-
-_SQLITE_ROLLING_APPLY = """
-UPDATE patient_wearable_daily_stats
-   SET avg_7d = r.avg_7d, avg_30d = r.avg_30d, updated_at = ?
-  FROM agg_rolling r
- WHERE patient_wearable_daily_stats.patient_id = r.patient_id
-   AND patient_wearable_daily_stats.metric = r.metric AND patient_wearable_daily_stats.day = r.day
-   AND ({sqlite_rolling_changed})
-"""
-
-_SQLITE_CLEAR_MARKS = """
-DELETE FROM patient_wearable_daily_stats_dirty
-WHERE EXISTS (
-    SELECT 1 FROM agg_keys k
-    WHERE k.patient_id = patient_wearable_daily_stats_dirty.patient_id
-      AND k.metric = patient_wearable_daily_stats_dirty.metric
-      AND k.day = patient_wearable_daily_stats_dirty.day
-      AND k.version = patient_wearable_daily_stats_dirty.version
-)
-"""
-
-
-_SQLITE_ROLLING_APPLY = _SQLITE_ROLLING_APPLY.replace(
-    "{sqlite_rolling_changed}", _rolling_changed("patient_wearable_daily_stats", "max")
-)
-
-
-def _naive_utc(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(sep=" ")[:-6]
-
-
-def _sqlite_now() -> str:
-    return _naive_utc(timezone.now())
-
-
-def _sqlite_snapshot(raw: Any, patient_ids: list[int]) -> int:
-    raw.execute(_SQLITE_KEYS_TABLE)
-    raw.execute("DELETE FROM agg_keys")
-    rows = raw.execute(
-        "SELECT d.patient_id, d.metric, d.day, d.version, p.time_zone "
-        "FROM patient_wearable_daily_stats_dirty d JOIN patients p ON p.id = d.patient_id "
-        "WHERE d.patient_id IN (SELECT value FROM json_each(?))",
-        [_json_ids(patient_ids)],
-    ).fetchall()
-    raw.executemany(
-        "INSERT INTO agg_keys VALUES (?, ?, ?, ?, ?, ?)",
-        [
-            (patient, metric, str(day), version, *_sqlite_bounds(_as_date(day), zone))
-            for patient, metric, day, version, zone in rows
-        ],
-    )
-    return len(rows)
-
-
-def _as_date(value: date | str) -> date:
-    # Django registers a converter for DATE columns on its SQLite connections; plain text otherwise.
-    return value if isinstance(value, date) else date.fromisoformat(value)
-
-
-def _sqlite_bounds(day: date, zone: str) -> tuple[str, str]:
-    start, end = local_day_bounds(day, ZoneInfo(zone))
-    return _naive_utc(start), _naive_utc(end)
-
-
-def _json_ids(ids: list[int]) -> str:
-    return "[" + ",".join(str(int(i)) for i in ids) + "]"
-
-
-def _sqlite_rolling(raw: Any, sql: str, params: list[Any]) -> tuple[int, int]:
-    raw.execute("DROP TABLE IF EXISTS agg_rolling")
-    raw.execute(sql, params)
-    # The UPDATE below finds each stored day's new values by key: without this index it scans them all.
-    raw.execute("CREATE INDEX agg_rolling_key ON agg_rolling (patient_id, metric, day)")
-    recomputed = raw.execute("SELECT count(*) FROM agg_rolling").fetchone()[0]
-    changed = raw.execute(_SQLITE_ROLLING_APPLY, [_sqlite_now()]).rowcount
-    raw.execute("DROP TABLE agg_rolling")
-    return recomputed, changed
-
-
-def _sqlite_raw() -> Any:
-    with db.cursor():  # make sure the connection is open
-        pass
-    return db.connection
-
-
-def _sqlite_rebuild_chunk(patient_ids: list[int]) -> AggregateResult:
-    raw = _sqlite_raw()
-    result = AggregateResult(mode="full")
-    now_moment = timezone.now()
-    first_day = first_complete_day(now_moment)
-    result.marks_read = _sqlite_snapshot(raw, patient_ids)
-    marks = raw.execute("SELECT patient_id, metric, day, version FROM agg_keys").fetchall()
-    # Every (patient, metric, local day) with raw rows inside the horizon, plus the older marked days.
-    raw_from = _naive_utc(raw_horizon(now_moment))
-    spans = raw.execute(
-        """
-        SELECT patient_id, metric, min(measured_at), max(measured_at) FROM patient_wearable_readings
-        WHERE patient_id IN (SELECT value FROM json_each(?1)) AND measured_at >= ?2 GROUP BY patient_id, metric
-        UNION ALL
-        SELECT patient_id, 'glucose', min(measured_at), max(measured_at) FROM patient_glucose_readings
-        WHERE patient_id IN (SELECT value FROM json_each(?1)) AND measured_at >= ?2 GROUP BY patient_id
-        """,
-        [_json_ids(patient_ids), raw_from],
-    ).fetchall()
-    zones = dict(Patient.objects.filter(pk__in=patient_ids).values_list("pk", "time_zone"))
-    keys: dict[tuple[int, str, str], int] = {}
-    for patient, metric, first, last in spans:
-        tz = ZoneInfo(zones[patient])
-        day = max(_local_day(first, tz), first_day)
-        last_day = _local_day(last, tz)
-        while day <= last_day:
-            keys[(patient, metric, day.isoformat())] = 0
-            day += timedelta(days=1)
-    for patient, metric, day, version in marks:
-        keys[(patient, metric, str(day))] = version
-    raw.execute("DELETE FROM agg_keys")
-    raw.executemany(
-        "INSERT INTO agg_keys VALUES (?, ?, ?, ?, ?, ?)",
-        [
-            (patient, metric, day, version, *_sqlite_bounds(date.fromisoformat(day), zones[patient]))
-            for (patient, metric, day), version in keys.items()
-        ],
-    )
-    now = _sqlite_now()
-    result.daily_rows_changed = raw.execute(_SQLITE_DAILY_WEARABLE, [now]).rowcount
-    result.daily_rows_changed += raw.execute(_SQLITE_DAILY_GLUCOSE, [now]).rowcount
-    result.daily_rows_recomputed = raw.execute(
-        "SELECT count(*) FROM patient_wearable_daily_stats "
-        "WHERE patient_id IN (SELECT value FROM json_each(?)) AND day >= ?",
-        [_json_ids(patient_ids), first_day.isoformat()],
-    ).fetchone()[0]
-    result.rolling_rows_recomputed, result.rolling_rows_changed = _sqlite_rolling(
-        raw, _SQLITE_ROLLING_FULL, [_json_ids(patient_ids)]
-    )
-    result.marks_cleared = raw.execute(_SQLITE_CLEAR_MARKS).rowcount
-    raw.execute("DELETE FROM agg_keys")
-    return result
-
-
-def _local_day(naive_utc: str | datetime, tz: ZoneInfo) -> date:
-    moment = naive_utc if isinstance(naive_utc, datetime) else datetime.fromisoformat(naive_utc)
-    return moment.replace(tzinfo=UTC).astimezone(tz).date()

@@ -29,14 +29,14 @@ from rest_framework.response import Response
 from connections.api.base import ERRORS, PatientAPIView
 from connections.api.errors import APIError
 from connections.api.serializers import ErrorSerializer
-from connections.providers.junction import (
+from connections.providers.junction.client import (
     ACTIVITY_FIELDS,
     BODY_FIELDS,
     SLEEP_FIELDS,
     TIMESERIES,
     WORKOUT_FIELDS,
 )
-from connections.providers.whoop import METRICS as WHOOP_METRICS
+from connections.providers.whoop.client import METRICS as WHOOP_METRICS
 from readings.models import DailyStat, GlucoseReading, WearableReading
 from readings.store import local_day_bounds
 

@@ -7,7 +7,7 @@ A re-mark bumps `version`: the aggregator deletes a mark only if its version is 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, date, datetime
+from datetime import date
 
 from django.db import connection as db
 
@@ -19,13 +19,6 @@ ON CONFLICT (patient_id, metric, day) DO UPDATE
     SET version = d.version + 1, marked_at = EXCLUDED.marked_at
 """
 
-_SQLITE_MARK = """
-INSERT INTO patient_wearable_daily_stats_dirty (patient_id, metric, day, version, marked_at)
-VALUES (?, ?, ?, 1, ?)
-ON CONFLICT (patient_id, metric, day) DO UPDATE
-    SET version = version + 1, marked_at = excluded.marked_at
-"""
-
 
 def mark_dirty(patient_id: int, keys: Iterable[tuple[str, date]]) -> None:
     """Upsert the marks of one patient's touched (metric, local day) keys. Needs the caller's transaction."""
@@ -33,16 +26,8 @@ def mark_dirty(patient_id: int, keys: Iterable[tuple[str, date]]) -> None:
     ordered = sorted(set(keys))
     if not ordered:
         return
-    if db.vendor == "postgresql":
-        with db.cursor() as cursor:
-            cursor.execute(
-                _PG_MARK,
-                {"patient": patient_id, "metrics": [m for m, _ in ordered], "days": [d for _, d in ordered]},
-            )
-        return
-    now = datetime.now(UTC).isoformat(sep=" ")[:-6]
-    with db.cursor():
-        pass
-    db.connection.executemany(
-        _SQLITE_MARK, [(patient_id, metric, day.isoformat(), now) for metric, day in ordered]
-    )
+    with db.cursor() as cursor:
+        cursor.execute(
+            _PG_MARK,
+            {"patient": patient_id, "metrics": [m for m, _ in ordered], "days": [d for _, d in ordered]},
+        )

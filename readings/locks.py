@@ -10,14 +10,7 @@ from django.db import connection as db
 
 @contextmanager
 def single_flight(lock_key: int) -> Iterator[bool]:
-    """Yield True if this process holds the session advisory lock `lock_key`, False if another run does.
-
-    SQLite has no advisory locks; its IMMEDIATE transactions already serialise writers, so two runs there
-    only repeat idempotent work.
-    """
-    if db.vendor != "postgresql":
-        yield True
-        return
+    """Yield True if this process holds the session advisory lock `lock_key`, False if another run does."""
     with db.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_lock(%s)", [lock_key])
         acquired = bool(cursor.fetchone()[0])

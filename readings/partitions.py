@@ -45,8 +45,6 @@ def partition_name(table: str, start: datetime) -> str:
 
 
 def is_partitioned(table: str) -> bool:
-    if db.vendor != "postgresql":
-        return False
     with db.cursor() as cursor:
         cursor.execute(
             "SELECT c.relkind FROM pg_class c WHERE c.oid = to_regclass(%s)",

@@ -4,7 +4,7 @@
    exist (readings/partitions.py).
 2. Retention: raw rows measured before `now - RAW_READING_RETENTION_DAYS` are removed. PostgreSQL drops every
    weekly partition that ends at or before the cutoff, DELETEs the older rows of the one partition that
-   straddles it and of the DEFAULT partition; SQLite (or an unpartitioned table) DELETEs in batches.
+   straddles it and of the DEFAULT partition.
    Daily statistics are never touched: they are the long-term record.
 3. Orphans: readings of a connection deleted (a ConnectionRemoval tombstone, readings/signals.py) or
    deactivated more than ORPHANED_READING_GRACE_DAYS ago are removed. Their daily statistics stay.
@@ -31,19 +31,16 @@ from __future__ import annotations
 
 import logging
 import time as monotonic
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import connection as db
 from django.db import transaction
 from django.utils import timezone
 
-from connections.models import Connection, ConnectionStatus, Patient
-from readings.dirty import mark_dirty
+from connections.models import Connection, ConnectionStatus
 from readings.locks import single_flight
 from readings.models import ConnectionRemoval
 from readings.partitions import (
@@ -61,7 +58,6 @@ logger = logging.getLogger("loopsync.retention")
 JOB_NAME = "cleanup-wearable-data"
 WEARABLE_TABLE, GLUCOSE_TABLE = RAW_TABLES
 _ADVISORY_LOCK = 0x4C53_434C  # "LSCL"
-SQLITE_DELETE_BATCH = 10_000
 
 # Source priority, route first: these providers' direct connections win for their own device family.
 DIRECT_PROVIDERS = ("dexcom", "libre", "whoop")
@@ -107,17 +103,6 @@ class CleanupResult:
         return lines
 
 
-def is_postgres() -> bool:
-    return db.vendor == "postgresql"
-
-
-def _db_time(moment: datetime) -> Any:
-    """A timestamp parameter: aware for PostgreSQL, Django's naive-UTC text for SQLite (which compares text)."""
-    if is_postgres():
-        return moment
-    return moment.astimezone(UTC).isoformat(sep=" ")[:-6]
-
-
 def retention_cutoff(now: datetime | None = None) -> datetime:
     return (now or timezone.now()) - timedelta(days=settings.RAW_READING_RETENTION_DAYS)
 
@@ -158,7 +143,7 @@ def run_cleanup(*, dry_run: bool = False, now: datetime | None = None) -> Cleanu
 
 
 def _expired_fingerprints(now: datetime, dry_run: bool) -> Removal:
-    """Day fingerprints older than the sync's lookback are never consulted again (connections.sync)."""
+    """Day fingerprints older than the sync's lookback are never consulted again (connections.providers.junction)."""
     from connections.models import SyncFingerprint
 
     oldest_used = (now - timedelta(days=settings.JUNCTION_SYNC.lookback_days + 1)).date()
@@ -211,10 +196,8 @@ def _count(table: str, where: str, params: list[Any]) -> tuple[int, int]:
 
 def _retention(table: str, cutoff: datetime, dry_run: bool, result: CleanupResult) -> Removal:
     if dry_run:
-        return Removal(table, "retention", *_count(table, "measured_at < %s", [_db_time(cutoff)]))
-    if is_partitioned(table):
-        return _retention_by_partition(table, cutoff, result)
-    return _retention_by_batches(table, cutoff)
+        return Removal(table, "retention", *_count(table, "measured_at < %s", [cutoff]))
+    return _retention_by_partition(table, cutoff, result)
 
 
 def _retention_by_partition(table: str, cutoff: datetime, result: CleanupResult) -> Removal:
@@ -254,27 +237,6 @@ def _delete_older(cursor: Any, relation: str, cutoff: datetime) -> tuple[int, se
     )
     count, patients = cursor.fetchone()
     return count, set(patients)
-
-
-def _retention_by_batches(table: str, cutoff: datetime) -> Removal:
-    """SQLite (or an unpartitioned table): short DELETE batches, each its own transaction."""
-    bound = _db_time(cutoff)
-    rowid = "ctid" if is_postgres() else "rowid"
-    rows = 0
-    patients: set[int] = set()
-    while True:
-        with transaction.atomic(), db.cursor() as cursor:
-            cursor.execute(
-                f'DELETE FROM "{table}" WHERE {rowid} IN '
-                f'(SELECT {rowid} FROM "{table}" WHERE measured_at < %s LIMIT {SQLITE_DELETE_BATCH}) '
-                "RETURNING patient_id",
-                [bound],
-            )
-            gone = [row[0] for row in cursor.fetchall()]
-        rows += len(gone)
-        patients.update(gone)
-        if len(gone) < SQLITE_DELETE_BATCH:
-            return Removal(table, "retention", rows, len(patients))
 
 
 # --- Orphans -----------------------------------------------------------------------------------------------
@@ -341,17 +303,10 @@ def _route_rank() -> str:
     return f"CASE WHEN c.provider IN ({direct}) THEN 0 WHEN c.provider = 'junction' THEN 1 ELSE 2 END"
 
 
-def _truncated(column: str, precision: str) -> str:
-    if is_postgres():
-        return f"date_trunc('{precision}', {column})"
-    # Django stores SQLite datetimes as "YYYY-MM-DD HH:MM:SS[.ffffff]" (naive UTC).
-    return f"substr({column}, 1, {16 if precision == 'minute' else 19})"
-
-
 def _duplicates_query(table: str, cutoff_param: str) -> tuple[str, list[str]]:
     """A SELECT ranking every copy of every measurement (rn = 1 is kept), and the table's key columns."""
     family = _family("r.source")
-    when = _truncated("r.measured_at", PRECISION[table])
+    when = f"date_trunc('{PRECISION[table]}', r.measured_at)"
     direct = ", ".join(f"'{p}'" for p in DIRECT_PROVIDERS)
     if table == WEARABLE_TABLE:
         keys = ["patient_id", "metric", "source", "source_type", "measured_at"]
@@ -363,9 +318,8 @@ def _duplicates_query(table: str, cutoff_param: str) -> tuple[str, list[str]]:
         keys = ["patient_id", "source", "measured_at"]
         group = f"r.patient_id, {family}, {when}"
         order = f"{_route_rank()}, r.ingested_at DESC, r.source, r.measured_at"
-    rowid = "NULL" if is_postgres() else "r.rowid"
     ranked = f"""
-        SELECT {rowid} AS rid, {", ".join("r." + k for k in keys)},
+        SELECT {", ".join("r." + k for k in keys)},
                row_number() OVER (PARTITION BY {group} ORDER BY {order}) AS rn
         FROM "{table}" r LEFT JOIN patient_connections c ON c.id = r.connection_id
         WHERE r.measured_at >= {cutoff_param}
@@ -374,12 +328,6 @@ def _duplicates_query(table: str, cutoff_param: str) -> tuple[str, list[str]]:
 
 
 def _duplicates(table: str, cutoff: datetime, dry_run: bool) -> Removal:
-    if is_postgres():
-        return _duplicates_postgres(table, cutoff, dry_run)
-    return _duplicates_sqlite(table, cutoff, dry_run)
-
-
-def _duplicates_postgres(table: str, cutoff: datetime, dry_run: bool) -> Removal:
     ranked, keys = _duplicates_query(table, "%(cutoff)s")
     if dry_run:
         sql = f"SELECT count(*), count(DISTINCT patient_id) FROM ({ranked}) x WHERE rn > 1"
@@ -407,35 +355,3 @@ def _duplicates_postgres(table: str, cutoff: datetime, dry_run: bool) -> Removal
         cursor.execute(sql, {"cutoff": cutoff})
         rows, patients = cursor.fetchone()
     return Removal(table, "duplicate", rows, patients)
-
-
-def _duplicates_sqlite(table: str, cutoff: datetime, dry_run: bool) -> Removal:
-    ranked, _ = _duplicates_query(table, "?")
-    with transaction.atomic(), db.cursor():
-        raw = db.connection
-        if dry_run:
-            rows, patients = raw.execute(
-                f"SELECT count(*), count(DISTINCT patient_id) FROM ({ranked}) WHERE rn > 1",
-                [_db_time(cutoff)],
-            ).fetchone()
-            return Removal(table, "duplicate", rows, patients)
-        metric = "metric" if table == WEARABLE_TABLE else "'glucose'"
-        gone = raw.execute(
-            f'DELETE FROM "{table}" WHERE rowid IN (SELECT rid FROM ({ranked}) WHERE rn > 1) '
-            f"RETURNING patient_id, {metric}, measured_at",
-            [_db_time(cutoff)],
-        ).fetchall()
-        _mark_days(gone)
-    return Removal(table, "duplicate", len(gone), len({row[0] for row in gone}))
-
-
-def _mark_days(gone: list[tuple[int, str, str]]) -> None:
-    by_patient: dict[int, set[tuple[str, date]]] = defaultdict(set)
-    zones = dict(Patient.objects.filter(pk__in={row[0] for row in gone}).values_list("pk", "time_zone"))
-    for patient_id, metric, measured_at in gone:
-        if not isinstance(measured_at, datetime):
-            measured_at = datetime.fromisoformat(measured_at)
-        moment = measured_at.replace(tzinfo=UTC)
-        by_patient[patient_id].add((metric, moment.astimezone(ZoneInfo(zones[patient_id])).date()))
-    for patient_id, keys in by_patient.items():
-        mark_dirty(patient_id, keys)

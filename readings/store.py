@@ -1,17 +1,16 @@
 """The one write path for raw readings and their daily statistics.
 
-PostgreSQL: COPY into a session temp table, then one `INSERT ... SELECT ... ON CONFLICT` per table per
-batch, returning the (metric, local day) keys that really changed. SQLite: `executemany` of
-`INSERT ... ON CONFLICT` in the caller's transaction. Daily statistics are then recomputed in SQL for those
-keys only, from the raw rows, so replays and late data converge on the same numbers.
+COPY into a session temp table, then one `INSERT ... SELECT ... ON CONFLICT` per table per batch, returning
+the (metric, local day) keys that really changed. Daily statistics are then recomputed in SQL for those keys
+only, from the raw rows, so replays and late data converge on the same numbers.
 
-Callers own the transaction (connections.sync stores a user's window, its fingerprints and the cursor in
+Callers own the transaction (connections.engine stores a user's window, its fingerprints and the cursor in
 one). Every statement here is idempotent.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -21,7 +20,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from connections.models import Connection
-from connections.providers.junction import GlucoseRow, WearableRow
+from connections.providers.junction.client import GlucoseRow, WearableRow
 from readings.dirty import mark_dirty
 
 GLUCOSE_METRIC = "glucose"
@@ -41,10 +40,6 @@ class StoreResult:
         return self.readings_written + self.glucose_written
 
 
-def is_postgres() -> bool:
-    return db.vendor == "postgresql"
-
-
 def store_batch(
     patient_id: int,
     time_zone: str,
@@ -56,10 +51,7 @@ def store_batch(
     """Insert or update raw rows and the daily statistics of every day they changed. Needs a transaction."""
     if not (readings or glucose):
         return StoreResult()
-    if is_postgres():
-        result = _store_postgres(patient_id, time_zone, readings, glucose, connection_id)
-    else:
-        result = _store_sqlite(patient_id, time_zone, readings, glucose, connection_id)
+    result = _store_postgres(patient_id, time_zone, readings, glucose, connection_id)
     refresh_daily_stats(patient_id, time_zone, result.touched)
     if connection_id is not None:
         _advance_latest_reading(connection_id, readings, glucose)
@@ -87,7 +79,7 @@ def _advance_latest_reading(
     ).update(latest_reading_at=newest)
 
 
-# --- PostgreSQL ---------------------------------------------------------------------------------------------
+# --- Raw rows -----------------------------------------------------------------------------------------------
 
 _PG_STAGES = """
 CREATE TEMP TABLE IF NOT EXISTS stage_wearable (
@@ -184,103 +176,6 @@ def _store_postgres(
     return result
 
 
-# --- SQLite -------------------------------------------------------------------------------------------------
-
-_SQLITE_MERGE_WEARABLE = """
-INSERT INTO patient_wearable_readings
-    (patient_id, metric, source, source_type, measured_at, end_at, value, unit, connection_id, ingested_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (patient_id, metric, source, source_type, measured_at) DO UPDATE
-    SET value = excluded.value, end_at = excluded.end_at, unit = excluded.unit
-    WHERE value IS NOT excluded.value OR end_at IS NOT excluded.end_at OR unit IS NOT excluded.unit
-"""
-
-_SQLITE_MERGE_GLUCOSE = """
-INSERT INTO patient_glucose_readings
-    (patient_id, source, measured_at, value_mg_dl, original_value, original_unit, trend, trend_rate, device,
-     connection_id, ingested_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (patient_id, source, measured_at) DO UPDATE
-    SET value_mg_dl = excluded.value_mg_dl, original_value = excluded.original_value,
-        original_unit = excluded.original_unit, trend = excluded.trend, trend_rate = excluded.trend_rate,
-        device = excluded.device
-    WHERE value_mg_dl IS NOT excluded.value_mg_dl OR trend IS NOT excluded.trend
-        OR trend_rate IS NOT excluded.trend_rate OR device IS NOT excluded.device
-"""
-
-
-def sqlite_ts(canonical: str) -> str:
-    """Canonical "... +00:00" string → the naive-UTC text Django stores in SQLite."""
-    return canonical[:-6]
-
-
-def _store_sqlite(
-    patient_id: int,
-    time_zone: str,
-    readings: Sequence[WearableRow],
-    glucose: Sequence[GlucoseRow],
-    connection_id: int | None,
-) -> StoreResult:
-    result = StoreResult()
-    now = datetime.now(UTC).isoformat(sep=" ")[:-6]
-    raw = db.connection  # sqlite3.Connection; Django's wrapper would re-format every parameter
-    tz = ZoneInfo(time_zone)
-    with db.cursor():  # make sure the connection is open
-        pass
-    if readings:
-        before = raw.total_changes
-        raw.executemany(
-            _SQLITE_MERGE_WEARABLE,
-            [
-                (
-                    patient_id,
-                    m,
-                    s,
-                    st,
-                    sqlite_ts(at),
-                    sqlite_ts(end) if end else None,
-                    v,
-                    u,
-                    connection_id,
-                    now,
-                )
-                for m, s, st, at, end, v, u in readings
-            ],
-        )
-        result.readings_written = raw.total_changes - before
-        if result.readings_written:
-            # SQLite cannot say which rows changed in an executemany; every day of the batch is recomputed.
-            result.touched |= _local_days(((row[0], row[3]) for row in readings), tz)
-    if glucose:
-        before = raw.total_changes
-        raw.executemany(
-            _SQLITE_MERGE_GLUCOSE,
-            [
-                (patient_id, s, sqlite_ts(at), mg, ov, ou, tr or "", rate, dev, connection_id, now)
-                for s, at, mg, ov, ou, tr, rate, dev in glucose
-            ],
-        )
-        result.glucose_written = raw.total_changes - before
-        if result.glucose_written:
-            result.touched |= _local_days(((GLUCOSE_METRIC, row[1]) for row in glucose), tz)
-    return result
-
-
-def _local_days(keys: Iterable[tuple[str, str]], tz: ZoneInfo) -> TouchedDays:
-    touched: TouchedDays = set()
-    seen_hours: dict[str, date] = {}
-    for metric, canonical in keys:
-        # Zone offsets and their changes fall on whole minutes, so the local day depends only on the UTC
-        # minute: cache by the first 16 characters instead of converting every sample.
-        minute = canonical[:16]
-        day = seen_hours.get(minute)
-        if day is None:
-            day = datetime.fromisoformat(canonical).astimezone(tz).date()
-            seen_hours[minute] = day
-        touched.add((metric, day))
-    return touched
-
-
 # --- Daily statistics -------------------------------------------------------------------------------------
 
 
@@ -322,29 +217,6 @@ ON CONFLICT (patient_id, metric, day) DO UPDATE
         count = EXCLUDED.count, updated_at = EXCLUDED.updated_at
 """
 
-_SQLITE_DAILY_WEARABLE = """
-INSERT INTO patient_wearable_daily_stats (patient_id, metric, day, avg, min, max, sum, count, updated_at)
-SELECT patient_id, metric, ?, avg(value), min(value), max(value), sum(value), count(*), ?
-FROM patient_wearable_readings
-WHERE patient_id = ? AND metric = ? AND measured_at >= ? AND measured_at < ?
-GROUP BY patient_id, metric
-ON CONFLICT (patient_id, metric, day) DO UPDATE
-    SET avg = excluded.avg, min = excluded.min, max = excluded.max, sum = excluded.sum,
-        count = excluded.count, updated_at = excluded.updated_at
-"""
-
-_SQLITE_DAILY_GLUCOSE = """
-INSERT INTO patient_wearable_daily_stats (patient_id, metric, day, avg, min, max, sum, count, updated_at)
-SELECT patient_id, 'glucose', ?, avg(value_mg_dl), min(value_mg_dl), max(value_mg_dl), sum(value_mg_dl),
-       count(*), ?
-FROM patient_glucose_readings
-WHERE patient_id = ? AND measured_at >= ? AND measured_at < ?
-GROUP BY patient_id
-ON CONFLICT (patient_id, metric, day) DO UPDATE
-    SET avg = excluded.avg, min = excluded.min, max = excluded.max, sum = excluded.sum,
-        count = excluded.count, updated_at = excluded.updated_at
-"""
-
 
 def refresh_daily_stats(patient_id: int, time_zone: str, touched: TouchedDays) -> None:
     """Recompute avg/min/max/sum/count of the given (metric, local day) keys from the raw rows.
@@ -355,44 +227,16 @@ def refresh_daily_stats(patient_id: int, time_zone: str, touched: TouchedDays) -
         return
     wearable = sorted(key for key in touched if key[0] != GLUCOSE_METRIC)
     glucose_days = sorted(day for metric, day in touched if metric == GLUCOSE_METRIC)
-    if is_postgres():
-        with db.cursor() as cursor:
-            if wearable:
-                cursor.execute(
-                    _PG_DAILY_WEARABLE,
-                    {
-                        "patient": patient_id,
-                        "tz": time_zone,
-                        "metrics": [m for m, _ in wearable],
-                        "days": [d for _, d in wearable],
-                    },
-                )
-            if glucose_days:
-                cursor.execute(
-                    _PG_DAILY_GLUCOSE, {"patient": patient_id, "tz": time_zone, "days": glucose_days}
-                )
-        return
-    tz = ZoneInfo(time_zone)
-    now = datetime.now(UTC).isoformat(sep=" ")[:-6]
-    raw = db.connection
-    bounds = {day: local_day_bounds(day, tz) for _, day in touched}
-
-    def text(moment: datetime) -> str:
-        return moment.isoformat(sep=" ")[:-6]
-
-    if wearable:
-        raw.executemany(
-            _SQLITE_DAILY_WEARABLE,
-            [
-                (day.isoformat(), now, patient_id, metric, text(bounds[day][0]), text(bounds[day][1]))
-                for metric, day in wearable
-            ],
-        )
-    if glucose_days:
-        raw.executemany(
-            _SQLITE_DAILY_GLUCOSE,
-            [
-                (day.isoformat(), now, patient_id, text(bounds[day][0]), text(bounds[day][1]))
-                for day in glucose_days
-            ],
-        )
+    with db.cursor() as cursor:
+        if wearable:
+            cursor.execute(
+                _PG_DAILY_WEARABLE,
+                {
+                    "patient": patient_id,
+                    "tz": time_zone,
+                    "metrics": [m for m, _ in wearable],
+                    "days": [d for _, d in wearable],
+                },
+            )
+        if glucose_days:
+            cursor.execute(_PG_DAILY_GLUCOSE, {"patient": patient_id, "tz": time_zone, "days": glucose_days})

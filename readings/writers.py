@@ -1,6 +1,6 @@
 """Where a sync's readings go: this database (`store_batch`), or the patient-graph API over HTTP.
 
-`connections.sync` stores each fetched window through a writer. The database writer joins the sync's own
+The sync engine (connections.engine) stores each fetched batch through a writer. The database writer joins the sync's own
 transaction (rows, fingerprints and cursor commit together). The HTTP writer cannot join it, so the sync
 writes remotely first and then commits its fingerprints and cursor: a failure in between replays rows that
 the API upserts on their natural keys, so nothing is lost and nothing is doubled.
@@ -16,7 +16,7 @@ from connections.config import JunctionSyncConfig
 from connections.models import Connection
 from connections.providers.base import ProviderError
 from connections.providers.common import http_for
-from connections.providers.junction import GlucoseRow, WearableRow
+from connections.providers.junction.client import GlucoseRow, WearableRow
 from readings.store import store_batch
 
 # Rows per ingest request: ~1 MB of JSON, well under the API's 50,000-row limit.

@@ -25,6 +25,7 @@ from typing import Any
 
 from sandbox import cgm_data
 from sandbox.base import HTTPError, Request, Response, json_response
+from sandbox.faults import TIME_MODES, shifted_time
 from sandbox.oauth import OAuthServer
 
 DEFAULT_CLIENT_ID = "loopsync-dexcom-sandbox"
@@ -169,7 +170,12 @@ class DexcomSandbox:
         records = self._records(user, start, end, request.now)
         if request.malformed and records:
             bad = dict(records[len(records) // 2])
-            if request.malformed == "timestamp":
+            if request.malformed in TIME_MODES:
+                real = datetime.fromisoformat(bad["systemTime"]).replace(tzinfo=UTC)
+                shifted = shifted_time(real, request.malformed, request.now)
+                bad["systemTime"] = shifted.replace(tzinfo=None).isoformat(timespec="seconds")
+                bad["displayTime"] = bad["systemTime"]
+            elif request.malformed == "timestamp":
                 bad["systemTime"] = "not-a-time"
             elif request.malformed == "value":
                 bad["value"] = "abc"

@@ -12,7 +12,10 @@ Kinds (`kind` may be left out when `status` is given):
 - "slow":      sleep `delay` seconds (default 0.5), then answer normally.
 - "malformed": answer normally but corrupt exactly one record; `mode` picks how:
                "value" (a sample value becomes "abc"), "timestamp" (a garbage timestamp), "missing" (a required
-               field is dropped), or "truncated" (the body is cut in half: the only mode that breaks the JSON).
+               field is dropped), or "truncated" (the body is cut in half: the only mode that breaks the JSON);
+               and well-formed but impossible times, as a device with a broken clock sends them (Dexcom,
+               Libre, WHOOP, Junction samples): "future" (its time of day, on the day after now), "ancient"
+               (1970-01-01, an unset clock), "year_9999" and "year_1" (the calendar's edges).
                Default: "value" for timeseries, "missing" for summaries and other objects.
 `count` is how many matching requests the fault affects (default 1, -1 = forever); a used-up fault disappears.
 When several faults match, the oldest wins and only it is used up.
@@ -24,10 +27,11 @@ import itertools
 import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 KINDS = ("status", "timeout", "slow", "malformed")
-MALFORMED_MODES = ("value", "timestamp", "missing", "truncated")
+MALFORMED_MODES = ("value", "timestamp", "missing", "truncated", "future", "ancient", "year_9999", "year_1")
 DEFAULT_DELAY = {"timeout": 10.0, "slow": 0.5}
 _FIELDS = {
     "kind",
@@ -190,3 +194,18 @@ class FaultSet:
                         del self._faults[i]
                 return Fault(**fault.to_dict())
         return None
+
+
+TIME_MODES = ("future", "ancient", "year_9999", "year_1")
+
+
+def shifted_time(original: datetime, mode: str, now: datetime) -> datetime:
+    """The impossible instant a time-shifting malformed mode puts in place of a record's real one."""
+    if mode == "future":
+        # A clock a day ahead: the record's time of day, on the day after the sandbox's now.
+        return original + ((now - original) // timedelta(days=1) + 1) * timedelta(days=1)
+    if mode == "ancient":
+        return datetime(1970, 1, 1, 0, 5, tzinfo=UTC)
+    if mode == "year_9999":
+        return datetime(9999, 12, 31, 23, 55, tzinfo=UTC)
+    return datetime(1, 1, 1, 0, 5, tzinfo=UTC)

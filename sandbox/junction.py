@@ -38,6 +38,7 @@ import orjson
 
 from sandbox import junction_data as data
 from sandbox.base import HTTPError, Request, Response, json_response
+from sandbox.faults import TIME_MODES, shifted_time
 from sandbox.junction_data import JunctionUser
 
 DEFAULT_API_KEY = "sk_us_loopsync_sandbox"
@@ -286,9 +287,14 @@ def decode_cursor(cursor: str, fingerprint: str) -> int:
 # --------------------------------------------------------------------------------------------- corruption
 
 
-def _corrupt_sample(raw: bytes, mode: str) -> bytes:
+def _corrupt_sample(raw: bytes, mode: str, now: datetime) -> bytes:
     sample = orjson.loads(raw)
-    if mode == "timestamp":
+    if mode in TIME_MODES:
+        # Every time field moves together, so an interval stays well-formed and only its date is impossible.
+        for key in ("timestamp", "start", "end"):
+            if isinstance(sample.get(key), str):
+                sample[key] = shifted_time(datetime.fromisoformat(sample[key]), mode, now).isoformat()
+    elif mode == "timestamp":
         sample["timestamp"] = "not-a-timestamp"
     elif mode == "missing":
         del sample["value"]
@@ -298,10 +304,24 @@ def _corrupt_sample(raw: bytes, mode: str) -> bytes:
 
 
 def _corrupt_object(
-    obj: dict[str, Any], mode: str, value_field: str, time_field: str, required: str
+    obj: dict[str, Any],
+    mode: str,
+    value_field: str,
+    time_field: str,
+    required: str,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
     bad = copy.deepcopy(obj)  # the original may be a cached record: never mutate it
-    if mode == "value":
+    if mode in TIME_MODES:
+        moved = "calendar_date" if "calendar_date" in bad else time_field
+        if moved == "calendar_date":
+            real = datetime.combine(date.fromisoformat(bad[moved]), datetime.min.time(), tzinfo=UTC)
+            bad[moved] = shifted_time(real, mode, now or datetime.now(UTC)).date().isoformat()
+        elif isinstance(bad.get(moved), str):
+            bad[moved] = shifted_time(
+                datetime.fromisoformat(bad[moved]), mode, now or datetime.now(UTC)
+            ).isoformat()
+    elif mode == "value":
         bad[value_field] = "abc"
     elif mode == "timestamp":
         bad[time_field] = "not-a-timestamp"
@@ -691,6 +711,7 @@ class JunctionSandbox:
                 _CORRUPT_FIELD[kind],
                 _CORRUPT_TIME_FIELD[kind],
                 "calendar_date",
+                request.now,
             )
         return json_response(200, {kind: records})
 
@@ -756,7 +777,7 @@ class JunctionSandbox:
         if not ranges:
             return Response(200, b'{"groups":{},"next":null,"next_cursor":null}')
         if request.malformed:
-            ranges = _corrupt_middle(ranges, request.malformed)
+            ranges = _corrupt_middle(ranges, request.malformed, request.now)
         cursor = orjson.dumps(encode_cursor(last, fingerprint) if more and last is not None else None)
         body = b"".join(
             (
@@ -841,7 +862,7 @@ class _Patched:
         return self.sample
 
 
-def _corrupt_middle(ranges: list[_Range], mode: str) -> list[Any]:
+def _corrupt_middle(ranges: list[_Range], mode: str, now: datetime) -> list[Any]:
     """The same ranges with the page's middle sample replaced by a corrupted copy (cached data untouched)."""
     total = sum(hi - lo for _, lo, hi in ranges)
     k = total // 2  # the middle one: a client that only checks the first sample still trips
@@ -851,7 +872,7 @@ def _corrupt_middle(ranges: list[_Range], mode: str) -> list[Any]:
             i = lo + k
             out += [
                 (series, lo, i),
-                (_Patched(_corrupt_sample(series.sample(i), mode)), 0, 1),
+                (_Patched(_corrupt_sample(series.sample(i), mode, now)), 0, 1),
                 (series, i + 1, hi),
             ]
         else:

@@ -31,6 +31,7 @@ import orjson
 
 from sandbox import cgm_data
 from sandbox.base import HTTPError, Request, Response, json_response
+from sandbox.faults import TIME_MODES, shifted_time
 
 NAMESPACE = uuid.UUID("0b8e2f4c-7d31-5a6e-b2c9-1e3f5a7d9c24")
 REGIONS = ("us", "eu", "eu2", "de", "ca", "ap")
@@ -70,6 +71,10 @@ def _fmt(moment: datetime) -> str:
     month, day, rest = text.split("/", 2)
     year, clock, ampm = rest.split(" ")
     return f"{int(month)}/{int(day)}/{year} {clock.lstrip('0') or '0'} {ampm}"
+
+
+def _parse_fmt(text: str) -> datetime:
+    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
 
 
 class LibreSandbox:
@@ -210,7 +215,11 @@ class LibreSandbox:
             points, current = self._graph(user, request.now)
             if request.malformed and points:
                 bad = dict(points[len(points) // 2])
-                if request.malformed == "timestamp":
+                if request.malformed in TIME_MODES:
+                    real = _parse_fmt(bad["FactoryTimestamp"])
+                    bad["FactoryTimestamp"] = _fmt(shifted_time(real, request.malformed, request.now))
+                    bad["Timestamp"] = bad["FactoryTimestamp"]
+                elif request.malformed == "timestamp":
                     bad["FactoryTimestamp"] = "13/45/2026 99:00:00 XM"
                 elif request.malformed == "value":
                     bad["ValueInMgPerDl"] = "abc"

@@ -31,6 +31,7 @@ from typing import Any
 
 from sandbox.base import HTTPError, Request, Response, json_response
 from sandbox.cgm_data import unit_random
+from sandbox.faults import TIME_MODES, shifted_time
 from sandbox.oauth import OAuthServer
 
 DEFAULT_CLIENT_ID = "loopsync-whoop-sandbox"
@@ -217,7 +218,13 @@ class WhoopSandbox:
         page = records[offset : offset + limit]
         if request.malformed and page:
             bad = dict(page[len(page) // 2])
-            if request.malformed == "timestamp":
+            if request.malformed in TIME_MODES:
+                key = "start" if "start" in bad else "created_at"
+                real = datetime.fromisoformat(bad[key].replace("Z", "+00:00"))
+                bad[key] = (
+                    shifted_time(real, request.malformed, request.now).isoformat().replace("+00:00", "Z")
+                )
+            elif request.malformed == "timestamp":
                 bad["start" if "start" in bad else "created_at"] = "yesterday"
             elif request.malformed == "value" and isinstance(bad.get("score"), dict):
                 bad["score"] = {**bad["score"], next(iter(bad["score"])): "abc"}

@@ -2,7 +2,8 @@
 
     .venv/bin/python scripts/admin_screenshots.py        # writes docs/admin-*.png
 
-1. A fresh SQLite database in a temporary folder, migrated; the sandbox on a loopback port.
+1. A fresh database `loopsync_screenshots` on DATABASE_URL's server (or the embedded one), migrated; the
+   sandbox on a loopback port.
 2. 30 days of the real `wearable-sync-daily` job (the django-q2 entry point, in sync mode), one run per day
    at 03:00 UTC under time-machine, with the sandbox's fault injection making some days go wrong: a user
    down for a few days, an outage day, and two users failing last night.
@@ -43,6 +44,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def fresh_database() -> str:
+    """An empty database of its own, so the pictures never show (or damage) the demo's data."""
+    import psycopg
+
+    sys.path.insert(0, str(ROOT))
+    from loopsync import embedded_db
+
+    base = (os.environ.get("DATABASE_URL") or embedded_db.url()).rpartition("/")[0]
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        conn.execute('DROP DATABASE IF EXISTS "loopsync_screenshots" WITH (FORCE)')
+        conn.execute('CREATE DATABASE "loopsync_screenshots"')
+    return f"{base}/loopsync_screenshots"
 
 
 def build_data(env: dict[str, str]) -> None:
@@ -99,7 +114,7 @@ def build_data(env: dict[str, str]) -> None:
                         quiet, reason="patient paused the study", actor="olivia-ops"
                     )
                 with time_machine.travel(today - timedelta(days=days_ago), tick=True):
-                    tasks.wearable_sync_daily()
+                    tasks.sync_job("wearable-sync-daily")
                 print(f"day -{days_ago}: synced", flush=True)
             sandbox.faults.clear()
             later = datetime.now(UTC)
@@ -165,7 +180,7 @@ def main() -> None:
         env = {
             "DEBUG": "true",
             "SECRET_KEY": "screenshots-only",
-            "DATABASE_URL": f"sqlite:///{tmp}/screenshots.sqlite3",
+            "DATABASE_URL": fresh_database(),
             "Q_SYNC": "true",
             "LOG_LEVEL": "warning",
             "SCREENSHOT_STATE": f"{tmp}/state",

@@ -1,22 +1,43 @@
-"""Shared helpers for the direct-provider tests (WHOOP, Dexcom, Libre) over real HTTP against the sandbox."""
+"""Shared helpers for the sync tests over real HTTP against the sandbox: one connection through the engine,
+and a provider job run inline with the providers pointed at a test configuration."""
 
 from __future__ import annotations
 
-from connections.config import DirectProvidersConfig
+from typing import Any
+
+from connections.config import DirectProvidersConfig, JunctionSyncConfig
+from connections.engine import JobResult, UserSyncSummary, run_sync_job, sync_summary
 from connections.models import Connection, ProviderCredential
+from connections.providers.dexcom.provider import DexcomProvider
+from connections.providers.junction.provider import JunctionProvider
+from connections.providers.registry import open_provider, provider_jobs
+from connections.providers.whoop.provider import WhoopProvider
 from connections.sandbox_setup import connect_sandbox_user
-from connections.sync_direct import DirectClients, sync_direct_connection
 from sandbox import SandboxServer
+
+CGM_JOB = DexcomProvider.job
+WHOOP_JOB = WhoopProvider.job
+JUNCTION_JOB = JunctionProvider.job
 
 
 def connect(sandbox: SandboxServer, config: DirectProvidersConfig, provider: str, index: int) -> Connection:
     return connect_sandbox_user(sandbox, config, provider, index)
 
 
-def sync(connection: Connection, config: DirectProvidersConfig, **kwargs):  # type: ignore[no-untyped-def]
+def sync(connection: Connection, config: Any, **kwargs: Any) -> UserSyncSummary:
+    """One connection through the engine, as a job run syncs it (its summary)."""
     connection.refresh_from_db()
-    with DirectClients(config) as clients:
-        return sync_direct_connection(connection, clients, **kwargs)
+    with open_provider(connection.provider, config) as provider:
+        return sync_summary(connection, provider, **kwargs)
+
+
+def run_direct_job(job: str, config: DirectProvidersConfig, **kwargs: Any) -> JobResult:
+    configs = {p.key: config for p in provider_jobs()[job].providers}
+    return run_sync_job(job, configs=configs, **kwargs)
+
+
+def run_wearable_sync_job(config: JunctionSyncConfig, **kwargs: Any) -> JobResult:
+    return run_sync_job(JUNCTION_JOB, configs={JunctionProvider.key: config}, **kwargs)
 
 
 def expire_stored_token(connection: Connection) -> None:

@@ -7,12 +7,11 @@ from datetime import timedelta
 import pytest
 
 from connections.models import Connection, Patient, Provider
-from connections.providers.junction import JunctionClient
-from connections.sync import sync_junction_connection
 from readings.models import DailyStat, GlucoseReading, WearableReading
 from sandbox import SandboxServer
 from sandbox.clerk import ClerkSandbox
 from tests.api_helpers import client_for, error_of, make_patient
+from tests.direct_helpers import sync
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen_time")]
 
@@ -27,10 +26,9 @@ def synced(clean_sandbox: SandboxServer, clerk: ClerkSandbox, api_config) -> tup
     no_cgm = next(i for i, u in enumerate(users) if not u.cgm_provider)
     alice = make_patient(clean_sandbox, cgm, "user_alice")
     bob = make_patient(clean_sandbox, no_cgm, "user_bob")
-    with JunctionClient.from_config(api_config) as client:
-        for patient in (alice, bob):
-            connection = Connection.objects.select_related("patient").get(patient=patient)
-            assert sync_junction_connection(connection, api_config, client).status == "success"
+    for patient in (alice, bob):
+        connection = Connection.objects.select_related("patient").get(patient=patient)
+        assert sync(connection, api_config).status == "success"
     return alice, bob
 
 

@@ -18,9 +18,9 @@ from connections.models import (
     SyncEvent,
     SyncRequest,
     SyncRequestStatus,
+    SyncStatus,
     SyncTrigger,
 )
-from connections.sync import UserSyncSummary
 from readings.models import WearableReading
 from sandbox import SandboxServer
 from sandbox.clerk import ClerkSandbox
@@ -109,15 +109,10 @@ def test_the_database_refuses_a_second_active_request_for_one_source(alice: Pati
     SyncRequest.objects.create(patient=alice, source="oura")
 
 
-@pytest.mark.postgres_only
 @pytest.mark.django_db(transaction=True)
 def test_two_simultaneous_posts_create_one_sync(
     alice: Patient, clerk: ClerkSandbox, clean_sandbox: SandboxServer, monkeypatch
 ) -> None:
-    from django.db import connection
-
-    if connection.vendor != "postgresql":
-        pytest.skip("concurrent writers need PostgreSQL")
     monkeypatch.setattr(actions, "_enqueue_manual_sync", lambda request_id: None)
     source = wearable_of(clean_sandbox, alice)
     token = clerk.mint("user_alice")
@@ -400,29 +395,40 @@ def test_a_direct_provider_dispatches_to_its_connection_sync(alice: Patient, mon
     whoop = Connection.objects.create(patient=alice, provider=Provider.WHOOP)
     calls = []
 
-    def fake_sync(connection, *, trigger, actor="", force=False):
+    def fake_sync(connection, *, trigger, actor="", **kwargs):
         calls.append((connection.pk, trigger, actor))
-        return UserSyncSummary(user_id="", status="success", records_fetched=3, records_stored=2)
+        return SyncEvent.objects.create(
+            connection=connection,
+            patient_id=connection.patient_id,
+            provider=connection.provider,
+            trigger=trigger,
+            status=SyncStatus.SUCCESS,
+            started_at=timezone.now(),
+            records_fetched=3,
+            records_stored=2,
+        )
 
-    monkeypatch.setattr(actions, "sync_connection_now", fake_sync)
+    monkeypatch.setattr(actions, "sync_connection", fake_sync)
     outcome = actions.request_manual_sync(alice, "whoop")
     done = actions.do_manual_sync(outcome.request.pk)
 
     assert calls == [(whoop.pk, SyncTrigger.MANUAL, "patient")]
     assert done.status == SyncRequestStatus.SUCCESS and done.records_stored == 2
+    # The request links the event its own sync wrote, not one found again by time.
+    assert done.sync_event == SyncEvent.objects.get(connection=whoop)
 
 
 @pytest.mark.django_db
-def test_a_direct_provider_without_a_sync_yet_fails_cleanly(alice: Patient, monkeypatch) -> None:
+def test_a_sync_that_crashes_ends_the_request_failed_never_running(alice: Patient, monkeypatch) -> None:
     Connection.objects.create(patient=alice, provider=Provider.DEXCOM)
 
-    def not_yet(connection, **kwargs):
-        raise NotImplementedError(f"no sync for provider {connection.provider!r} yet")
+    def crashing(connection, **kwargs):
+        raise KeyError("a bug")
 
-    monkeypatch.setattr(actions, "sync_connection_now", not_yet)
+    monkeypatch.setattr(actions, "sync_connection", crashing)
     outcome = actions.request_manual_sync(alice, "dexcom")
     done = actions.do_manual_sync(outcome.request.pk)
 
     assert done.status == SyncRequestStatus.FAILED
-    assert done.error == "syncing dexcom directly is not available yet"
+    assert done.error == "internal error: KeyError"
     assert done.finished_at is not None

@@ -6,14 +6,12 @@ import threading
 from datetime import datetime
 
 import pytest
-from django.db import connection as db
 from django.db import connections
 
 from connections.config import JunctionSyncConfig
 from connections.models import Connection, Patient, Provider, SyncEvent
-from connections.providers.junction import JunctionClient
-from connections.sync import sync_junction_connection
 from readings.models import DailyStat, GlucoseReading, WearableReading
+from tests.direct_helpers import sync
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("frozen_time")]
 
@@ -21,10 +19,6 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("
 def test_two_concurrent_syncs_of_one_connection_store_each_sample_once(
     junction_config: JunctionSyncConfig, frozen_time: datetime
 ) -> None:
-    if db.vendor != "postgresql":
-        pytest.skip(
-            "needs row locks across real connections; SQLite's in-memory test database has table locks"
-        )
     user_id = junction_config.user_ids[0]
     patient = Patient.objects.create(junction_user_id=user_id, time_zone="Europe/London")
     connection = Connection.objects.create(patient=patient, provider=Provider.JUNCTION)
@@ -35,8 +29,7 @@ def test_two_concurrent_syncs_of_one_connection_store_each_sample_once(
         try:
             barrier.wait()
             fresh = Connection.objects.select_related("patient").get(pk=connection.pk)
-            with JunctionClient.from_config(junction_config) as client:
-                results.append(sync_junction_connection(fresh, junction_config, client))
+            results.append(sync(fresh, junction_config))
         finally:
             connections.close_all()
 

@@ -6,8 +6,10 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from connections.health import CADENCES, CGM, DAILY, Health, health_of, health_q, with_health
+from connections.health import Health, cadence_for, health_of, health_q, with_health
 from connections.models import Connection, ConnectionStatus, Provider
+from connections.providers.contract import CGM_CADENCE as CGM
+from connections.providers.contract import DAILY_CADENCE as DAILY
 from tests.ops_fixtures import make_connection
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen_time")]
@@ -18,8 +20,8 @@ def sql_health(connection: Connection, now: datetime) -> str:
 
 
 def test_cadences_are_30_minutes_for_cgm_and_24_hours_for_daily_providers() -> None:
-    assert CADENCES[Provider.DEXCOM] == CADENCES[Provider.LIBRE] == CGM
-    assert CADENCES[Provider.JUNCTION] == CADENCES[Provider.WHOOP] == DAILY
+    assert cadence_for(Provider.DEXCOM) == cadence_for(Provider.LIBRE) == CGM
+    assert cadence_for(Provider.JUNCTION) == cadence_for(Provider.WHOOP) == DAILY
     assert CGM.every == timedelta(minutes=30) and CGM.stale_after == timedelta(minutes=60)
     assert DAILY.every == timedelta(hours=24) and DAILY.stale_after == timedelta(hours=30)
 

@@ -11,13 +11,13 @@ from zoneinfo import ZoneInfo
 import pytest
 import time_machine
 from django.core.management import CommandError, call_command
-from django.db import connection, transaction
+from django.db import transaction
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.django import TestCase
 
 from connections.models import Patient
-from loopsync.schedules import SCHEDULES
+from loopsync.schedules import all_schedules
 from readings import aggregate
 from readings.aggregate import change_patient_time_zone, run_aggregation
 from readings.dirty import mark_dirty
@@ -55,7 +55,7 @@ def canonical(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(sep=" ")
 
 
-def store(patient: Patient, samples: list[tuple[str, int, float]], *, source: str = "oura") -> None:
+def store(patient: Patient, samples: list[tuple[str, float, float]], *, source: str = "oura") -> None:
     """Store (metric, minute offset from START, value) samples as one ingest batch, as a sync would."""
     readings, glucose = [], []
     for metric, minute, value in samples:
@@ -189,38 +189,24 @@ def hours(day: datetime, count: int) -> list[tuple[str, int, float]]:
     return [("heart_rate", first + 60 * h, 60.0) for h in range(count)]
 
 
-def test_zone_slots_hand_rows_after_a_fourth_change_to_at_time_zone() -> None:
-    hour = timedelta(hours=1)
-    at = [datetime(2025, 3, d, tzinfo=UTC) for d in (2, 9, 16, 23)]
-    until = datetime(2025, 6, 1, tzinfo=UTC)
+def test_full_rebuild_buckets_rows_a_second_either_side_of_every_zone_change(now: datetime) -> None:
+    """Each zone's rows one second before, at and one second after each change of the window go to the day
+    its own rules give them, as the incremental path buckets them."""
+    seconds = [-3600, -1, 0, 1, 3600]
+    for zone in ZONES:
+        patient = Patient.objects.create(time_zone=zone)
+        samples = [
+            ("heart_rate", m + s / 60, float(i))
+            for i, (m, s) in enumerate((m, s) for m in TRANSITION_MINUTES for s in seconds)
+        ]
+        store(patient, samples)
+        DailyStat.objects.filter(patient=patient).delete()
 
-    two = aggregate.zone_slots([(0 * hour, None), (1 * hour, at[0]), (0 * hour, at[1])], until)
-    five = aggregate.zone_slots([(i * hour, None if i == 0 else at[i - 1]) for i in range(5)], until)
-    unpinned = aggregate.zone_slots([(0 * hour, None), (1 * hour, None)], until)
+        run_aggregation(full=True)
 
-    assert two == ([0 * hour, hour, 0 * hour, 0 * hour], [at[0], at[1], until], until)
-    assert five == ([0 * hour, hour, 2 * hour, 3 * hour], at[:3], at[3])
-    assert unpinned[1][0] == unpinned[2] < START  # every row of that zone goes through AT TIME ZONE
-
-
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="the offset arrays are the PostgreSQL scan's")
-def test_zone_changes_are_found_to_the_second_from_any_start() -> None:
-    Patient.objects.create(time_zone="Europe/London")
-    Patient.objects.create(time_zone="Asia/Kathmandu")
-    start = datetime(2025, 9, 1, 7, 41, 13, 254452, tzinfo=UTC)  # an arbitrary "now - 90 days"
-
-    with connection.cursor() as cursor:
-        zones = aggregate._pg_zone_params(cursor, start, datetime(2025, 12, 1, tzinfo=UTC))
-
-    london = zones["zones"].index("Europe/London")
-    kathmandu = zones["zones"].index("Asia/Kathmandu")
-    assert zones["t1"][london] == datetime(2025, 10, 26, 1, 0, tzinfo=UTC)
-    assert (zones["off0"][london], zones["off1"][london]) == (timedelta(hours=1), timedelta(0))
-    assert zones["t1"][kathmandu] == zones["valid_until"][kathmandu]  # no change in the window
-    assert zones["off0"][kathmandu] == timedelta(hours=5, minutes=45)
+        assert_matches_raw(patient)
 
 
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="the chunked full rebuild is PostgreSQL's")
 def test_a_first_build_that_meets_a_stored_day_falls_back_to_the_upsert(
     now: datetime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -239,7 +225,6 @@ def test_a_first_build_that_meets_a_stored_day_falls_back_to_the_upsert(
     assert stored(patient) == expected
 
 
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="the chunked full rebuild is PostgreSQL's")
 def test_a_patient_deleted_during_a_full_rebuild_does_not_get_its_stats_back(
     now: datetime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -260,9 +245,9 @@ def test_a_patient_deleted_during_a_full_rebuild_does_not_get_its_stats_back(
     assert set(DailyStat.objects.values_list("patient_id", flat=True)) == {kept.pk}
 
 
-def test_full_rebuild_buckets_rows_dated_after_the_offset_window_by_the_zone_rules() -> None:
-    """Readings up to two weeks after "now" cross New York's 2 Nov change, beyond the offsets the full scan
-    precomputes (now + 2 days): those rows take AT TIME ZONE's day, not the last offset's."""
+def test_full_rebuild_buckets_rows_dated_after_now_by_the_zone_rules() -> None:
+    """Readings up to two weeks after "now" cross New York's 2 Nov change: those rows take the day of the
+    zone's rules at their own instant, not of the offset in force now."""
     patient = Patient.objects.create(time_zone="America/New_York")
     first = int((datetime(2025, 10, 20, tzinfo=UTC) - START).total_seconds() // 60)
     samples = [("heart_rate", first + 30 + 60 * h, float(h % 90)) for h in range(24 * 20)]
@@ -373,7 +358,7 @@ def test_run_job_rejects_an_option_of_another_job() -> None:
 
 
 def test_both_jobs_are_scheduled_after_the_sync() -> None:
-    crons = {s.name: s.cron for s in SCHEDULES}
+    crons = {s.name: s.cron for s in all_schedules()}
     assert crons["aggregate-wearable-data"] == "30 4 * * *"  # daily, after the 03:00 sync
     assert crons["cleanup-wearable-data"] == "0 2 * * 0"  # weekly
     assert json.dumps(crons)

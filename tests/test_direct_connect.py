@@ -16,7 +16,7 @@ from connections import crypto
 from connections.config import DEV_FIELD_ENCRYPTION_KEY, DirectProvidersConfig, field_encryption_keys
 from connections.models import Connection, ConnectionStatus, OAuthState, Patient, Provider, ProviderCredential
 from connections.oauth import OAuthFlowError, connect_libre, connect_token_for
-from connections.providers.libre import LibreLoginRefused, LibreVersionRejected
+from connections.providers.libre.client import LibreLoginRefused, LibreVersionRejected
 from sandbox import SandboxServer
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen_time")]
@@ -92,6 +92,40 @@ def test_start_needs_a_valid_unexpired_connect_token(
         expired = client.get("/connect/whoop/start", {"token": token})
     assert expired.status_code == 403 and "expired" in expired.json()["error"]
     assert client.get("/connect/fitbit/start", {"token": token}).status_code == 404
+
+
+@pytest.mark.parametrize("provider", [Provider.WHOOP, Provider.DEXCOM])
+def test_a_victim_completing_an_attackers_authorize_link_links_nothing(
+    provider: str, direct_config: DirectProvidersConfig, clean_sandbox: SandboxServer
+) -> None:
+    attacker_patient = Patient.objects.create()
+    attacker, victim = Client(), Client()
+    # The attacker starts a flow for their own patient and sends the authorize link to the victim, who approves
+    # it with their own provider account; the provider redirects the victim's browser to our callback.
+    params = approve(start(attacker, provider, attacker_patient))
+
+    response = victim.get(f"/connect/{provider}/callback", params)
+
+    assert response.status_code == 400 and "another browser" in response.json()["error"]
+    assert not Connection.objects.exists() and not ProviderCredential.objects.exists()
+    # The victim's attempt used nothing up: the state stays bound to the attacker's browser alone.
+    assert OAuthState.objects.get(state=params["state"]).used_at is None
+
+
+def test_the_browser_key_is_an_httponly_lax_cookie_scoped_to_the_callback_and_only_its_hash_is_stored(
+    direct_config: DirectProvidersConfig, clean_sandbox: SandboxServer
+) -> None:
+    client = Client()
+    url = start(client, "whoop", Patient.objects.create())
+    state = parse_qs(urlsplit(url).query)["state"][0]
+
+    cookie = client.cookies["loopsync_oauth_whoop"]
+    assert cookie["httponly"] and cookie["samesite"] == "Lax" and cookie["path"] == "/connect/whoop/callback"
+    assert len(cookie.value) >= 43
+    binding = OAuthState.objects.get(state=state).browser_binding
+    assert len(binding) == 64 and cookie.value not in binding
+
+    assert client.get("/connect/whoop/callback", approve(url)).status_code == 200
 
 
 def test_an_expired_or_foreign_state_is_refused(

@@ -21,10 +21,17 @@ from connections.models import (
     SyncEvent,
     SyncStatus,
 )
-from connections.sync_direct import CGM_JOB, WHOOP_JOB, run_direct_job
 from readings.models import GlucoseReading, WearableReading
 from sandbox import SandboxServer
-from tests.direct_helpers import connect, expire_stored_token, requests_to, sync
+from tests.direct_helpers import (
+    CGM_JOB,
+    WHOOP_JOB,
+    connect,
+    expire_stored_token,
+    requests_to,
+    run_direct_job,
+    sync,
+)
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen_time")]
 MGDL_PER_MMOLL = 18.0156
@@ -363,7 +370,7 @@ def test_invalid_grant_after_another_writer_rotated_the_pair_uses_the_stored_tok
     direct_config: DirectProvidersConfig, clean_sandbox: SandboxServer
 ) -> None:
     from connections.providers.oauth2 import OAuthGrantError
-    from connections.providers.whoop import WhoopClient
+    from connections.providers.whoop.client import WhoopClient
     from connections.tokens import refresh_access_token
 
     connection = connect(clean_sandbox, direct_config, Provider.WHOOP, 4)
@@ -466,14 +473,15 @@ def test_credentials_are_encrypted_in_the_database(
     assert credential.libre_password == clean_sandbox.libre.user(1).password
 
 
-def test_sync_connection_now_dispatches_direct_providers(
+def test_the_engine_syncs_a_direct_provider_and_returns_the_event_it_wrote(
     direct_config: DirectProvidersConfig, clean_sandbox: SandboxServer
 ) -> None:
-    from connections.actions import sync_connection_now
+    from connections.engine import sync_connection
 
     connection = connect(clean_sandbox, direct_config, Provider.DEXCOM, 6)
-    summary = sync_connection_now(Connection.objects.get(pk=connection.pk), trigger="manual", actor="patient")
-    assert summary.status == "success" and SyncEvent.objects.get(connection=connection).actor == "patient"
+    event = sync_connection(Connection.objects.get(pk=connection.pk), trigger="manual", actor="patient")
+    assert event == SyncEvent.objects.get(connection=connection)
+    assert event.status == "success" and event.actor == "patient" and event.records_stored > 0
 
 
 def test_scheduled_cgm_job_fans_out_and_its_run_counts_every_connection(
@@ -485,7 +493,7 @@ def test_scheduled_cgm_job_fans_out_and_its_run_counts_every_connection(
     for provider in (Provider.DEXCOM, Provider.LIBRE):
         connect(clean_sandbox, direct_config, provider, 1)
 
-    result = tasks.sync_cgm_readings()  # django-q2 sync mode: each connection task runs as it is queued
+    result = tasks.sync_job(CGM_JOB)  # django-q2 sync mode: each connection task runs as it is queued
 
     run = JobRun.objects.get(job=CGM_JOB)
     assert result["job_run_id"] == run.pk and result["connections_queued"] == 2

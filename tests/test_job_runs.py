@@ -17,6 +17,7 @@ from connections.jobhealth import job_health, percentile
 from connections.jobruns import UNIT_FAILED, UNIT_SUCCESS, record_unit, track_job, tracked_job
 from connections.models import JobRun, JobRunStatus, SyncEvent
 from sandbox import SandboxServer
+from tests.direct_helpers import JUNCTION_JOB
 from tests.ops_fixtures import CapturingTransport
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen_time")]
@@ -36,10 +37,10 @@ def test_fan_out_run_counts_the_users_and_records_of_its_tasks(
     clean_sandbox.faults.add({"user_id": down, "status": 503, "count": -1})
 
     with caplog.at_level(logging.INFO, logger="loopsync"):
-        result = tasks.wearable_sync_daily()  # django-q2 sync mode: each user task runs as it is queued
+        result = tasks.sync_job(JUNCTION_JOB)  # django-q2 sync mode: each user task runs as it is queued
 
     run = JobRun.objects.get()
-    assert result["job_run_id"] == run.pk and result["users_queued"] == 3
+    assert result["job_run_id"] == run.pk and result["connections_queued"] == 3
     assert (run.job, run.status) == (JOB, JobRunStatus.PARTIAL)
     assert (run.users_expected, run.users_synced, run.users_failed) == (3, 2, 1)
     assert run.records_stored == sum(SyncEvent.objects.values_list("records_stored", flat=True)) > 0
@@ -53,7 +54,7 @@ def test_fan_out_run_counts_the_users_and_records_of_its_tasks(
 def test_a_clean_run_checks_in_to_sentry_crons_in_progress_then_ok(
     scheduled_config: JunctionSyncConfig, sentry_capture: CapturingTransport
 ) -> None:
-    tasks.wearable_sync_daily()
+    tasks.sync_job(JUNCTION_JOB)
 
     run = JobRun.objects.get()
     assert run.status == JobRunStatus.SUCCESS and run.users_synced == 3
@@ -69,7 +70,7 @@ def test_an_entry_point_that_raises_is_a_failed_run_and_an_error_check_in(
 ) -> None:
     with override_settings(JUNCTION_SYNC=junction_config.replace(api_key="")):
         with pytest.raises(ImproperlyConfigured):
-            tasks.wearable_sync_daily()
+            tasks.sync_job(JUNCTION_JOB)
 
     run = JobRun.objects.get()
     assert run.status == JobRunStatus.FAILED and run.error.startswith(

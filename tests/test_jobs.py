@@ -13,9 +13,10 @@ from django_q.models import Schedule
 
 from connections.config import JunctionSyncConfig
 from connections.models import SyncEvent, SyncTrigger
-from connections.tasks import wearable_sync_daily
-from loopsync.schedules import SCHEDULES
+from connections.tasks import sync_job
+from loopsync.schedules import all_schedules
 from readings.models import WearableReading
+from tests.direct_helpers import JUNCTION_JOB
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen_time")]
 
@@ -24,11 +25,11 @@ def test_sync_schedules_registers_the_daily_job_once_at_0300_utc() -> None:
     call_command("sync_schedules", stdout=io.StringIO())
     call_command("sync_schedules", stdout=io.StringIO())
     schedule = Schedule.objects.get(name="loopsync.wearable-sync-daily")
-    assert schedule.func == "connections.tasks.wearable_sync_daily"
+    assert (schedule.func, schedule.args) == ("connections.tasks.sync_job", "('wearable-sync-daily',)")
     assert schedule.cron == "0 3 * * *"
     assert schedule.next_run.hour == 3 and schedule.next_run.minute == 0
     # Each declared job exactly once, however often the command runs.
-    assert Schedule.objects.filter(name__startswith="loopsync.").count() == len(SCHEDULES)
+    assert Schedule.objects.filter(name__startswith="loopsync.").count() == len(all_schedules())
 
 
 def test_sync_schedules_fixes_a_changed_schedule_and_removes_stale_ones() -> None:
@@ -49,9 +50,9 @@ def test_sync_schedules_fixes_a_changed_schedule_and_removes_stale_ones() -> Non
 def test_daily_task_fans_out_one_task_per_user(junction_config: JunctionSyncConfig) -> None:
     # Q_CLUSTER sync mode in tests: each queued task runs in-process as django-q2 would run it.
     with override_settings(JUNCTION_SYNC=junction_config):
-        result = wearable_sync_daily()
+        result = sync_job(JUNCTION_JOB)
 
-    assert result["users_queued"] == 3
+    assert result["connections_queued"] == 3
     events = SyncEvent.objects.all()
     assert events.count() == 3
     assert {e.trigger for e in events} == {SyncTrigger.SCHEDULE}
@@ -61,9 +62,9 @@ def test_daily_task_fans_out_one_task_per_user(junction_config: JunctionSyncConf
 
 def test_a_user_task_run_twice_stores_nothing_twice(junction_config: JunctionSyncConfig) -> None:
     with override_settings(JUNCTION_SYNC=junction_config):
-        wearable_sync_daily()
+        sync_job(JUNCTION_JOB)
         count = WearableReading.objects.count()
-        wearable_sync_daily()
+        sync_job(JUNCTION_JOB)
     assert WearableReading.objects.count() == count
 
 

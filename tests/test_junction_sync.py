@@ -10,10 +10,10 @@ from django.test import override_settings
 
 from connections.config import JunctionSyncConfig
 from connections.models import Connection, ConnectionStatus, Patient, Provider, SyncEvent, SyncStatus
-from connections.providers.junction import CGM_PROVIDER_SLUGS, TIMESERIES, utc_days
-from connections.sync import run_wearable_sync_job
+from connections.providers.junction.client import CGM_PROVIDER_SLUGS, TIMESERIES, utc_days
 from readings.models import DailyStat, GlucoseReading, WearableReading
 from sandbox import SandboxServer
+from tests.direct_helpers import run_wearable_sync_job
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen_time")]
 

@@ -24,7 +24,7 @@ from connections.models import (
     SyncStatus,
     SyncTrigger,
 )
-from connections.sync import run_wearable_sync_job
+from tests.direct_helpers import run_wearable_sync_job
 from tests.ops_fixtures import PASSWORD, make_connection
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen_time")]

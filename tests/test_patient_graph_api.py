@@ -3,16 +3,18 @@ writing through it (PATIENT_GRAPH_API_URL) ends with exactly the tables the dire
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 
 from connections.models import Connection, Patient, Provider, SyncFingerprint
-from connections.sync import run_wearable_sync_job
 from readings import writers
 from readings.models import DailyStat, GlucoseReading, WearableReading
 from sandbox import SandboxServer
 from sandbox.clerk import ClerkSandbox
 from tests.api_helpers import client_for, error_of
-from tests.direct_helpers import connect, sync
+from tests.direct_helpers import connect, run_wearable_sync_job, sync
 
 INGEST = "/api/patient-graph/service/ingest"
 DAILY = "/api/patient-graph/service/daily-stats"
@@ -320,3 +322,29 @@ def test_a_direct_sync_whose_api_write_fails_leaves_its_cursor(
     assert summary.status != "success" and "404" in summary.errors[0]
     connection.refresh_from_db()
     assert connection.last_sync_at is None and not GlucoseReading.objects.exists()
+
+
+@pytest.mark.django_db
+def test_ingest_refuses_readings_from_before_2000_or_ahead_of_now_and_extreme_years_never_fail(
+    service_key: str,
+) -> None:
+    patient = Patient.objects.create()
+    rows = [
+        {**reading(0), "measured_at": "1970-01-01T00:00:00+00:00"},
+        {**reading(1), "measured_at": "9999-12-31T23:59:00-05:00"},
+        {**reading(2), "measured_at": "0001-01-01T00:00:00+05:00"},
+        {**reading(3), "measured_at": (timezone.now() + timedelta(days=2)).isoformat()},
+    ]
+
+    response = client_for(service_key).post(
+        INGEST, {"patient_id": patient.pk, "readings": rows}, format="json"
+    )
+
+    assert response.status_code == 400
+    assert error_of(response)["details"] == {
+        "readings[0].measured_at": "is before 2000",
+        "readings[1].measured_at": "is out of range",
+        "readings[2].measured_at": "is out of range",
+        "readings[3].measured_at": "is in the future",
+    }
+    assert not WearableReading.objects.exists()

@@ -238,9 +238,7 @@ def test_run_job_cleanup_dry_run_prints_the_table(now: datetime, patient: Patien
     assert WearableReading.objects.count() == 1
 
 
-# --- PostgreSQL partitions ---------------------------------------------------------------------------------
-
-postgres_only = pytest.mark.skipif(connection.vendor != "postgresql", reason="partitions are PostgreSQL-only")
+# --- Partitions ------------------------------------------------------------------------------------------
 
 
 def rows_in(relation: str) -> int:
@@ -249,16 +247,12 @@ def rows_in(relation: str) -> int:
         return cursor.fetchone()[0]
 
 
-@postgres_only
-@pytest.mark.postgres_only
 def test_raw_tables_are_range_partitioned_with_a_default_partition() -> None:
     for table in ("patient_wearable_readings", "patient_glucose_readings"):
         assert is_partitioned(table)
         assert rows_in(default_partition(table)) == 0
 
 
-@postgres_only
-@pytest.mark.postgres_only
 def test_a_far_backfill_inserts_into_default_and_moves_when_its_week_is_created(patient: Patient) -> None:
     long_ago = datetime(2019, 6, 5, 8, tzinfo=UTC)
     store(patient, [hr(long_ago)], [cgm(long_ago)])
@@ -275,8 +269,6 @@ def test_a_far_backfill_inserts_into_default_and_moves_when_its_week_is_created(
     assert WearableReading.objects.count() == GlucoseReading.objects.count() == 1
 
 
-@postgres_only
-@pytest.mark.postgres_only
 def test_retention_drops_whole_partitions_and_deletes_only_the_old_rows_of_the_straddling_one(
     now: datetime, patient: Patient
 ) -> None:

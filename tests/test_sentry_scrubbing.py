@@ -10,10 +10,10 @@ import pytest
 import sentry_sdk
 
 from connections.config import JunctionSyncConfig
-from connections.sync import run_wearable_sync_job
 from loopsync.sentry import before_breadcrumb, before_send, scrub_text
 from sandbox import SandboxServer
 from tests.conftest import SANDBOX_KEY
+from tests.direct_helpers import run_wearable_sync_job
 from tests.ops_fixtures import CapturingTransport
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen_time")]

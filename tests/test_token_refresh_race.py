@@ -1,7 +1,6 @@
 """Two workers sync one connection whose token has expired: exactly one refresh reaches the provider.
 
 Real threads, each with its own database connection (transactional_db), so the row lock is really contended.
-PostgreSQL only: SQLite has no row locks (select_for_update is a no-op there).
 """
 
 from __future__ import annotations
@@ -9,7 +8,6 @@ from __future__ import annotations
 import threading
 
 import pytest
-from django.db import connection as db
 from django.db import connections
 
 from connections.config import DirectProvidersConfig
@@ -25,8 +23,6 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("
 def test_two_concurrent_syncs_with_an_expired_token_refresh_once(
     provider: str, direct_config: DirectProvidersConfig, clean_sandbox: SandboxServer
 ) -> None:
-    if db.vendor != "postgresql":
-        pytest.skip("SQLite has no row locks: the refresh race is a PostgreSQL test")
     connection = connect(clean_sandbox, direct_config, provider, 1)
     expire_stored_token(connection)
     oauth = getattr(clean_sandbox, provider).oauth

@@ -23,7 +23,8 @@ from connections.api.authentication import IsPatientGraphService, PatientGraphKe
 from connections.api.errors import APIError
 from connections.api.serializers import ErrorSerializer
 from connections.models import Connection, Patient, Provider
-from connections.providers.junction import GlucoseRow, InvalidRecord, WearableRow, canonical_utc
+from connections.providers.contract import CLOCK_SKEW, LOCAL_NOON_AHEAD
+from connections.providers.junction.client import GlucoseRow, InvalidRecord, WearableRow, canonical_utc
 from readings.store import store_batch
 
 MAX_ROWS_PER_REQUEST = 50_000
@@ -125,8 +126,12 @@ class _Rows:
         if value is None and not required:
             return None
         try:
-            return canonical_utc(value, name)
-        except InvalidRecord:
+            # Rows of day-level summaries sit at the patient's local noon, which may still be ahead today.
+            return canonical_utc(value, name, ahead=LOCAL_NOON_AHEAD + CLOCK_SKEW)
+        except InvalidRecord as exc:
+            rule = str(exc).removeprefix(f"{name} ")
+            if rule.startswith(("is in the future", "is before", "is out of range")):
+                raise InvalidRecord(f"{where}.{name}: {rule}") from None
             raise InvalidRecord(f"{where}.{name}: must be an ISO-8601 datetime with a UTC offset") from None
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from django.conf import settings
 
 from connections.providers.base import ProviderHTTP, RetryPolicy
-from connections.providers.junction import InvalidRecord
+from connections.providers.contract import InvalidPayload, InvalidRecord, plausible_instant
 
 logger = logging.getLogger("loopsync.providers")
 
@@ -50,7 +50,15 @@ def parse_instant(raw: object, field_name: str, *, naive_is_utc: bool = False) -
         if not naive_is_utc:
             raise InvalidRecord(f"{field_name} has no UTC offset")
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise InvalidRecord(f"{field_name} is out of range") from None
+
+
+def reading_instant(raw: object, field_name: str, *, naive_is_utc: bool = False) -> datetime:
+    """The instant a reading was taken: parsed as parse_instant, then refused if before 2000 or in the future."""
+    return plausible_instant(parse_instant(raw, field_name, naive_is_utc=naive_is_utc), field_name)
 
 
 def warn_invalid(provider: str, resource: str, index: int, error: InvalidRecord) -> None:
@@ -62,8 +70,6 @@ def warn_invalid(provider: str, resource: str, index: int, error: InvalidRecord)
 
 
 def as_dict(body: Any, what: str) -> dict[str, Any]:
-    from connections.providers.junction import InvalidPayload
-
     if not isinstance(body, dict):
         raise InvalidPayload(f"{what} response is not a JSON object")
     return body

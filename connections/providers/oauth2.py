@@ -12,14 +12,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Self
 from urllib.parse import urlencode
 
-from connections.providers.base import ProviderBadResponse, ProviderError, ProviderHTTP
+from connections.providers.base import ProviderBadResponse, ProviderHTTP
 from connections.providers.common import http_for
+from connections.providers.contract import CredentialsRefused
 
 # Statuses the token endpoint uses for OAuth errors (RFC 6749 §5.2); their body's `error` is read.
 OAUTH_ERROR_STATUSES = frozenset({400, 401})
 
 
-class OAuthGrantError(ProviderError):
+class OAuthGrantError(CredentialsRefused):
     """The token endpoint refused the grant. `error` is the RFC 6749 code (invalid_grant, invalid_client...)."""
 
     def __init__(self, provider: str, error: str, *, status: int | None) -> None:
@@ -27,7 +28,7 @@ class OAuthGrantError(ProviderError):
         self.error = error
 
     @property
-    def refresh_token_dead(self) -> bool:
+    def dead(self) -> bool:
         # invalid_grant: spent, expired or revoked. Oura-like servers say invalid_request for a spent token.
         return self.error in ("invalid_grant", "invalid_request")
 

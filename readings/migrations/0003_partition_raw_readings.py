@@ -1,7 +1,6 @@
-"""PostgreSQL: turn the two raw reading tables into weekly range partitions on measured_at.
+"""Turn the two raw reading tables into weekly range partitions on measured_at.
 
-SQLite has no partitions: there the operation does nothing and retention deletes in batches. The rows are
-copied in this migration's transaction; on a large existing table, run it in a maintenance window.
+The rows are copied in this migration's transaction; on a large existing table, run it in a maintenance window.
 """
 
 from django.db import migrations
@@ -10,8 +9,6 @@ RAW_TABLES = ("patient_wearable_readings", "patient_glucose_readings")
 
 
 def partition(apps, schema_editor):
-    if schema_editor.connection.vendor != "postgresql":
-        return
     from readings.partitions import convert_table, is_partitioned
 
     for table in RAW_TABLES:
@@ -20,8 +17,6 @@ def partition(apps, schema_editor):
 
 
 def unpartition(apps, schema_editor):
-    if schema_editor.connection.vendor != "postgresql":
-        return
     from readings.partitions import convert_table, is_partitioned
 
     for table in RAW_TABLES:

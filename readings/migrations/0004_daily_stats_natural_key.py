@@ -85,9 +85,8 @@ class RebuildDailyStats(Operation):
         del schema_editor.deferred_sql[pending:]
         new._meta.db_table = TABLE
         columns = ", ".join(schema_editor.quote_name(c) for c in COLUMNS)
-        if schema_editor.connection.vendor == "postgresql":
-            # No write may land in the old table after the copy (SQLite's write lock is the whole database).
-            schema_editor.execute(f"LOCK TABLE {TABLE} IN SHARE MODE")
+        # No write may land in the old table after the copy.
+        schema_editor.execute(f"LOCK TABLE {TABLE} IN SHARE MODE")
         # Statistics of a patient deleted around Django's cascade have nowhere to go (going back, the patient
         # constraint would refuse them): they are not copied.
         schema_editor.execute(
@@ -96,17 +95,16 @@ class RebuildDailyStats(Operation):
         )
         schema_editor.execute(f"DROP TABLE {TABLE}")
         schema_editor.execute(f"ALTER TABLE {rebuilt} RENAME TO {TABLE}")
-        if schema_editor.connection.vendor == "postgresql":
-            # Constraint names were derived from the temporary table name: give them the table's own.
-            with schema_editor.connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND conname LIKE %s",
-                    [TABLE, f"{rebuilt}%"],
-                )
-                names = [row[0] for row in cursor.fetchall()]
-            for name in names:
-                renamed = TABLE + name[len(rebuilt) :]
-                schema_editor.execute(f"ALTER TABLE {TABLE} RENAME CONSTRAINT {name} TO {renamed}")
+        # Constraint names were derived from the temporary table name: give them the table's own.
+        with schema_editor.connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND conname LIKE %s",
+                [TABLE, f"{rebuilt}%"],
+            )
+            names = [row[0] for row in cursor.fetchall()]
+        for name in names:
+            renamed = TABLE + name[len(rebuilt) :]
+            schema_editor.execute(f"ALTER TABLE {TABLE} RENAME CONSTRAINT {name} TO {renamed}")
 
     def database_forwards(self, app_label, schema_editor, from_state, to_state):  # noqa: ANN001, ANN201
         self._rebuild(app_label, schema_editor, from_state, to_state)

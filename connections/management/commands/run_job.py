@@ -6,14 +6,14 @@ import orjson
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from loopsync.jobs import JOB_OPTIONS, JOBS
+from loopsync.jobs import JOB_OPTIONS, all_jobs
 
 
 class Command(BaseCommand):
-    help = "Run one scheduled job now, by name: " + ", ".join(JOBS)
+    help = "Run one scheduled job now, by name (see `run_job --help` for the names)."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("name", choices=sorted(JOBS), help="the job's schedule name")
+        parser.add_argument("name", choices=sorted(all_jobs()), help="the job's schedule name")
         parser.add_argument(
             "--sandbox", action="store_true", help="run against the in-process provider sandbox"
         )
@@ -39,7 +39,7 @@ class Command(BaseCommand):
 
             sandbox = SandboxServer(port=0, users=options["sandbox_users"]).start()
         try:
-            summary = JOBS[options["name"]](sandbox, **job_options)
+            summary = all_jobs()[options["name"]](sandbox, **job_options)
         except ImproperlyConfigured as exc:
             raise CommandError(str(exc)) from None
         finally:

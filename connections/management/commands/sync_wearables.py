@@ -9,8 +9,9 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from connections.config import JunctionSyncConfig
+from connections.engine import JobResult, UserSyncSummary, run_sync_job
 from connections.models import SyncTrigger
-from connections.sync import JobResult, UserSyncSummary, run_wearable_sync_job
+from connections.providers.junction.provider import JunctionProvider
 from loopsync.env import parse_int, split_list
 
 
@@ -58,22 +59,16 @@ class Command(BaseCommand):
             from sandbox.server import SandboxServer
 
             sandbox = SandboxServer(port=0, users=options["sandbox_users"], seed=options["seed"]).start()
-            config = config.replace(
-                base_url_override=sandbox.junction_url,
-                api_key=sandbox.api_key,
-                environment="sandbox",
-                user_ids=config.user_ids
-                if options["users"] is not None
-                else tuple(sandbox.junction.user_ids),
-            )
+            config = JunctionProvider.sandbox_config(sandbox, config)
             if not options["json"]:
                 self.stdout.write(
                     f"sandbox serving {len(sandbox.junction.user_ids)} users at {sandbox.junction_url}"
                 )
         show_progress = not options["json"] and sys.stderr.isatty()
         try:
-            result = run_wearable_sync_job(
-                config,
+            result = run_sync_job(
+                JunctionProvider.job,
+                configs={JunctionProvider.key: config},
                 trigger=SyncTrigger.COMMAND,
                 concurrency=max(1, options["concurrency"]),
                 force=options["force"],

@@ -15,8 +15,19 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from django.utils import timezone
+
 from connections.config import JunctionSyncConfig
 from connections.providers.base import ProviderHTTP
+from connections.providers.contract import (
+    CLOCK_SKEW,
+    GlucoseRow,
+    InvalidPayload,
+    InvalidRecord,
+    WearableRow,
+    plausible_day,
+    plausible_instant,
+)
 
 logger = logging.getLogger("loopsync.providers.junction")
 
@@ -94,17 +105,6 @@ BODY_FIELDS: tuple[tuple[str, str, str, float, float], ...] = (
     ("body_mass_index", "body_mass_index", "kg/m2", 5, 150),
 )
 
-# Row shapes handed to readings.store (tuples, not objects: the ingest path handles millions of them).
-# WearableRow: (metric, source, source_type, measured_at, end_at | None, value, unit)
-# GlucoseRow: (source, measured_at, value_mg_dl, original_value, original_unit, trend, trend_rate, device)
-# Timestamps are canonical UTC strings "YYYY-MM-DD HH:MM:SS[.ffffff]+00:00".
-WearableRow = tuple[str, str, str, str, str | None, float, str]
-GlucoseRow = tuple[str, str, float, float, str, str, float | None, str]
-
-
-class InvalidRecord(ValueError):
-    """A record that fails validation; the message names the field and the rule, never the value."""
-
 
 @dataclass
 class ParsedPayload:
@@ -124,7 +124,7 @@ class ParsedPayload:
         self.skipped += other.skipped
 
 
-def canonical_utc(raw: object, field_name: str = "timestamp") -> str:
+def canonical_utc(raw: object, field_name: str = "timestamp", *, ahead: timedelta = CLOCK_SKEW) -> str:
     """Validate an ISO-8601 timestamp with an offset and return it as a canonical UTC string."""
     if not isinstance(raw, str):
         raise InvalidRecord(f"{field_name} is not a string")
@@ -134,10 +134,11 @@ def canonical_utc(raw: object, field_name: str = "timestamp") -> str:
         raise InvalidRecord(f"{field_name} is not an ISO-8601 datetime") from None
     if parsed.tzinfo is None:
         raise InvalidRecord(f"{field_name} has no UTC offset")
+    utc = plausible_instant(parsed, field_name, ahead=ahead)
     # Junction renders every timestamp with +00:00, so the common case is a string slice.
     if len(raw) == 25 and raw.endswith("+00:00"):
         return f"{raw[:10]} {raw[11:]}"
-    return parsed.astimezone(UTC).isoformat(sep=" ")
+    return utc.isoformat(sep=" ")
 
 
 def _number(raw: object, field_name: str, low: float, high: float) -> float:
@@ -246,10 +247,6 @@ def _groups(payload: Any, resource: str) -> Iterator[tuple[str, list[dict[str, A
             yield str(key), [e for e in entries if isinstance(e, dict)]
 
 
-class InvalidPayload(ValueError):
-    """The response's envelope is not what the API documents (the whole page is unusable)."""
-
-
 def _local_noon_utc(day: date, tz: ZoneInfo) -> str:
     # Day-level summaries have no instant; local noon keeps them inside the patient's local day under any
     # DST rule, so the daily statistic lands on the calendar_date the provider reported.
@@ -291,6 +288,7 @@ def _summary_rows(kind: str, record: Any, tz: ZoneInfo) -> list[WearableRow]:
             day = date.fromisoformat(str(record.get("calendar_date")))
         except ValueError:
             raise InvalidRecord("calendar_date is not a date") from None
+        plausible_day(day, timezone.localtime(timezone=tz).date(), "calendar_date")
         measured_at = _local_noon_utc(day, tz)
         fields = ACTIVITY_FIELDS if kind == "activity" else BODY_FIELDS
     rows: list[WearableRow] = []

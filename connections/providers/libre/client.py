@@ -17,9 +17,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from connections.config import DirectProvidersConfig
-from connections.providers.base import ProviderError, ProviderHTTP, ProviderRequestError
+from connections.providers.base import ProviderHTTP, ProviderRequestError
 from connections.providers.common import as_dict, canonical, http_for, warn_invalid
-from connections.providers.junction import (
+from connections.providers.contract import CredentialsRefused, plausible_instant
+from connections.providers.junction.client import (
     GLUCOSE_HIGH_MGDL,
     GLUCOSE_LOW_MGDL,
     MGDL_PER_MMOLL,
@@ -33,7 +34,7 @@ SOURCE = "freestyle_libre"
 TREND_ARROWS = {1: "singleDown", 2: "fortyFiveDown", 3: "flat", 4: "fortyFiveUp", 5: "singleUp"}
 
 
-class LibreLoginRefused(ProviderError):
+class LibreLoginRefused(CredentialsRefused):
     """Credentials rejected (status 2) or an action is required in the app (status 4): the patient must act."""
 
 
@@ -195,9 +196,10 @@ def parse_factory_timestamp(raw: object) -> datetime:
         if meridiem not in ("AM", "PM") or not 1 <= h <= 12:
             raise ValueError(meridiem)
         h = h % 12 + (12 if meridiem == "PM" else 0)
-        return datetime(int(year), int(month), int(day), h, int(minute), int(second), tzinfo=UTC)
+        moment = datetime(int(year), int(month), int(day), h, int(minute), int(second), tzinfo=UTC)
     except ValueError:
         raise InvalidRecord("FactoryTimestamp is not M/D/YYYY h:mm:ss AM") from None
+    return plausible_instant(moment, "FactoryTimestamp")
 
 
 @dataclass

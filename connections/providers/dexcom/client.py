@@ -13,8 +13,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from connections.config import DirectProvidersConfig
-from connections.providers.common import as_dict, bearer, canonical, parse_instant, warn_invalid
-from connections.providers.junction import (
+from connections.providers.common import (
+    as_dict,
+    bearer,
+    canonical,
+    reading_instant,
+    warn_invalid,
+)
+from connections.providers.junction.client import (
     GLUCOSE_HIGH_MGDL,
     GLUCOSE_LOW_MGDL,
     MGDL_PER_MMOLL,
@@ -79,7 +85,8 @@ def newest_egv(data_range: dict[str, Any]) -> datetime | None:
     if not isinstance(egvs, dict) or not isinstance(egvs.get("end"), dict):
         return None
     try:
-        return parse_instant(egvs["end"].get("systemTime"), "egvs.end.systemTime", naive_is_utc=True)
+        # A future end (a broken receiver clock) would start the first sync in the future: treat it as unknown.
+        return reading_instant(egvs["end"].get("systemTime"), "egvs.end.systemTime", naive_is_utc=True)
     except InvalidRecord:
         return None
 
@@ -97,7 +104,7 @@ def parse_egvs(body: dict[str, Any], out: ParsedGlucose, *, since: datetime | No
         try:
             if not isinstance(record, dict):
                 raise InvalidRecord("record is not an object")
-            measured = parse_instant(record.get("systemTime"), "systemTime", naive_is_utc=True)
+            measured = reading_instant(record.get("systemTime"), "systemTime", naive_is_utc=True)
             unit = str(record.get("unit") or "mg/dL")
             raw = record.get("value")
             if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):

@@ -15,8 +15,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from connections.config import DirectProvidersConfig
-from connections.providers.common import as_dict, bearer, canonical, parse_instant, warn_invalid
-from connections.providers.junction import InvalidPayload, InvalidRecord, WearableRow
+from connections.providers.common import as_dict, bearer, canonical, reading_instant, warn_invalid
+from connections.providers.junction.client import InvalidPayload, InvalidRecord, WearableRow
 from connections.providers.oauth2 import OAuthClient
 
 PROVIDER = "whoop"
@@ -169,7 +169,7 @@ def _rows(collection: str, record: dict[str, Any], out: WhoopParsed) -> list[Wea
             rows.append((metric, SOURCE, "", at, end, value, unit))
 
     if collection == "recovery":
-        created = parse_instant(record.get("created_at"), "created_at")
+        created = reading_instant(record.get("created_at"), "created_at")
         if not isinstance(record.get("cycle_id"), int):
             raise InvalidRecord("cycle_id is missing")
         if state == "PENDING_SCORE":
@@ -184,8 +184,8 @@ def _rows(collection: str, record: dict[str, Any], out: WhoopParsed) -> list[Wea
             add("skin_temperature", at, None, _opt(score, "skin_temp_celsius", 20, 45), "degC")
         return rows
 
-    start = parse_instant(record.get("start"), "start")
-    end = parse_instant(record["end"], "end") if record.get("end") else None
+    start = reading_instant(record.get("start"), "start")
+    end = reading_instant(record["end"], "end") if record.get("end") else None
     if end is not None and end < start:
         raise InvalidRecord("end is before start")
     at, end_text = canonical(start), canonical(end) if end else None

@@ -1,0 +1,1 @@
+"""dexcom provider package: the HTTP client and payload parsing (client.py) and the SyncProvider (provider.py)."""

@@ -1,0 +1,110 @@
+"""Dexcom as a SyncProvider: OAuth connect, EGVs every 30 minutes since the newest stored reading."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.utils import timezone
+
+from connections.config import DirectProvidersConfig
+from connections.providers.contract import CGM_CADENCE, Batch, ConnectMethod, SyncProvider
+from connections.providers.dexcom.client import DexcomClient, ParsedGlucose, newest_egv, parse_egvs, windows
+from connections.providers.oauth2 import OAuthClient, TokenSet
+from connections.providers.whoop.provider import cursor_start, oauth_refresher
+
+if TYPE_CHECKING:
+    from connections.models import Connection, Patient
+    from connections.tokens import Refresher, TokenSession
+    from sandbox.server import SandboxServer
+
+
+class DexcomProvider(SyncProvider):
+    key = "dexcom"
+    label = "Dexcom"
+    connect = ConnectMethod.OAUTH
+    job = "sync-cgm-readings"
+    cron = "*/30 * * * *"
+    cadence = CGM_CADENCE
+    job_description = (
+        "Dexcom and FreeStyle Libre: glucose since the newest stored reading; one task per connection."
+    )
+    glucose = True
+    source_family = "dexcom"
+    source_patterns = ("dexcom%",)
+    priority = 2
+    settings_name = "DIRECT_PROVIDERS"
+    config: DirectProvidersConfig
+
+    def __init__(self, config: Any = None, *, concurrency: int = 1) -> None:
+        super().__init__(config, concurrency=concurrency)
+        self.client = DexcomClient.from_config(self.config)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def oauth_client(self) -> DexcomClient:
+        if not self.config.dexcom_client_id:
+            raise ImproperlyConfigured("Dexcom is not configured (DEXCOM_CLIENT_ID)")
+        return DexcomClient.from_config(self.config)
+
+    def external_user_id(self, client: OAuthClient, tokens: TokenSet) -> str:
+        # Dexcom has no profile route; every v3 response carries the per-app userId.
+        assert isinstance(client, DexcomClient)
+        return str(client.data_range(tokens.access_token).get("userId") or "")
+
+    def refresher(self) -> Refresher:
+        return oauth_refresher(self.client)
+
+    def fetch(
+        self,
+        connection: Connection,
+        since: datetime | None,
+        *,
+        session: TokenSession | None,
+        window: tuple[datetime, datetime] | None = None,
+        force: bool = False,
+    ) -> Batch:
+        assert session is not None
+        config, client = self.config, self.client
+        now = timezone.now()
+        if window is not None:
+            start, end = window
+        else:
+            end = now
+            if since is None:
+                # Dexcom delays data by 1-3 h: the first window ends at the newest reading it holds.
+                newest = newest_egv(session.call(client.data_range))
+                start = (newest or now) - timedelta(days=config.cgm_initial_days)
+            else:
+                start = cursor_start(since, timedelta(minutes=config.cgm_overlap_minutes), now)
+            start = max(start, now - timedelta(days=config.cgm_max_lookback_days))
+        parsed = ParsedGlucose()
+        for lower, upper in windows(start, end):
+            body = session.call(lambda token, lower=lower, upper=upper: client.egvs(token, lower, upper))
+            parse_egvs(body, parsed)
+        # The cursor is the newest reading received, not the wall clock (the data is late).
+        return Batch(
+            glucose=parsed.glucose,
+            skipped=parsed.skipped,
+            window_start=start,
+            window_end=end,
+            cursor=parsed.newest if window is None else None,
+        )
+
+    @classmethod
+    def sandbox_config(cls, sandbox: SandboxServer, config: DirectProvidersConfig) -> DirectProvidersConfig:
+        return config.replace(
+            dexcom_api_url=sandbox.dexcom_url,
+            dexcom_client_id=sandbox.dexcom.oauth.client_id,
+            dexcom_client_secret=sandbox.dexcom.oauth.client_secret,
+        )
+
+    def connect_sandbox_user(self, sandbox: SandboxServer, index: int, patient: Patient | None) -> Connection:
+        from connections.sandbox_setup import connect_oauth_sandbox_user
+
+        return connect_oauth_sandbox_user(self, sandbox, index, patient)
+
+    def sandbox_external_id(self, sandbox: SandboxServer, index: int) -> str:
+        return sandbox.dexcom.user_id(index)

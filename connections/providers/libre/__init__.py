@@ -1,0 +1,1 @@
+"""libre provider package: the HTTP client and payload parsing (client.py) and the SyncProvider (provider.py)."""
