@@ -133,6 +133,19 @@ def advance_cursor(stored: datetime | None, candidate: datetime, now: datetime) 
     return max(stored, candidate)
 
 
+def newest_reading(batch: Batch, now: datetime) -> datetime | None:
+    """The newest reading a batch holds (the admin's "newest reading"), never later than now.
+
+    A batch's rows come from one provider's parser, which writes one canonical UTC form, so the string max
+    is the time max. Day summaries are stamped at local noon, which can be later than now.
+    """
+    newest_raw = max(
+        max((row[3] for row in batch.readings), default=""),
+        max((row[1] for row in batch.glucose), default=""),
+    )
+    return min(datetime.fromisoformat(newest_raw), now) if newest_raw else None
+
+
 def store_batch_and_cursor(connection: Connection, batch: Batch, writer: ReadingsWriter) -> int:
     """Rows, provider state and cursor in one transaction; returns the rows written.
 
@@ -156,11 +169,21 @@ def store_batch_and_cursor(connection: Connection, batch: Batch, writer: Reading
         now = timezone.now()
         if batch.cursor is not None:
             locked.last_sync_at = advance_cursor(locked.last_sync_at, batch.cursor, now)
+        newest = newest_reading(batch, now)
+        if newest is not None and (locked.latest_reading_at is None or newest > locked.latest_reading_at):
+            locked.latest_reading_at = newest
         locked.last_attempt_at = now
         locked.failure_streak = 0
         locked.last_error = ""
         locked.save(
-            update_fields=["last_sync_at", "last_attempt_at", "failure_streak", "last_error", "updated_at"]
+            update_fields=[
+                "last_sync_at",
+                "latest_reading_at",
+                "last_attempt_at",
+                "failure_streak",
+                "last_error",
+                "updated_at",
+            ]
         )
     connection.last_sync_at = locked.last_sync_at
     return written

@@ -30,6 +30,7 @@ Every step is idempotent: a second run finds nothing to remove.
 from __future__ import annotations
 
 import logging
+import re
 import time as monotonic
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -41,6 +42,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from connections.models import Connection, ConnectionStatus
+from connections.providers.registry import PROVIDERS
 from readings.locks import single_flight
 from readings.models import ConnectionRemoval
 from readings.partitions import (
@@ -59,8 +61,6 @@ JOB_NAME = "cleanup-wearable-data"
 WEARABLE_TABLE, GLUCOSE_TABLE = RAW_TABLES
 _ADVISORY_LOCK = 0x4C53_434C  # "LSCL"
 
-# Source priority, route first: these providers' direct connections win for their own device family.
-DIRECT_PROVIDERS = ("dexcom", "libre", "whoop")
 # Precision of the providers' timestamps, as the truncation that makes two copies one measurement.
 PRECISION = {GLUCOSE_TABLE: "minute", WEARABLE_TABLE: "second"}
 
@@ -290,24 +290,39 @@ def _forget_tombstones(now: datetime) -> None:
 # --- Duplicates --------------------------------------------------------------------------------------------
 
 
+def _literal(text: str) -> str:
+    # Provider keys and source patterns are code, not input; still, only plain words become SQL literals.
+    if not re.fullmatch(r"[a-z0-9_%-]+", text):
+        raise ValueError(f"not a plain provider word: {text!r}")
+    return f"'{text}'"
+
+
+def _device_families() -> list[tuple[str, tuple[str, ...]]]:
+    """(family, LIKE patterns of its source names) of every provider that is a device maker's own route."""
+    return [(p.source_family, p.source_patterns) for p in PROVIDERS.values() if p.source_patterns]
+
+
 def _family(column: str) -> str:
-    return (
-        f"CASE WHEN {column} LIKE 'dexcom%%' THEN 'dexcom' "
-        f"WHEN {column} LIKE '%%libre%%' THEN 'libre' "
-        f"WHEN {column} LIKE 'whoop%%' THEN 'whoop' ELSE {column} END"
+    """The device family of a source name, whichever route brought it (Junction's "dexcom_v3" is Dexcom's)."""
+    whens = " ".join(
+        f"WHEN {column} LIKE {_literal(pattern).replace('%', '%%')} THEN {_literal(family)}"
+        for family, patterns in _device_families()
+        for pattern in patterns
     )
+    return f"CASE {whens} ELSE {column} END" if whens else column
 
 
 def _route_rank() -> str:
-    direct = ", ".join(f"'{p}'" for p in DIRECT_PROVIDERS)
-    return f"CASE WHEN c.provider IN ({direct}) THEN 0 WHEN c.provider = 'junction' THEN 1 ELSE 2 END"
+    """The copy to keep comes by the route of the highest priority (a maker's own API before an aggregator)."""
+    whens = " ".join(f"WHEN {_literal(p.key)} THEN {-p.priority}" for p in PROVIDERS.values())
+    return f"CASE c.provider {whens} ELSE 0 END"
 
 
 def _duplicates_query(table: str, cutoff_param: str) -> tuple[str, list[str]]:
     """A SELECT ranking every copy of every measurement (rn = 1 is kept), and the table's key columns."""
     family = _family("r.source")
     when = f"date_trunc('{PRECISION[table]}', r.measured_at)"
-    direct = ", ".join(f"'{p}'" for p in DIRECT_PROVIDERS)
+    direct = ", ".join(_literal(family) for family, _ in _device_families())
     if table == WEARABLE_TABLE:
         keys = ["patient_id", "metric", "source", "source_type", "measured_at"]
         # Routes label the same device's source type differently; other families keep it (phone vs watch).

@@ -16,11 +16,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from django.db import connection as db
-from django.db.models import Q
-from django.utils import timezone
 
-from connections.models import Connection
-from connections.providers.junction.client import GlucoseRow, WearableRow
+from connections.providers.contract import GlucoseRow, WearableRow
 from readings.dirty import mark_dirty
 
 GLUCOSE_METRIC = "glucose"
@@ -53,30 +50,9 @@ def store_batch(
         return StoreResult()
     result = _store_postgres(patient_id, time_zone, readings, glucose, connection_id)
     refresh_daily_stats(patient_id, time_zone, result.touched)
-    if connection_id is not None:
-        _advance_latest_reading(connection_id, readings, glucose)
     # aggregate-wearable-data recomputes these days' rolling averages (and the 29 days after them).
     mark_dirty(patient_id, result.touched)
     return result
-
-
-def _advance_latest_reading(
-    connection_id: int, readings: Sequence[WearableRow], glucose: Sequence[GlucoseRow]
-) -> None:
-    """Move `Connection.latest_reading_at` forward (never back) in the caller's transaction.
-
-    Rows of one batch come from one provider's parser, which writes one UTC isoformat, so the string max
-    is the time max. Day summaries are stamped at local noon, which can be later than now: capped at now.
-    """
-    newest_raw = max(
-        (max((row[3] for row in readings), default=""), max((row[1] for row in glucose), default=""))
-    )
-    if not newest_raw:
-        return
-    newest = min(datetime.fromisoformat(newest_raw), timezone.now())
-    Connection.objects.filter(pk=connection_id).filter(
-        Q(latest_reading_at__isnull=True) | Q(latest_reading_at__lt=newest)
-    ).update(latest_reading_at=newest)
 
 
 # --- Raw rows -----------------------------------------------------------------------------------------------

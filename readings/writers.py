@@ -16,7 +16,7 @@ from connections.config import JunctionSyncConfig
 from connections.models import Connection
 from connections.providers.base import ProviderError
 from connections.providers.common import http_for
-from connections.providers.junction.client import GlucoseRow, WearableRow
+from connections.providers.contract import GlucoseRow, WearableRow
 from readings.store import store_batch
 
 # Rows per ingest request: ~1 MB of JSON, well under the API's 50,000-row limit.

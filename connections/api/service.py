@@ -23,8 +23,14 @@ from connections.api.authentication import IsPatientGraphService, PatientGraphKe
 from connections.api.errors import APIError
 from connections.api.serializers import ErrorSerializer
 from connections.models import Connection, Patient, Provider
-from connections.providers.contract import CLOCK_SKEW, LOCAL_NOON_AHEAD
-from connections.providers.junction.client import GlucoseRow, InvalidRecord, WearableRow, canonical_utc
+from connections.providers.contract import (
+    CLOCK_SKEW,
+    LOCAL_NOON_AHEAD,
+    GlucoseRow,
+    InvalidRecord,
+    WearableRow,
+)
+from connections.providers.junction.client import canonical_utc
 from readings.store import store_batch
 
 MAX_ROWS_PER_REQUEST = 50_000

@@ -31,6 +31,12 @@ WearableRow = tuple[str, str, str, str, str | None, float, str]
 GlucoseRow = tuple[str, str, float, float, str, str, float | None, str]
 
 
+# mmol/L → mg/dL: the molar mass of glucose (180.156 g/mol) / 10.
+MGDL_PER_MMOLL = 18.0156
+# What a CGM can report; outside it a value is a transmission error, not a reading.
+GLUCOSE_LOW_MGDL, GLUCOSE_HIGH_MGDL = 20.0, 600.0
+
+
 class InvalidRecord(ValueError):
     """A record that fails validation; the message names the field and the rule, never the value."""
 

@@ -20,7 +20,7 @@ from connections.providers.common import (
     reading_instant,
     warn_invalid,
 )
-from connections.providers.junction.client import (
+from connections.providers.contract import (
     GLUCOSE_HIGH_MGDL,
     GLUCOSE_LOW_MGDL,
     MGDL_PER_MMOLL,

@@ -19,8 +19,12 @@ from django.utils import timezone
 
 from connections.config import JunctionSyncConfig
 from connections.providers.base import ProviderHTTP
+from connections.providers.common import http_for
 from connections.providers.contract import (
     CLOCK_SKEW,
+    GLUCOSE_HIGH_MGDL,
+    GLUCOSE_LOW_MGDL,
+    MGDL_PER_MMOLL,
     GlucoseRow,
     InvalidPayload,
     InvalidRecord,
@@ -31,8 +35,6 @@ from connections.providers.contract import (
 
 logger = logging.getLogger("loopsync.providers.junction")
 
-# mmol/L → mg/dL: the molar mass of glucose (180.156 g/mol) / 10.
-MGDL_PER_MMOLL = 18.0156
 
 # Junction providers that are CGMs: glucose is fetched only for users connected to one of them.
 CGM_PROVIDER_SLUGS = frozenset(
@@ -60,7 +62,6 @@ TIMESERIES: tuple[SeriesSpec, ...] = (
     SeriesSpec("steps", "steps", "count", 0, 100_000, interval=True),
 )
 GLUCOSE_RESOURCE = "glucose"
-GLUCOSE_LOW_MGDL, GLUCOSE_HIGH_MGDL = 20.0, 600.0
 
 SUMMARY_KINDS: tuple[str, ...] = ("sleep", "activity", "workouts", "body")
 # Envelope key of each summary response.
@@ -324,8 +325,6 @@ class JunctionClient:
 
     @classmethod
     def from_config(cls, config: JunctionSyncConfig) -> JunctionClient:
-        from connections.providers.common import http_for  # common imports this module
-
         http = http_for(cls.provider, config.base_url, headers={"x-vital-api-key": config.api_key})
         return cls(config.base_url, config.api_key, http=http)
 

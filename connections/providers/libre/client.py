@@ -19,14 +19,15 @@ from typing import Any
 from connections.config import DirectProvidersConfig
 from connections.providers.base import ProviderHTTP, ProviderRequestError
 from connections.providers.common import as_dict, canonical, http_for, warn_invalid
-from connections.providers.contract import CredentialsRefused, plausible_instant
-from connections.providers.junction.client import (
+from connections.providers.contract import (
     GLUCOSE_HIGH_MGDL,
     GLUCOSE_LOW_MGDL,
     MGDL_PER_MMOLL,
+    CredentialsRefused,
     GlucoseRow,
     InvalidPayload,
     InvalidRecord,
+    plausible_instant,
 )
 
 PROVIDER = "libre"

@@ -16,7 +16,7 @@ from typing import Any
 
 from connections.config import DirectProvidersConfig
 from connections.providers.common import as_dict, bearer, canonical, reading_instant, warn_invalid
-from connections.providers.junction.client import InvalidPayload, InvalidRecord, WearableRow
+from connections.providers.contract import InvalidPayload, InvalidRecord, WearableRow
 from connections.providers.oauth2 import OAuthClient
 
 PROVIDER = "whoop"
