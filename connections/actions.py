@@ -30,8 +30,9 @@ from connections.models import (
     SyncTrigger,
 )
 from connections.providers.base import ProviderError, ProviderRateLimited, RetryPolicy
+from connections.providers.contract import ConnectMethod
 from connections.providers.junction.client import JunctionClient
-from connections.providers.registry import open_provider
+from connections.providers.registry import PROVIDERS, open_provider
 
 logger = logging.getLogger("loopsync.actions")
 
@@ -114,9 +115,14 @@ def do_reactivate_connection(connection: Connection, *, actor: str, trigger: str
 
 # --- Manual sync from the REST API ------------------------------------------------------------------------
 
-# Sources a patient can ask to sync: the direct providers, and every provider Junction documents (a patient
-# reaches those through their Junction connection). A direct connection wins where a name is both.
-DIRECT_SOURCES: dict[str, str] = {"whoop": Provider.WHOOP, "dexcom": Provider.DEXCOM, "libre": Provider.LIBRE}
+
+# Sources a patient can ask to sync: the registered direct providers (by key), and every provider Junction
+# documents (a patient reaches those through their Junction connection). A direct connection wins where a name
+# is both.
+def direct_sources() -> frozenset[str]:
+    return frozenset(key for key, p in PROVIDERS.items() if p.connect is not ConnectMethod.AGGREGATOR)
+
+
 JUNCTION_SOURCES: frozenset[str] = frozenset(
     """oura fitbit garmin whoop strava renpho peloton wahoo zwift freestyle_libre abbott_libreview tandem_source
     freestyle_libre_ble eight_sleep withings apple_health_kit manual ihealth google_fit beurer_api beurer_ble omron
@@ -124,7 +130,12 @@ JUNCTION_SOURCES: frozenset[str] = frozenset(
     samsung_health polar cronometer kardia whoop_v2 ultrahuman my_fitness_pal_v2 map_my_fitness runkeeper
     google_health""".split()
 )
-ACCEPTED_SOURCES: tuple[str, ...] = tuple(sorted(set(DIRECT_SOURCES) | JUNCTION_SOURCES))
+
+
+def accepted_sources() -> tuple[str, ...]:
+    return tuple(sorted(direct_sources() | JUNCTION_SOURCES))
+
+
 # Which providers a Junction user has connected, asked at request time: cached, and asked with a short
 # timeout and no retries so a slow Junction never holds a web worker.
 JUNCTION_SOURCES_CACHE_SECONDS = 600
@@ -160,7 +171,7 @@ class ManualSyncOutcome:
 
 def normalise_source(source: str) -> str:
     name = source.strip().lower()
-    if name not in ACCEPTED_SOURCES:
+    if name not in direct_sources() and name not in JUNCTION_SOURCES:
         raise UnknownSource(name)
     return name
 
@@ -205,9 +216,8 @@ def resolve_source_connection(patient: Patient, source: str) -> Connection:
             patient=patient, status=ConnectionStatus.ACTIVE
         )
     }
-    direct = DIRECT_SOURCES.get(source)
-    if direct and direct in connections:
-        return connections[direct]
+    if source in direct_sources() and source in connections:
+        return connections[source]
     junction = connections.get(Provider.JUNCTION)
     if source in JUNCTION_SOURCES and junction is not None and junction.patient.junction_user_id:
         connected = junction_connected_sources(junction)

@@ -9,3 +9,4 @@ class ConnectionsConfig(AppConfig):
 
     def ready(self) -> None:
         from connections import checks  # noqa: F401  (registers the system checks)
+        from connections.providers import registry  # noqa: F401  (the providers' start-up checks)

@@ -29,27 +29,25 @@ from rest_framework.response import Response
 from connections.api.base import ERRORS, PatientAPIView
 from connections.api.errors import APIError
 from connections.api.serializers import ErrorSerializer
-from connections.providers.junction.client import (
-    ACTIVITY_FIELDS,
-    BODY_FIELDS,
-    SLEEP_FIELDS,
-    TIMESERIES,
-    WORKOUT_FIELDS,
-)
-from connections.providers.whoop.client import METRICS as WHOOP_METRICS
+from connections.providers.registry import PROVIDERS
 from readings.models import DailyStat, GlucoseReading, WearableReading
 from readings.store import local_day_bounds
 
-# Metrics a reading or daily statistic can have: Junction's, plus what the direct providers store (WHOOP;
-# Dexcom and Libre store glucose only).
-EXTRA_METRICS: tuple[str, ...] = ("workout_duration", *WHOOP_METRICS)
-KNOWN_METRICS: frozenset[str] = frozenset(
-    [spec.metric for spec in TIMESERIES]
-    + [f[1] for fields in (SLEEP_FIELDS, ACTIVITY_FIELDS, WORKOUT_FIELDS, BODY_FIELDS) for f in fields]
-    + list(EXTRA_METRICS)
-)
+
+def known_metrics() -> frozenset[str]:
+    """The wearable metrics a reading can have: what the registered providers store (read per request, so a
+    provider registered at run time is known at once)."""
+    return frozenset(metric for provider in PROVIDERS.values() for metric in provider.metrics)
+
+
 GLUCOSE = "glucose"
-DAILY_METRICS = KNOWN_METRICS | {GLUCOSE}
+
+
+def daily_metrics() -> frozenset[str]:
+    """A daily statistic's metric: any wearable metric, and glucose when a provider stores it."""
+    glucose = {GLUCOSE} if any(p.glucose for p in PROVIDERS.values()) else set()
+    return known_metrics() | glucose
+
 
 MAX_RANGE_DAYS = 366
 DEFAULT_DAILY_DAYS = 30
@@ -342,7 +340,7 @@ class DailyStatsView(PatientAPIView):
     def get(self, request: Request) -> Response:
         reject_unknown_parameters(request, PAGED | {"metric"})
         patient = self.patient(request)
-        metric = parse_metric(request, DAILY_METRICS)
+        metric = parse_metric(request, daily_metrics())
         end = parse_day(request, "end") or timezone.now().astimezone(ZoneInfo(patient.time_zone)).date()
         start = parse_day(request, "start") or end - timedelta(days=DEFAULT_DAILY_DAYS - 1)
         check_range(start, end + timedelta(days=1), limit=timedelta(days=MAX_RANGE_DAYS))
@@ -376,7 +374,7 @@ class ReadingsView(PatientAPIView):
     def get(self, request: Request) -> Response:
         reject_unknown_parameters(request, PAGED | {"metric"})
         patient = self.patient(request)
-        metric = parse_metric(request, KNOWN_METRICS, required=True)
+        metric = parse_metric(request, known_metrics(), required=True)
         start, end, page_size = _window(request, patient.time_zone, self.DEFAULT_PAGE, self.MAX_PAGE)
         return self.QUERY.page(request, [patient.pk, metric, start, end], page_size)
 

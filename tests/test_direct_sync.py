@@ -509,10 +509,10 @@ def test_scheduled_cgm_job_fans_out_and_its_run_counts_every_connection(
 def test_every_metric_a_whoop_sync_stores_is_one_the_read_api_accepts(
     direct_config: DirectProvidersConfig, clean_sandbox: SandboxServer
 ) -> None:
-    from readings.api import KNOWN_METRICS
+    from readings.api import known_metrics
 
     connection = connect(clean_sandbox, direct_config, Provider.WHOOP, 2)
     sync(connection, direct_config)
 
     stored = set(WearableReading.objects.filter(patient=connection.patient).values_list("metric", flat=True))
-    assert stored and stored <= KNOWN_METRICS
+    assert stored and stored <= known_metrics()

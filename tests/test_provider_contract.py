@@ -30,6 +30,10 @@ from connections.providers.registry import (
 from loopsync.jobs import all_jobs
 from loopsync.schedules import all_schedules
 from readings.models import WearableReading
+from tests.api_helpers import client_for
+
+READINGS = "/api/patient-graph/wearables/readings"
+DAILY_STATS = "/api/patient-graph/wearables/daily-stats"
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen_time")]
 
@@ -224,3 +228,22 @@ def test_a_provider_whose_jobs_cron_disagrees_or_whose_config_fails_stops_start_
 
     assert "disagree on its cron" in errors["connections.E201"]
     assert errors["connections.E202"] == "provider broken-ring: RING_HOURS='x' is not an integer"
+
+
+def test_a_registered_providers_metrics_are_readable_through_the_api(
+    ring_connection: Connection, clerk: Any
+) -> None:
+    Patient.objects.filter(pk=ring_connection.patient_id).update(clerk_user_id="user_ring")
+    sync_connection(ring_connection)
+    client = client_for(clerk.mint("user_ring"))
+
+    readings = client.get(READINGS, {"metric": "ring_resting_heart_rate"})
+    stats = client.get(DAILY_STATS, {"metric": "ring_resting_heart_rate"})
+
+    # The default window ends now, exclusive: the reading stamped at this very instant is outside it.
+    assert readings.status_code == 200 and len(readings.json()["results"]) == 5
+    assert stats.status_code == 200 and stats.json()["results"]
+    unregister_provider("ring")
+    refused = client.get(READINGS, {"metric": "ring_resting_heart_rate"})
+    register_provider(RingProvider)
+    assert refused.status_code == 400

@@ -21,11 +21,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from connections.actions import (
-    ACCEPTED_SOURCES,
     IdempotencyKeyReused,
     ManualSyncRateLimited,
     NoConnection,
     UnknownSource,
+    accepted_sources,
     junction_sources_cache_key,
     request_manual_sync,
 )
@@ -76,8 +76,8 @@ def start_manual_sync(view: PatientAPIView, request: Request, source: str) -> Re
         raise APIError(
             400,
             "invalid_source",
-            f"Unknown source {str(exc)[:64]!r}. Accepted sources: {', '.join(ACCEPTED_SOURCES)}.",
-            {"accepted_sources": list(ACCEPTED_SOURCES)},
+            f"Unknown source {str(exc)[:64]!r}. Accepted sources: {', '.join(accepted_sources())}.",
+            {"accepted_sources": list(accepted_sources())},
         ) from None
     except NoConnection as exc:
         raise APIError(
