@@ -1,7 +1,8 @@
 """Connecting a patient's WHOOP or Dexcom account (OAuth 2.0 authorization code) or LibreLinkUp login.
 
-    url = begin_oauth(patient, "whoop", redirect_uri)      # redirect the patient's browser here
-    connection = complete_oauth("whoop", state, code)       # the callback: exchange, create/update, store
+    flow = begin_oauth(patient, "whoop", redirect_uri)     # redirect the browser to flow.authorize_url,
+                                                            # with flow.browser_key set as its cookie
+    connection = complete_oauth("whoop", state, code, key)  # the callback: the cookie's key, exchange, store
 
 The state is random (256 bits), bound to the patient and provider, single use and expiring
 (OAUTH_STATE_TTL_SECONDS), and bound to the browser that started the flow: `begin_oauth` returns a browser key
@@ -33,10 +34,9 @@ from connections.models import (
     Provider,
     ProviderCredential,
 )
-from connections.providers.contract import ConnectMethod, SyncProvider
 from connections.providers.libre.client import LibreClient
-from connections.providers.oauth2 import OAuthClient
-from connections.providers.registry import PROVIDERS, provider_class
+from connections.providers.oauth2 import OAuthClient, OAuthProvider
+from connections.providers.registry import PROVIDERS
 
 CONNECT_TOKEN_SALT = "loopsync.connections.connect"
 
@@ -47,20 +47,24 @@ class OAuthFlowError(ValueError):
 
 def oauth_providers() -> list[str]:
     """The providers that connect through the authorization-code flow (the /connect/<key>/ routes)."""
-    return [key for key, p in PROVIDERS.items() if p.connect is ConnectMethod.OAUTH]
+    return [key for key, p in PROVIDERS.items() if issubclass(p, OAuthProvider)]
 
 
-def _oauth_provider(provider: str, config: DirectProvidersConfig | None) -> SyncProvider:
-    if provider not in oauth_providers():
+def _oauth_provider(provider: str, config: DirectProvidersConfig | None) -> OAuthProvider:
+    registered = PROVIDERS.get(provider)
+    if registered is None or not issubclass(registered, OAuthProvider):
         raise OAuthFlowError(f"{provider!r} does not connect through OAuth")
-    return provider_class(provider)(config)
+    return registered(config)
 
 
 def oauth_client(provider: str, config: DirectProvidersConfig | None = None) -> OAuthClient:
+    connecting = _oauth_provider(provider, config)
     try:
-        return _oauth_provider(provider, config).oauth_client()  # type: ignore[attr-defined,no-any-return]
+        return connecting.oauth_client()
     except ImproperlyConfigured as exc:
         raise OAuthFlowError(str(exc)) from None
+    finally:
+        connecting.close()
 
 
 # --- Who is connecting -------------------------------------------------------------------------------------
@@ -159,7 +163,7 @@ def complete_oauth(
     client = oauth_client(provider, config)
     try:
         tokens = client.exchange_code(code, flow.redirect_uri)
-        external_id = connecting.external_user_id(client, tokens)  # type: ignore[attr-defined]
+        external_id = connecting.external_user_id(client, tokens)
     finally:
         client.close()
         connecting.close()

@@ -79,6 +79,11 @@ def plausible_instant(
     return utc
 
 
+def cursor_start(stored: datetime, overlap: timedelta, now: datetime) -> datetime:
+    """Where an incremental fetch starts: the cursor minus the overlap, and never after now."""
+    return min(stored, now) - overlap
+
+
 def plausible_day(day: date, local_today: date, field_name: str) -> date:
     """A day-level summary's calendar date: not before 2000, not after the patient's local today."""
     if day < EARLIEST_READING.date():

@@ -1,4 +1,5 @@
-"""The OAuth 2.0 token endpoint calls WHOOP and Dexcom share (RFC 6749 §4.1.3 and §6, form-encoded).
+"""The OAuth 2.0 token endpoint calls WHOOP and Dexcom share (RFC 6749 §4.1.3 and §6, form-encoded), and the
+SyncProvider base of the providers that connect that way.
 
 Token requests are never retried by the HTTP layer: a refresh whose response was lost may already have rotated
 the refresh token, and re-sending it would spend a dead token (cloudflare/mcp PR #136). The caller (tokens.py)
@@ -9,12 +10,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 from urllib.parse import urlencode
+
+from django.core.exceptions import ImproperlyConfigured
 
 from connections.providers.base import ProviderBadResponse, ProviderHTTP
 from connections.providers.common import http_for
-from connections.providers.contract import CredentialsRefused
+from connections.providers.contract import ConnectMethod, CredentialsRefused, SyncProvider
+
+if TYPE_CHECKING:
+    from connections.models import Connection, Patient, ProviderCredential
+    from connections.tokens import Refresher
+    from sandbox.server import SandboxServer
 
 # Statuses the token endpoint uses for OAuth errors (RFC 6749 §5.2); their body's `error` is read.
 OAUTH_ERROR_STATUSES = frozenset({400, 401})
@@ -129,3 +137,44 @@ class OAuthClient:
             **self.refresh_extra,
         }
         return request_tokens(self.http, self.token_path, form, now=datetime.now(UTC))
+
+
+class OAuthProvider(SyncProvider):
+    """A provider patients connect through the authorization-code flow (/connect/<key>/...), whose access
+    tokens are refreshed with a refresh token. Its settings carry `<key>_client_id` and the client's own."""
+
+    connect = ConnectMethod.OAUTH
+    client_class: ClassVar[type[OAuthClient]]
+
+    def __init__(self, config: Any = None, *, concurrency: int = 1) -> None:
+        super().__init__(config, concurrency=concurrency)
+        # One client for the whole job run: its connection pool is thread-safe and shared by the workers.
+        self.client = self.client_class.from_config(self.config)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self.client.close()
+
+    def oauth_client(self) -> OAuthClient:
+        """A client for the connect flow; ImproperlyConfigured when the provider's OAuth app is not set."""
+        if not getattr(self.config, f"{self.key}_client_id", ""):
+            raise ImproperlyConfigured(f"{self.label} is not configured ({self.key.upper()}_CLIENT_ID)")
+        return self.client_class.from_config(self.config)  # type: ignore[attr-defined,no-any-return]
+
+    def external_user_id(self, client: OAuthClient, tokens: TokenSet) -> str:
+        """The provider's id of the account that just connected."""
+        raise NotImplementedError
+
+    def refresher(self) -> Refresher:
+        client = self.client
+
+        def refresh(credential: ProviderCredential) -> TokenSet:
+            if not credential.refresh_token:
+                raise OAuthGrantError(client.provider, "invalid_grant", status=None)
+            return client.refresh(credential.refresh_token)
+
+        return refresh
+
+    def connect_sandbox_user(self, sandbox: SandboxServer, index: int, patient: Patient | None) -> Connection:
+        from connections.sandbox_setup import connect_oauth_sandbox_user
+
+        return connect_oauth_sandbox_user(self, sandbox, index, patient)

@@ -3,27 +3,25 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
 from connections.config import DirectProvidersConfig
-from connections.providers.contract import CGM_CADENCE, Batch, ConnectMethod, SyncProvider
+from connections.providers.contract import CGM_CADENCE, Batch, cursor_start
 from connections.providers.dexcom.client import DexcomClient, ParsedGlucose, newest_egv, parse_egvs, windows
-from connections.providers.oauth2 import OAuthClient, TokenSet
-from connections.providers.whoop.provider import cursor_start, oauth_refresher
+from connections.providers.oauth2 import OAuthClient, OAuthProvider, TokenSet
 
 if TYPE_CHECKING:
-    from connections.models import Connection, Patient
-    from connections.tokens import Refresher, TokenSession
+    from connections.models import Connection
+    from connections.tokens import TokenSession
     from sandbox.server import SandboxServer
 
 
-class DexcomProvider(SyncProvider):
+class DexcomProvider(OAuthProvider):
     key = "dexcom"
     label = "Dexcom"
-    connect = ConnectMethod.OAUTH
+    client_class = DexcomClient
     job = "sync-cgm-readings"
     cron = "*/30 * * * *"
     cadence = CGM_CADENCE
@@ -36,26 +34,12 @@ class DexcomProvider(SyncProvider):
     priority = 2
     settings_name = "DIRECT_PROVIDERS"
     config: DirectProvidersConfig
-
-    def __init__(self, config: Any = None, *, concurrency: int = 1) -> None:
-        super().__init__(config, concurrency=concurrency)
-        self.client = DexcomClient.from_config(self.config)
-
-    def close(self) -> None:
-        self.client.close()
-
-    def oauth_client(self) -> DexcomClient:
-        if not self.config.dexcom_client_id:
-            raise ImproperlyConfigured("Dexcom is not configured (DEXCOM_CLIENT_ID)")
-        return DexcomClient.from_config(self.config)
+    client: DexcomClient
 
     def external_user_id(self, client: OAuthClient, tokens: TokenSet) -> str:
         # Dexcom has no profile route; every v3 response carries the per-app userId.
         assert isinstance(client, DexcomClient)
         return str(client.data_range(tokens.access_token).get("userId") or "")
-
-    def refresher(self) -> Refresher:
-        return oauth_refresher(self.client)
 
     def fetch(
         self,
@@ -100,11 +84,6 @@ class DexcomProvider(SyncProvider):
             dexcom_client_id=sandbox.dexcom.oauth.client_id,
             dexcom_client_secret=sandbox.dexcom.oauth.client_secret,
         )
-
-    def connect_sandbox_user(self, sandbox: SandboxServer, index: int, patient: Patient | None) -> Connection:
-        from connections.sandbox_setup import connect_oauth_sandbox_user
-
-        return connect_oauth_sandbox_user(self, sandbox, index, patient)
 
     def sandbox_external_id(self, sandbox: SandboxServer, index: int) -> str:
         return sandbox.dexcom.user_id(index)

@@ -8,10 +8,9 @@ from typing import TYPE_CHECKING, Any
 from django.utils import timezone
 
 from connections.config import DirectProvidersConfig
-from connections.providers.contract import CGM_CADENCE, Batch, ConnectMethod, SyncProvider
+from connections.providers.contract import CGM_CADENCE, Batch, ConnectMethod, SyncProvider, cursor_start
 from connections.providers.libre.client import LibreClient, LibreSession, parse_graph
 from connections.providers.oauth2 import TokenSet
-from connections.providers.whoop.provider import cursor_start
 
 if TYPE_CHECKING:
     from connections.models import Connection, Patient, ProviderCredential

@@ -3,40 +3,25 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
 from connections.config import DirectProvidersConfig
-from connections.providers.contract import DAILY_CADENCE, Batch, ConnectMethod, SyncProvider
-from connections.providers.oauth2 import OAuthClient, OAuthGrantError, TokenSet
+from connections.providers.contract import DAILY_CADENCE, Batch, cursor_start
+from connections.providers.oauth2 import OAuthClient, OAuthProvider, TokenSet
 from connections.providers.whoop.client import COLLECTIONS, METRICS, WhoopClient, WhoopParsed, parse_records
 
 if TYPE_CHECKING:
-    from connections.models import Connection, Patient, ProviderCredential
-    from connections.tokens import Refresher, TokenSession
+    from connections.models import Connection
+    from connections.tokens import TokenSession
     from sandbox.server import SandboxServer
 
 
-def oauth_refresher(client: OAuthClient) -> Refresher:
-    def refresh(credential: ProviderCredential) -> TokenSet:
-        if not credential.refresh_token:
-            raise OAuthGrantError(client.provider, "invalid_grant", status=None)
-        return client.refresh(credential.refresh_token)
-
-    return refresh
-
-
-def cursor_start(stored: datetime, overlap: timedelta, now: datetime) -> datetime:
-    """Where an incremental fetch starts: the cursor minus the overlap, and never after now."""
-    return min(stored, now) - overlap
-
-
-class WhoopProvider(SyncProvider):
+class WhoopProvider(OAuthProvider):
     key = "whoop"
     label = "WHOOP"
-    connect = ConnectMethod.OAUTH
+    client_class = WhoopClient
     job = "sync-whoop-data"
     # After the night's sleep and recovery are usually scored in the Americas and Europe.
     cron = "0 6 * * *"
@@ -50,26 +35,11 @@ class WhoopProvider(SyncProvider):
     priority = 2
     settings_name = "DIRECT_PROVIDERS"
     config: DirectProvidersConfig
-
-    def __init__(self, config: Any = None, *, concurrency: int = 1) -> None:
-        super().__init__(config, concurrency=concurrency)
-        # One client for the whole job run: its connection pool is thread-safe and shared by the workers.
-        self.client = WhoopClient.from_config(self.config)
-
-    def close(self) -> None:
-        self.client.close()
-
-    def oauth_client(self) -> WhoopClient:
-        if not self.config.whoop_client_id:
-            raise ImproperlyConfigured("WHOOP is not configured (WHOOP_CLIENT_ID)")
-        return WhoopClient.from_config(self.config)
+    client: WhoopClient
 
     def external_user_id(self, client: OAuthClient, tokens: TokenSet) -> str:
         assert isinstance(client, WhoopClient)
         return str(client.profile(tokens.access_token).get("user_id") or "")
-
-    def refresher(self) -> Refresher:
-        return oauth_refresher(self.client)
 
     def fetch(
         self,
@@ -128,11 +98,6 @@ class WhoopProvider(SyncProvider):
             whoop_client_id=sandbox.whoop.oauth.client_id,
             whoop_client_secret=sandbox.whoop.oauth.client_secret,
         )
-
-    def connect_sandbox_user(self, sandbox: SandboxServer, index: int, patient: Patient | None) -> Connection:
-        from connections.sandbox_setup import connect_oauth_sandbox_user
-
-        return connect_oauth_sandbox_user(self, sandbox, index, patient)
 
     def sandbox_external_id(self, sandbox: SandboxServer, index: int) -> str:
         return str(sandbox.whoop.whoop_user_id(index))
