@@ -29,7 +29,7 @@ MAX_LOOKBACK_DAYS = 365
 
 @dataclass(frozen=True)
 class JunctionSyncConfig:
-    """What `run_wearable_sync_job` needs; `from_env()` builds it from the spec's variable names."""
+    """The Junction provider's settings (JUNCTION_SYNC); `from_env()` builds it from the spec's variable names."""
 
     api_key: str = field(default="", repr=False)
     patient_graph_url: str = ""
