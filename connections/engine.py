@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from django.conf import settings
@@ -36,8 +36,15 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from connections.models import Connection, ConnectionStatus, SyncEvent, SyncStatus, SyncTrigger
-from connections.providers.base import ProviderError, RetryPolicy
+from connections.models import (
+    Connection,
+    ConnectionStatus,
+    SyncEvent,
+    SyncEventKind,
+    SyncStatus,
+    SyncTrigger,
+)
+from connections.providers.base import MAX_RETRY_AFTER_SECONDS, ProviderError, RetryPolicy
 from connections.providers.contract import Batch, InvalidPayload, SyncProvider, latest_plausible
 from connections.providers.registry import open_provider, provider_class, provider_jobs
 from connections.tokens import TokenSession
@@ -211,10 +218,18 @@ def run_with_retries(
         except (ProviderError, InvalidPayload) as exc:
             summary.errors.append(f"attempt {number}: {exc}")
             retryable = isinstance(exc, InvalidPayload) or exc.retryable
+            retry_after = getattr(exc, "retry_after", None)
+            if retry_after is not None and retry_after > MAX_RETRY_AFTER_SECONDS:
+                # The provider asked for a pause longer than a worker may wait: this connection is skipped for
+                # this run with the provider's reason, and the next scheduled run tries again.
+                summary.errors.append(
+                    f"rate limited: the provider asks to retry after {round(retry_after)} s"
+                )
+                retryable = False
             if not retryable or number == policy.attempts:
                 summary.status = "failed"
                 return None
-            delay = policy.backoff(number, getattr(exc, "retry_after", None))
+            delay = policy.backoff(number, retry_after)
             logger.info("connection sync retry", extra={"attempt": number, "delay_s": round(delay, 2)})
             sleep(delay)
     return None
@@ -265,6 +280,37 @@ def _sync(
         return _sync_with(connection, provider, trigger, actor, window, force, sleep)
 
 
+def close_interrupted_events(now: datetime | None = None, *, connection_id: int | None = None) -> int:
+    """Finish as failed ("interrupted") the sync events still running past the task retry horizon.
+
+    Their worker died (kill -9, a lost machine, a deploy) between opening the event and finishing it; django-q2
+    has redelivered or dropped the task by then, so nothing will ever finish them. Each one counts as a failed
+    run on its connection, so the admin's health shows it. Returns how many were closed.
+    """
+    now = now or timezone.now()
+    stale = SyncEvent.objects.filter(
+        status=SyncStatus.RUNNING,
+        kind=SyncEventKind.SYNC,
+        started_at__lt=now - timedelta(seconds=settings.Q_CLUSTER["retry"]),
+    )
+    if connection_id is not None:
+        stale = stale.filter(connection_id=connection_id)
+    with transaction.atomic():
+        closed = list(stale.select_for_update(skip_locked=True).values_list("pk", "connection_id"))
+        if not closed:
+            return 0
+        reason = "interrupted: the worker stopped before the sync finished"
+        SyncEvent.objects.filter(pk__in=[pk for pk, _ in closed]).update(
+            status=SyncStatus.FAILED, finished_at=now, error=reason
+        )
+        for connection in {c for _, c in closed if c is not None}:
+            Connection.objects.filter(pk=connection).update(
+                failure_streak=F("failure_streak") + 1, last_error=reason, last_attempt_at=now, updated_at=now
+            )
+    logger.warning("interrupted sync events closed", extra={"sync_events": len(closed)})
+    return len(closed)
+
+
 def _sync_with(
     connection: Connection,
     provider: SyncProvider,
@@ -275,6 +321,7 @@ def _sync_with(
     sleep: Callable[[float], None],
 ) -> tuple[SyncEvent, UserSyncSummary]:
     started = time.monotonic()
+    close_interrupted_events(connection_id=connection.pk)
     event = SyncEvent.objects.create(
         connection=connection,
         patient_id=connection.patient_id,
@@ -419,6 +466,7 @@ def run_sync_job(
 
     definition = provider_jobs()[job]
     configs = configs or {}
+    close_interrupted_events()
     result = JobResult(job=job, started_at=timezone.now())
     with track_job(job, scheduled=False) as run, ExitStack() as stack:
         result.job_run_id = run.id

@@ -8,7 +8,7 @@ from typing import Any
 
 from django_q.tasks import async_task
 
-from connections.engine import ConnectionInactive, sync_connection
+from connections.engine import ConnectionInactive, close_interrupted_events, sync_connection
 from connections.jobruns import UNIT_FAILED, UNIT_SKIPPED, record_unit, track_job
 from connections.models import Connection, SyncTrigger
 from connections.providers.registry import PROVIDERS, open_provider, provider_jobs
@@ -23,6 +23,7 @@ def sync_job(job: str) -> dict[str, Any]:
     (natural-key upserts, the connection row lock, the cursor moving only with its data). The JobRun stays
     open until every task has reported (connections/jobruns.py).
     """
+    close_interrupted_events()
     with track_job(job) as run, ExitStack() as stack:
         connections: list[Connection] = []
         for provider_type in provider_jobs()[job].providers:

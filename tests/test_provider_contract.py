@@ -247,3 +247,39 @@ def test_a_registered_providers_metrics_are_readable_through_the_api(
     refused = client.get(READINGS, {"metric": "ring_resting_heart_rate"})
     register_provider(RingProvider)
     assert refused.status_code == 400
+
+
+def test_a_provider_bug_finishes_its_event_as_failed_and_the_job_goes_on(
+    ring: type[RingProvider], settings: Any
+) -> None:
+    settings.SYNC_JOB_CONCURRENCY = 1
+
+    class BuggyRing(RingProvider):
+        key = "buggy-ring"
+
+        def fetch(self, connection: Connection, since: datetime | None, **kwargs: Any) -> Batch:
+            raise KeyError("a bug in the parser")
+
+    register_provider(BuggyRing)
+    try:
+        buggy = Connection.objects.create(patient=Patient.objects.create(), provider="buggy-ring")
+        fine = Connection.objects.create(patient=Patient.objects.create(), provider="ring")
+
+        with pytest.raises(KeyError):
+            sync_connection(buggy)
+        result = run_sync_job("sync-ring-data")
+    finally:
+        unregister_provider(BuggyRing.key)
+
+    events = SyncEvent.objects.filter(connection=buggy)
+    assert {e.status for e in events} == {SyncStatus.FAILED} and not SyncEvent.objects.filter(
+        status="running"
+    )
+    assert all(e.error == "internal error: KeyError" and e.finished_at for e in events)
+    buggy.refresh_from_db()
+    assert buggy.failure_streak == 2  # the direct call and the job run
+    by_status = {u.status for u in result.users}
+    assert (
+        by_status == {"failed", "success"}
+        and SyncEvent.objects.get(connection=fine).status == SyncStatus.SUCCESS
+    )

@@ -1,0 +1,125 @@
+"""Faults of the real world, each over real HTTP against the sandbox (issue 18): what the engine does with
+them. The README's reliability table lists each with its test."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta
+from email.utils import format_datetime
+
+import pytest
+
+from connections.config import DirectProvidersConfig
+from connections.models import Connection, Provider, SyncEvent, SyncStatus
+from sandbox import SandboxServer
+from tests.direct_helpers import CGM_JOB, connect, run_direct_job, sync
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen_time")]
+
+
+@pytest.mark.parametrize("retry_after", ["7200", "http-date-29h"])
+def test_a_long_retry_after_skips_the_connection_for_this_run_without_blocking_the_worker(
+    retry_after: str,
+    direct_config: DirectProvidersConfig,
+    clean_sandbox: SandboxServer,
+    frozen_time: datetime,
+) -> None:
+    connection = connect(clean_sandbox, direct_config, Provider.DEXCOM, 1)
+    header = (
+        format_datetime(frozen_time + timedelta(hours=29), usegmt=True)
+        if retry_after == "http-date-29h"
+        else retry_after
+    )
+    clean_sandbox.faults.add(
+        {"provider": "dexcom", "path_contains": "/egvs", "status": 429, "retry_after": header, "count": -1}
+    )
+    slept: list[float] = []
+
+    started = time.monotonic()
+    summary = sync(connection, direct_config, sleep=slept.append)
+
+    assert time.monotonic() - started < 10
+    assert summary.status == "failed" and summary.attempts == 1 and slept == []
+    assert "retry after" in summary.errors[-1]
+    event = SyncEvent.objects.get(connection=connection)
+    assert event.status == SyncStatus.FAILED and "rate limited" in event.error
+    connection.refresh_from_db()
+    assert connection.status == "active" and connection.failure_streak == 1
+
+
+def test_a_short_retry_after_is_still_waited_out(
+    direct_config: DirectProvidersConfig, clean_sandbox: SandboxServer
+) -> None:
+    connection = connect(clean_sandbox, direct_config, Provider.DEXCOM, 2)
+    clean_sandbox.faults.add(
+        {"provider": "dexcom", "path_contains": "/egvs", "status": 429, "retry_after": 1, "count": 5}
+    )
+
+    summary = sync(connection, direct_config)
+
+    assert summary.status == "success", summary.errors
+
+
+def test_one_connection_held_off_for_hours_does_not_hold_up_the_rest_of_the_job(
+    direct_config: DirectProvidersConfig, clean_sandbox: SandboxServer
+) -> None:
+    held = connect(clean_sandbox, direct_config, Provider.DEXCOM, 3)
+    free = connect(clean_sandbox, direct_config, Provider.LIBRE, 3)
+    clean_sandbox.faults.add(
+        {"provider": "dexcom", "path_contains": "/egvs", "status": 429, "retry_after": 7200, "count": -1}
+    )
+    slept: list[float] = []
+
+    result = run_direct_job(CGM_JOB, direct_config, connection_ids=[held.pk, free.pk], sleep=slept.append)
+
+    by_id = {u.user_id: u for u in result.users}
+    assert by_id[str(held.pk)].status == "failed" and by_id[str(free.pk)].status == "success"
+    assert all(delay < 120 for delay in slept)
+    assert Connection.objects.get(pk=held.pk).status == "active"
+
+
+def _left_running(connection: Connection, started: datetime) -> SyncEvent:
+    """What a worker killed mid-sync leaves: an event opened and never finished."""
+    return SyncEvent.objects.create(
+        connection=connection,
+        patient_id=connection.patient_id,
+        provider=connection.provider,
+        trigger="schedule",
+        started_at=started,
+    )
+
+
+def test_an_event_a_killed_worker_left_running_is_closed_as_interrupted_by_the_next_sync(
+    direct_config: DirectProvidersConfig, clean_sandbox: SandboxServer, frozen_time: datetime
+) -> None:
+    connection = connect(clean_sandbox, direct_config, Provider.DEXCOM, 4)
+    orphan = _left_running(connection, frozen_time - timedelta(hours=2))
+    recent = _left_running(connection, frozen_time - timedelta(minutes=5))  # may still be syncing elsewhere
+
+    assert sync(connection, direct_config).status == "success"
+
+    orphan.refresh_from_db()
+    recent.refresh_from_db()
+    assert orphan.status == SyncStatus.FAILED and orphan.error.startswith("interrupted")
+    assert orphan.finished_at == frozen_time
+    assert recent.status == SyncStatus.RUNNING
+
+
+def test_a_job_run_sweeps_interrupted_events_of_every_connection_and_health_shows_them(
+    direct_config: DirectProvidersConfig, clean_sandbox: SandboxServer, frozen_time: datetime
+) -> None:
+    from connections.health import Health, health_of
+
+    whoop = connect(clean_sandbox, direct_config, Provider.WHOOP, 4)
+    Connection.objects.filter(pk=whoop.pk).update(last_sync_at=frozen_time - timedelta(hours=1))
+    orphan = _left_running(whoop, frozen_time - timedelta(hours=3))
+
+    run_direct_job(CGM_JOB, direct_config)  # another job: the sweep is not limited to its own connections
+
+    orphan.refresh_from_db()
+    whoop.refresh_from_db()
+    assert (
+        orphan.status == SyncStatus.FAILED
+        and not SyncEvent.objects.filter(status=SyncStatus.RUNNING).exists()
+    )
+    assert health_of(whoop, frozen_time) == Health.FAILING and whoop.last_error.startswith("interrupted")
