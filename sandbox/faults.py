@@ -17,6 +17,9 @@ Kinds (`kind` may be left out when `status` is given):
                Libre, WHOOP, Junction samples): "future" (its time of day, on the day after now), "ancient"
                (1970-01-01, an unset clock), "year_9999" and "year_1" (the calendar's edges).
                Default: "value" for timeseries, "missing" for summaries and other objects.
+- "retype":    answer normally, then set the JSON value at `path` (dotted keys and list indexes, "" for the whole
+               body) to `value`: a field of the wrong type, as a provider's bug or an API change sends it, e.g.
+               {"kind": "retype", "provider": "whoop", "path": "next_token", "value": {"a": 1}}.
 `count` is how many matching requests the fault affects (default 1, -1 = forever); a used-up fault disappears.
 When several faults match, the oldest wins and only it is used up.
 """
@@ -30,7 +33,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-KINDS = ("status", "timeout", "slow", "malformed")
+KINDS = ("status", "timeout", "slow", "malformed", "retype")
 MALFORMED_MODES = ("value", "timestamp", "missing", "truncated", "future", "ancient", "year_9999", "year_1")
 DEFAULT_DELAY = {"timeout": 10.0, "slow": 0.5}
 _FIELDS = {
@@ -45,6 +48,8 @@ _FIELDS = {
     "count",
     "detail",
     "mode",
+    "path",
+    "value",
 }
 
 
@@ -66,6 +71,8 @@ class Fault:
     count: int = 1  # remaining uses; -1 = forever
     detail: Any = None
     mode: str | None = None
+    path: str | None = None
+    value: Any = None
     hits: int = 0  # how many requests it has affected so far
 
     def matches(self, provider: str | None, user_id: str | None, target: str, method: str) -> bool:
@@ -118,6 +125,10 @@ def _parse(fault_id: int, spec: Mapping[str, Any]) -> Fault:
         raise FaultError(
             f"mode is only valid for malformed faults and must be one of {list(MALFORMED_MODES)}"
         )
+    if kind == "retype" and not isinstance(spec.get("path"), str):
+        raise FaultError('a retype fault needs a path (dotted keys and list indexes, or "" for the body)')
+    if kind != "retype" and ("path" in spec or "value" in spec):
+        raise FaultError("path and value are only valid for retype faults")
     for key in ("provider", "user_id", "path_contains", "method"):
         if spec.get(key) is not None and not isinstance(spec[key], str):
             raise FaultError(f"{key} must be a string")
@@ -136,6 +147,8 @@ def _parse(fault_id: int, spec: Mapping[str, Any]) -> Fault:
         count=count,
         detail=spec.get("detail"),
         mode=mode,
+        path=spec.get("path"),
+        value=spec.get("value"),
     )
 
 
@@ -209,3 +222,18 @@ def shifted_time(original: datetime, mode: str, now: datetime) -> datetime:
     if mode == "year_9999":
         return datetime(9999, 12, 31, 23, 55, tzinfo=UTC)
     return datetime(1, 1, 1, 0, 5, tzinfo=UTC)
+
+
+def retyped(body: Any, path: str, value: Any) -> Any:
+    """`body` with the value at the dotted `path` replaced (list indexes as numbers); "" replaces it all."""
+    if not path:
+        return value
+    *parents, last = path.split(".")
+    node = body
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return body

@@ -36,7 +36,7 @@ from sandbox import junction_data
 from sandbox.base import Provider, Request, Response, json_response
 from sandbox.clerk import ClerkSandbox
 from sandbox.dexcom import DexcomSandbox
-from sandbox.faults import FaultError, FaultSet
+from sandbox.faults import FaultError, FaultSet, retyped
 from sandbox.junction import DEFAULT_API_KEY, JunctionSandbox
 from sandbox.libre import LibreSandbox
 from sandbox.whoop import WhoopSandbox
@@ -422,6 +422,8 @@ class SandboxServer(ThreadingHTTPServer):
             return json_response(500, {"detail": "Internal Server Error"})
         if malformed == "truncated" and response.status < 300:
             response.body = response.body[: len(response.body) // 2]
+        if fault is not None and fault.kind == "retype" and response.status < 300:
+            response.body = orjson.dumps(retyped(orjson.loads(response.body), fault.path, fault.value))
         return response
 
     # ---------------------------------------------------------------------------------- control API

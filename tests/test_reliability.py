@@ -9,10 +9,10 @@ from email.utils import format_datetime
 
 import pytest
 
-from connections.config import DirectProvidersConfig
+from connections.config import DirectProvidersConfig, JunctionSyncConfig
 from connections.models import Connection, Provider, SyncEvent, SyncStatus
 from sandbox import SandboxServer
-from tests.direct_helpers import CGM_JOB, connect, run_direct_job, sync
+from tests.direct_helpers import CGM_JOB, connect, run_direct_job, run_wearable_sync_job, sync
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen_time")]
 
@@ -123,3 +123,80 @@ def test_a_job_run_sweeps_interrupted_events_of_every_connection_and_health_show
         and not SyncEvent.objects.filter(status=SyncStatus.RUNNING).exists()
     )
     assert health_of(whoop, frozen_time) == Health.FAILING and whoop.last_error.startswith("interrupted")
+
+
+# --- Wrong-typed payloads (issue 18.5) ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("provider", "path_contains", "path", "value"),
+    [
+        ("dexcom", "/egvs", "", []),  # a list where the body is an object
+        ("dexcom", "/egvs", "", None),
+        ("dexcom", "/egvs", "records", {"0": 1}),
+        ("dexcom", "/egvs", "records.0", "not a record"),
+        ("libre", "/graph", "data.connection.glucoseMeasurement.TrendArrow", [3, 4]),
+        ("libre", "/graph", "data.graphData", {"0": {}}),
+        ("libre", "/graph", "data.connection", 5),
+        ("whoop", "/developer/v2/cycle", "next_token", {"page": 2}),
+        ("whoop", "/developer/v2/activity/sleep", "records.0.score", [1, 2]),
+        ("whoop", "/developer/v2/recovery", "", None),
+    ],
+)
+def test_a_wrong_typed_direct_payload_is_skipped_or_fails_the_run_cleanly(
+    provider: str,
+    path_contains: str,
+    path: str,
+    value: object,
+    direct_config: DirectProvidersConfig,
+    clean_sandbox: SandboxServer,
+) -> None:
+    index = {"dexcom": 5, "libre": 5, "whoop": 5}[provider]
+    connection = connect(clean_sandbox, direct_config, provider, index)
+    clean_sandbox.faults.add(
+        {"kind": "retype", "provider": provider, "path_contains": path_contains, "path": path, "value": value}
+    )
+
+    summary = sync(connection, direct_config)
+
+    # Either the bad part is skipped and counted, or the run fails with the provider named: never a crash,
+    # never an event left running.
+    assert not any("internal error" in e for e in summary.errors), summary.errors
+    assert summary.status in ("success", "failed")
+    if summary.status == "success":
+        assert summary.records_skipped >= 1 or summary.records_stored > 0
+    event = SyncEvent.objects.get(connection=connection)
+    assert event.status == summary.status and event.finished_at is not None
+
+
+@pytest.mark.parametrize(
+    ("path_contains", "path", "value"),
+    [
+        ("/v2/user/providers/", "providers", [1, 2]),  # integer provider entries
+        ("/v2/user/providers/", "providers", {"slug": "oura"}),
+        ("/v2/user/providers/", "", [1]),
+        ("heartrate", "next_cursor", {"after": 1}),  # an object cursor
+        ("heartrate", "groups", [1]),
+        ("heartrate", "", [1]),
+        ("hrv", "", None),
+        ("summary/sleep", "sleep.0", 7),
+        ("summary/activity", "", None),
+    ],
+)
+def test_a_wrong_typed_junction_payload_is_skipped_or_fails_the_user_cleanly(
+    path_contains: str,
+    path: str,
+    value: object,
+    junction_config: JunctionSyncConfig,
+    clean_sandbox: SandboxServer,
+) -> None:
+    user_id = junction_config.user_ids[0]
+    clean_sandbox.faults.add(
+        {"kind": "retype", "user_id": user_id, "path_contains": path_contains, "path": path, "value": value}
+    )
+
+    result = run_wearable_sync_job(junction_config.replace(user_ids=(user_id,)))
+
+    user = result.users[0]
+    assert not any("internal error" in e for e in user.errors), user.errors
+    assert not SyncEvent.objects.filter(status=SyncStatus.RUNNING).exists()

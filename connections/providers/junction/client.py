@@ -353,7 +353,15 @@ class JunctionClient:
 
     def connected_providers(self, user_id: str) -> list[dict[str, Any]]:
         body = self.http.get_json(f"/v2/user/providers/{user_id}", route="/v2/user/providers/{user_id}")
-        return list(body.get("providers") or [])
+        providers = (body.get("providers") or []) if isinstance(body, dict) else None
+        if not isinstance(providers, list):
+            raise InvalidPayload("providers response has no providers list")
+        readable = [p for p in providers if isinstance(p, dict)]
+        if len(readable) != len(providers):
+            logger.warning(
+                "skipped unreadable provider entries", extra={"skipped": len(providers) - len(readable)}
+            )
+        return readable
 
     def refresh_user(self, user_id: str, timeout_s: int = 10) -> dict[str, Any]:
         # Not idempotent in cost (8 an hour per user): never retried blindly.
@@ -382,9 +390,14 @@ class JunctionClient:
         while True:
             body = self.http.get_bytes(f"/v2/timeseries/{user_id}/{resource}/grouped", params, route=route)
             pages.append(body)
-            cursor = self.http.decode(route, body).get("next_cursor")
+            decoded = self.http.decode(route, body)
+            if not isinstance(decoded, dict):
+                raise InvalidPayload(f"{resource} response is not a JSON object")
+            cursor = decoded.get("next_cursor")
             if not cursor:
                 return pages
+            if not isinstance(cursor, str):
+                raise InvalidPayload(f"{resource} next_cursor is not a string")
             if cursor in seen_cursors:
                 raise InvalidPayload(f"{resource} pagination repeated a cursor")
             seen_cursors.add(cursor)

@@ -245,7 +245,12 @@ def parse_graph(data: dict[str, Any], *, since: datetime | None, device: str = "
             continue
         if since is not None and measured < since:
             continue
-        trend = TREND_ARROWS.get(item.get("TrendArrow"), "notComputable") if "TrendArrow" in item else ""
+        arrow = item.get("TrendArrow")
+        if "TrendArrow" in item and not (isinstance(arrow, int) and not isinstance(arrow, bool)):
+            # The reading is good; only its arrow is unreadable: kept without one, the arrow's field named.
+            warn_invalid(PROVIDER, "graph", index, InvalidRecord("TrendArrow is not a number"))
+            arrow = None
+        trend = TREND_ARROWS.get(arrow, "notComputable") if "TrendArrow" in item else ""
         at = canonical(measured)
         by_time[at] = (SOURCE, at, float(mg), original, unit, trend, None, device[:64])
         if out.newest is None or measured > out.newest:

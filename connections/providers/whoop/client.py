@@ -102,6 +102,8 @@ class WhoopClient(OAuthClient):
             next_token = body.get("next_token")
             if not next_token:
                 return records
+            if not isinstance(next_token, str):
+                raise InvalidPayload(f"{name} next_token is not a string")
             if next_token in seen:
                 raise InvalidPayload(f"{name} pagination repeated a token")
             seen.add(next_token)
