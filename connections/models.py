@@ -212,6 +212,9 @@ class ProviderCredential(models.Model):
     # fetches from here so the record is fetched again until it is scored. Moves with the data it covers.
     pending_since = models.DateTimeField(null=True, blank=True)
     refreshed_at = models.DateTimeField(null=True, blank=True)
+    # A refresh call failed without an answer (timeout, network): the provider may have rotated the pair and the
+    # new one was lost with the response, so a later invalid_grant on the token we hold proves nothing.
+    refresh_in_doubt = models.BooleanField(default=False)
     created_at = models.DateTimeField(db_default=Now())
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -7,9 +7,13 @@ Refresh tokens are single use and rotate (WHOOP kills the old one at once). The 
    endpoint and save the new pair before the commit, so the new refresh token is never lost to a crash after
    the call but before the save (the call is short; the lock covers one row).
 3. `invalid_grant`: re-read the stored credential first. If its refresh token changed, someone else rotated it
-   (a reconnect, another deployment): use theirs. Only if it did not change is the refresh truly dead: the
-   connection is marked inactive with the reason and a failed SyncEvent, and nothing retries it.
-Timeouts and 5xx on the token endpoint are transient: the connection stays active and the next run tries again.
+   (a reconnect, another deployment): use theirs. Only if it did not change, and no earlier refresh went
+   unanswered, is the refresh truly dead: the connection is marked inactive with the reason and a failed
+   SyncEvent, and nothing retries it. Any other refusal (invalid_request, invalid_client, an unreadable error
+   body) fails this run and is tried again by the next.
+Timeouts and 5xx on the token endpoint are transient: the connection stays active and the next run tries again,
+but the provider may have rotated the pair before the answer was lost (`refresh_in_doubt`): a refusal after
+that fails the run with the reason and keeps the connection active, shown failing, never silently dead.
 
 LibreLinkUp has no refresh token: its "refresh" is a new login with the stored email and password.
 """
@@ -37,6 +41,10 @@ Refresher = Callable[[ProviderCredential], TokenSet]
 
 class ConnectionRevoked(ProviderError):
     """The provider no longer accepts this connection's credentials; the patient must reconnect."""
+
+
+class RefreshInDoubt(ProviderError):
+    """The refresh token was refused, but an earlier refresh's answer was lost: not proof of a revocation."""
 
 
 def _fresh(credential: ProviderCredential, now: datetime, margin: timedelta) -> bool:
@@ -79,6 +87,26 @@ def refresh_access_token(
     stale_token: str | None = None,
     trigger: str = SyncTrigger.SCHEDULE,
 ) -> str:
+    try:
+        return _refresh_locked(connection, refresher, margin=margin, stale_token=stale_token, trigger=trigger)
+    except CredentialsRefused:
+        raise
+    except ProviderError:
+        # No answer (timeout, network, 5xx): whether the provider rotated the pair is unknown, and the call is
+        # not repeated blindly (providers/oauth2.py). Remembered, so a refusal of the token we hold that
+        # follows is not taken as proof the patient revoked access.
+        ProviderCredential.objects.filter(connection_id=connection.pk).update(refresh_in_doubt=True)
+        raise
+
+
+def _refresh_locked(
+    connection: Connection,
+    refresher: Refresher,
+    *,
+    margin: timedelta,
+    stale_token: str | None,
+    trigger: str,
+) -> str:
     grant_error: ProviderError | None = None
     with transaction.atomic():
         credential = ProviderCredential.objects.select_for_update().get(connection_id=connection.pk)
@@ -101,6 +129,7 @@ def refresh_access_token(
             if tokens.scope:
                 credential.scope = tokens.scope[:255]
             credential.refreshed_at = now
+            credential.refresh_in_doubt = False
             credential.save(
                 update_fields=[
                     "access_token",
@@ -108,6 +137,7 @@ def refresh_access_token(
                     "expires_at",
                     "scope",
                     "refreshed_at",
+                    "refresh_in_doubt",
                     "updated_at",
                 ]
             )
@@ -122,6 +152,15 @@ def refresh_access_token(
         logger.info("refresh lost a race; using the stored token", extra={"connection_id": connection.pk})
         return current.access_token
     detail = getattr(grant_error, "error", None) or "login refused"
+    if current.refresh_in_doubt:
+        # The refusal may be our own lost rotation, not the patient's revocation: the connection stays active
+        # and is shown failing with the reason; only a refusal of a token we hold for sure deactivates.
+        raise RefreshInDoubt(
+            connection.provider,
+            f"credentials refused ({detail}) after a refresh whose answer was lost; "
+            "if it keeps failing the patient must reconnect",
+            status=grant_error.status if grant_error else None,
+        )
     reason = f"{grant_error}; the patient must reconnect"
     mark_revoked(connection, reason, trigger=trigger)
     raise ConnectionRevoked(

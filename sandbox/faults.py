@@ -17,6 +17,11 @@ Kinds (`kind` may be left out when `status` is given):
                Libre, WHOOP, Junction samples): "future" (its time of day, on the day after now), "ancient"
                (1970-01-01, an unset clock), "year_9999" and "year_1" (the calendar's edges).
                Default: "value" for timeseries, "missing" for summaries and other objects.
+- "lost":      the provider handles the request (a token endpoint rotates the pair), then the answer is held
+               `delay` seconds (default 10): a client with a shorter timeout never sees it, as when a response
+               is lost on the way back.
+- "status" with `body`: the error answer carries that JSON instead of {"detail": ...} (an OAuth error body,
+               {"error": "invalid_request"}, or none of the fields a client expects).
 - "retype":    answer normally, then set the JSON value at `path` (dotted keys and list indexes, "" for the whole
                body) to `value`: a field of the wrong type, as a provider's bug or an API change sends it, e.g.
                {"kind": "retype", "provider": "whoop", "path": "next_token", "value": {"a": 1}}.
@@ -33,9 +38,9 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-KINDS = ("status", "timeout", "slow", "malformed", "retype")
+KINDS = ("status", "timeout", "slow", "malformed", "retype", "lost")
 MALFORMED_MODES = ("value", "timestamp", "missing", "truncated", "future", "ancient", "year_9999", "year_1")
-DEFAULT_DELAY = {"timeout": 10.0, "slow": 0.5}
+DEFAULT_DELAY = {"timeout": 10.0, "slow": 0.5, "lost": 10.0}
 _FIELDS = {
     "kind",
     "provider",
@@ -50,6 +55,7 @@ _FIELDS = {
     "mode",
     "path",
     "value",
+    "body",
 }
 
 
@@ -73,6 +79,7 @@ class Fault:
     mode: str | None = None
     path: str | None = None
     value: Any = None
+    body: Any = None
     hits: int = 0  # how many requests it has affected so far
 
     def matches(self, provider: str | None, user_id: str | None, target: str, method: str) -> bool:
@@ -129,6 +136,8 @@ def _parse(fault_id: int, spec: Mapping[str, Any]) -> Fault:
         raise FaultError('a retype fault needs a path (dotted keys and list indexes, or "" for the body)')
     if kind != "retype" and ("path" in spec or "value" in spec):
         raise FaultError("path and value are only valid for retype faults")
+    if kind != "status" and "body" in spec:
+        raise FaultError("body is only valid for status faults")
     for key in ("provider", "user_id", "path_contains", "method"):
         if spec.get(key) is not None and not isinstance(spec[key], str):
             raise FaultError(f"{key} must be a string")
@@ -149,6 +158,7 @@ def _parse(fault_id: int, spec: Mapping[str, Any]) -> Fault:
         mode=mode,
         path=spec.get("path"),
         value=spec.get("value"),
+        body=spec.get("body"),
     )
 
 

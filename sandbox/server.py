@@ -400,7 +400,8 @@ class SandboxServer(ThreadingHTTPServer):
             if fault.kind == "status":
                 extra = [("Retry-After", h)] if (h := fault.retry_after_header()) else []
                 detail = fault.detail if fault.detail is not None else HTTPStatus(fault.status).phrase
-                return json_response(fault.status, {"detail": detail}, extra)
+                body = fault.body if fault.body is not None else {"detail": detail}
+                return json_response(fault.status, body, extra)
             if fault.kind in ("timeout", "slow"):
                 time.sleep(fault.delay)
             elif fault.kind == "malformed":
@@ -422,6 +423,8 @@ class SandboxServer(ThreadingHTTPServer):
             return json_response(500, {"detail": "Internal Server Error"})
         if malformed == "truncated" and response.status < 300:
             response.body = response.body[: len(response.body) // 2]
+        if fault is not None and fault.kind == "lost":
+            time.sleep(fault.delay)  # handled (and any rotation done); the answer arrives too late
         if fault is not None and fault.kind == "retype" and response.status < 300:
             response.body = orjson.dumps(retyped(orjson.loads(response.body), fault.path, fault.value))
         return response

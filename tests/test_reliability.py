@@ -8,11 +8,26 @@ from datetime import datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
+from django.test import override_settings
 
 from connections.config import DirectProvidersConfig, JunctionSyncConfig
-from connections.models import Connection, Provider, SyncEvent, SyncStatus
+from connections.models import (
+    Connection,
+    ConnectionStatus,
+    Provider,
+    ProviderCredential,
+    SyncEvent,
+    SyncStatus,
+)
 from sandbox import SandboxServer
-from tests.direct_helpers import CGM_JOB, connect, run_direct_job, run_wearable_sync_job, sync
+from tests.direct_helpers import (
+    CGM_JOB,
+    connect,
+    expire_stored_token,
+    run_direct_job,
+    run_wearable_sync_job,
+    sync,
+)
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen_time")]
 
@@ -200,3 +215,64 @@ def test_a_wrong_typed_junction_payload_is_skipped_or_fails_the_user_cleanly(
     user = result.users[0]
     assert not any("internal error" in e for e in user.errors), user.errors
     assert not SyncEvent.objects.filter(status=SyncStatus.RUNNING).exists()
+
+
+# --- Token refresh: only a definitive refusal of a token we hold deactivates (issue 18.3) ------------------
+
+TOKEN_PATHS = {Provider.WHOOP: "/oauth/oauth2/token", Provider.DEXCOM: "/v2/oauth2/token"}
+
+
+@pytest.mark.parametrize("provider", [Provider.WHOOP, Provider.DEXCOM])
+@override_settings(PROVIDER_HTTP_TIMEOUT=0.3)
+def test_a_lost_refresh_answer_keeps_the_connection_active_and_shows_it_failing(
+    provider: str, direct_config: DirectProvidersConfig, clean_sandbox: SandboxServer
+) -> None:
+    connection = connect(clean_sandbox, direct_config, provider, 6)
+    expire_stored_token(connection)
+    # The provider rotates the pair, and the answer carrying the new one never arrives.
+    clean_sandbox.faults.add(
+        {"provider": provider, "path_contains": TOKEN_PATHS[provider], "kind": "lost", "delay": 0.6}
+    )
+
+    summary = sync(connection, direct_config)
+
+    connection.refresh_from_db()
+    assert summary.status == "failed"
+    assert connection.status == ConnectionStatus.ACTIVE and connection.failure_streak == 1
+    assert "answer was lost" in connection.last_error and "reconnect" in connection.last_error
+    assert ProviderCredential.objects.get(connection=connection).refresh_in_doubt
+    assert SyncEvent.objects.get(connection=connection).status == SyncStatus.FAILED
+
+
+@pytest.mark.parametrize(
+    "body", [{"error": "invalid_request"}, {"error": "invalid_client"}, {"message": "try later"}]
+)
+def test_a_token_endpoint_refusal_other_than_invalid_grant_fails_the_run_and_keeps_the_connection(
+    body: dict[str, str], direct_config: DirectProvidersConfig, clean_sandbox: SandboxServer
+) -> None:
+    connection = connect(clean_sandbox, direct_config, Provider.WHOOP, 5)
+    expire_stored_token(connection)
+    clean_sandbox.faults.add(
+        {"provider": "whoop", "path_contains": TOKEN_PATHS[Provider.WHOOP], "status": 400, "body": body}
+    )
+
+    assert sync(connection, direct_config).status == "failed"
+
+    connection.refresh_from_db()
+    assert connection.status == ConnectionStatus.ACTIVE and connection.failure_streak == 1
+    # The next run refreshes normally and the connection recovers.
+    assert sync(connection, direct_config).status == "success"
+    connection.refresh_from_db()
+    assert connection.failure_streak == 0
+
+
+def test_a_refresh_after_a_lost_answer_clears_the_doubt(
+    direct_config: DirectProvidersConfig, clean_sandbox: SandboxServer
+) -> None:
+    connection = connect(clean_sandbox, direct_config, Provider.DEXCOM, 7)
+    ProviderCredential.objects.filter(connection=connection).update(refresh_in_doubt=True)
+    expire_stored_token(connection)
+
+    assert sync(connection, direct_config).status == "success"
+
+    assert not ProviderCredential.objects.get(connection=connection).refresh_in_doubt

@@ -37,8 +37,9 @@ class OAuthGrantError(CredentialsRefused):
 
     @property
     def dead(self) -> bool:
-        # invalid_grant: spent, expired or revoked. Oura-like servers say invalid_request for a spent token.
-        return self.error in ("invalid_grant", "invalid_request")
+        # Only invalid_grant says the refresh token is spent, expired or revoked (RFC 6749 §5.2); anything else
+        # (invalid_request, invalid_client, an unreadable body) may be ours or passing.
+        return self.error == "invalid_grant"
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,14 @@ def request_tokens(http: ProviderHTTP, path: str, form: dict[str, str], *, now: 
         body = http.decode(path, response.content)
     except ProviderBadResponse:
         if response.status_code in OAUTH_ERROR_STATUSES:
-            # A non-conformant error body (Tidepool handles these for Dexcom): treat as a refused grant.
-            raise OAuthGrantError(http.provider, "invalid_grant", status=response.status_code) from None
+            # A non-conformant error body (a proxy's page, a provider bug) says nothing definite about the grant.
+            raise OAuthGrantError(http.provider, "unreadable_error", status=response.status_code) from None
         raise
     if response.status_code in OAUTH_ERROR_STATUSES:
         error = body.get("error") if isinstance(body, dict) else None
-        raise OAuthGrantError(http.provider, str(error or "invalid_grant")[:40], status=response.status_code)
+        raise OAuthGrantError(
+            http.provider, str(error or "unreadable_error")[:40], status=response.status_code
+        )
     if not isinstance(body, dict) or not body.get("access_token"):
         raise ProviderBadResponse(http.provider, f"POST {path} answered without an access_token")
     try:
