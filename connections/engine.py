@@ -45,7 +45,13 @@ from connections.models import (
     SyncTrigger,
 )
 from connections.providers.base import MAX_RETRY_AFTER_SECONDS, ProviderError, RetryPolicy
-from connections.providers.contract import Batch, InvalidPayload, SyncProvider, latest_plausible
+from connections.providers.contract import (
+    Batch,
+    InvalidPayload,
+    PartialFetch,
+    SyncProvider,
+    latest_plausible,
+)
 from connections.providers.registry import open_provider, provider_class, provider_jobs
 from connections.tokens import TokenSession
 from loopsync.sentry import capture_sync_failure
@@ -153,8 +159,13 @@ def newest_reading(batch: Batch, now: datetime) -> datetime | None:
     return min(datetime.fromisoformat(newest_raw), now) if newest_raw else None
 
 
-def store_batch_and_cursor(connection: Connection, batch: Batch, writer: ReadingsWriter) -> int:
+def store_batch_and_cursor(
+    connection: Connection, batch: Batch, writer: ReadingsWriter, *, complete: bool = True
+) -> int:
     """Rows, provider state and cursor in one transaction; returns the rows written.
+
+    `complete=False`: the completed part of a failed fetch, stored with its provider state; the run has not
+    succeeded, so the connection's failure record is left for the run's end to update.
 
     A remote writer (the patient-graph API) cannot join the transaction: the rows go first, and the state
     and cursor commit only once the API has accepted them (a failure leaves them where they were, and the
@@ -180,8 +191,9 @@ def store_batch_and_cursor(connection: Connection, batch: Batch, writer: Reading
         if newest is not None and (locked.latest_reading_at is None or newest > locked.latest_reading_at):
             locked.latest_reading_at = newest
         locked.last_attempt_at = now
-        locked.failure_streak = 0
-        locked.last_error = ""
+        if complete:
+            locked.failure_streak = 0
+            locked.last_error = ""
         locked.save(
             update_fields=[
                 "last_sync_at",
@@ -334,17 +346,27 @@ def _sync_with(
     refresher = provider.refresher()
     batch: Batch | None = None
 
+    partly_stored = 0
+
     def attempt() -> int:
-        nonlocal batch
+        nonlocal batch, partly_stored
         session = (
             TokenSession(connection, refresher, margin=provider.token_margin(), trigger=trigger)
             if refresher is not None
             else None
         )
-        batch = provider.fetch(
-            connection, connection.last_sync_at, session=session, window=window, force=force
-        )
-        return store_batch_and_cursor(connection, batch, provider.writer())
+        try:
+            batch = provider.fetch(
+                connection, connection.last_sync_at, session=session, window=window, force=force
+            )
+        except PartialFetch as partial:
+            # Keep what completed (a retry then recognises it as unchanged), then fail like any failure.
+            batch = partial.batch
+            partly_stored += store_batch_and_cursor(
+                connection, partial.batch, provider.writer(), complete=False
+            )
+            raise partial.cause from None
+        return partly_stored + store_batch_and_cursor(connection, batch, provider.writer())
 
     try:
         stored = run_with_retries(summary, attempt, sleep=sleep)
@@ -360,6 +382,8 @@ def _sync_with(
         summary.records_skipped = batch.skipped
         summary.records_stored = stored
         summary.unchanged_days = batch.unchanged_parts
+    else:
+        summary.records_stored = partly_stored
     _finish_event(event, connection, summary, batch, started)
     return event, summary
 

@@ -34,12 +34,13 @@ from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
 from django.conf import settings
+from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 from sentry_sdk.crons import capture_checkin
 from sentry_sdk.crons.consts import MonitorStatus
 
-from connections.models import JobRun, JobRunStatus
+from connections.models import JobRun, JobRunStatus, JobRunUnit
 from loopsync.schedules import all_schedules
 from loopsync.sentry import scrub_text
 
@@ -149,10 +150,22 @@ def tracked_job(job: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     return decorate
 
 
-def record_unit(job_run_id: int | None, outcome: str, *, records_stored: int = 0) -> None:
-    """A fan-out task reports its user's outcome; the last one to report finishes the run."""
+def record_unit(
+    job_run_id: int | None, outcome: str, *, records_stored: int = 0, unit: int | None = None
+) -> None:
+    """A fan-out task reports its unit's outcome; the last one to report finishes the run.
+
+    `unit` (the connection id) makes the report count once however often the queue delivers the task.
+    """
     if job_run_id is None:
         return
+    if unit is not None:
+        try:
+            with transaction.atomic():
+                JobRunUnit.objects.create(job_run_id=job_run_id, unit=unit, outcome=outcome)
+        except IntegrityError:
+            logger.info("unit already reported", extra={"job_run_id": job_run_id, "unit": unit})
+            return
     JobRun.objects.filter(pk=job_run_id).update(
         users_synced=F("users_synced") + (1 if outcome == UNIT_SUCCESS else 0),
         users_failed=F("users_failed") + (1 if outcome == UNIT_FAILED else 0),

@@ -291,6 +291,23 @@ class JobRun(models.Model):
     def __str__(self) -> str:
         return f"{self.job} run {self.pk} ({self.status})"
 
+
+class JobRunUnit(models.Model):
+    """One unit (a connection) of a fan-out run that has reported: a task the queue delivers twice (a lost
+    acknowledgement, a worker killed after the sync) finds its row and is not counted again."""
+
+    job_run = models.ForeignKey(JobRun, on_delete=models.CASCADE, related_name="units")
+    unit = models.BigIntegerField()
+    outcome = models.CharField(max_length=16)
+    recorded_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "job_run_units"
+        constraints = [models.UniqueConstraint(fields=["job_run", "unit"], name="job_run_unit_once")]
+
+    def __str__(self) -> str:
+        return f"unit {self.unit} of run {self.job_run_id} ({self.outcome})"
+
     @property
     def duration_seconds(self) -> float | None:
         if self.finished_at is None:

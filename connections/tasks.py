@@ -6,6 +6,7 @@ import logging
 from contextlib import ExitStack
 from typing import Any
 
+from django.db import DatabaseError
 from django_q.tasks import async_task
 
 from connections.engine import ConnectionInactive, close_interrupted_events, sync_connection
@@ -52,8 +53,13 @@ def sync_job(job: str) -> dict[str, Any]:
 def sync_connection_task(
     connection_id: int, trigger: str = SyncTrigger.SCHEDULE, job_run_id: int | None = None
 ) -> dict[str, Any]:
-    """One connection of a fanned-out job."""
-    outcome, stored = UNIT_FAILED, 0
+    """One connection of a fanned-out job.
+
+    A database or broker failure is not this connection's outcome: nothing is reported and the error goes
+    to the queue, which delivers the task again (Q_CLUSTER max_attempts); the run counts the unit once.
+    """
+    outcome: str | None = UNIT_FAILED
+    stored = 0
     try:
         connection = (
             Connection.objects.select_related("patient")
@@ -70,9 +76,13 @@ def sync_connection_task(
             return {"connection_id": connection_id, "status": "skipped"}
         outcome, stored = event.status, event.records_stored
         return {"connection_id": connection_id, "sync_event_id": event.pk, "status": event.status}
+    except DatabaseError:
+        outcome = None
+        raise
     finally:
-        # Also when the sync raised: the run must learn this connection is done, or it never finishes.
-        record_unit(job_run_id, outcome, records_stored=stored)
+        # Also when the sync raised a bug: the run must learn this connection is done, or it never finishes.
+        if outcome is not None:
+            record_unit(job_run_id, outcome, records_stored=stored, unit=connection_id)
 
 
 def sync_connection_now_task(

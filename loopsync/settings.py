@@ -156,16 +156,17 @@ READING_PARTITION_PREMAKE_WEEKS = env_int("READING_PARTITION_PREMAKE_WEEKS", 4, 
 
 # --- django-q2 --------------------------------------------------------------------------------------------
 # ORM broker: delivery receipts, so a task lost with its worker is re-delivered; every task is idempotent.
-# timeout < retry, or a slow task is re-delivered while it still runs. Retries are ours (sync.py), so
-# failures are acknowledged and never replayed by the broker.
+# timeout < retry, or a slow task is re-delivered while it still runs. Provider failures are retried by the
+# engine and end the task normally; a task that raises (the database or the broker failed under it) is not
+# acknowledged and is delivered again, at most max_attempts times; its run counts it once (JobRunUnit).
 Q_CLUSTER = {
     "name": "loopsync",
     "orm": "default",
     "workers": env_int("Q_WORKERS", 2, minimum=1, maximum=64),
     "timeout": env_int("Q_TIMEOUT", 900, minimum=10),
     "retry": env_int("Q_TIMEOUT", 900, minimum=10) + 300,
-    "max_attempts": 1,
-    "ack_failures": True,
+    "max_attempts": 3,
+    "ack_failures": False,
     "catch_up": False,
     "save_limit": 1000,
     "poll": 1,

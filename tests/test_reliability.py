@@ -6,8 +6,10 @@ from __future__ import annotations
 import time
 from datetime import datetime, timedelta
 from email.utils import format_datetime
+from typing import Any
 
 import pytest
+import time_machine
 from django.test import override_settings
 
 from connections.config import DirectProvidersConfig, JunctionSyncConfig
@@ -230,11 +232,16 @@ def test_a_lost_refresh_answer_keeps_the_connection_active_and_shows_it_failing(
     connection = connect(clean_sandbox, direct_config, provider, 6)
     expire_stored_token(connection)
     # The provider rotates the pair, and the answer carrying the new one never arrives.
-    clean_sandbox.faults.add(
+    lost = clean_sandbox.faults.add(
         {"provider": provider, "path_contains": TOKEN_PATHS[provider], "kind": "lost", "delay": 0.6}
     )
 
     summary = sync(connection, direct_config)
+    # The sandbox still holds the lost answer: let it finish before the next test resets the sandbox.
+    deadline = time_machine.escape_hatch.time.monotonic() + 5
+    while not any(r["fault"] == lost["id"] for r in clean_sandbox.requests.snapshot()):
+        assert time_machine.escape_hatch.time.monotonic() < deadline, "the held answer never finished"
+        time.sleep(0.05)
 
     connection.refresh_from_db()
     assert summary.status == "failed"
@@ -276,3 +283,140 @@ def test_a_refresh_after_a_lost_answer_clears_the_doubt(
     assert sync(connection, direct_config).status == "success"
 
     assert not ProviderCredential.objects.get(connection=connection).refresh_in_doubt
+
+
+# --- A failing user: keep what completed, stop asking (issue 18.8) -------------------------------------------
+
+
+def test_a_user_whose_heart_rate_always_fails_keeps_every_other_resource_and_stops_asking(
+    junction_config: JunctionSyncConfig, clean_sandbox: SandboxServer
+) -> None:
+    from connections.models import Patient, SyncFingerprint
+    from connections.providers.junction.client import SUMMARY_KINDS, TIMESERIES
+    from readings.models import WearableReading
+
+    user_id = next(u.user_id for u in clean_sandbox.junction.users if not u.cgm_provider)
+    config = junction_config.replace(user_ids=(user_id,), lookback_days=2)
+    clean_sandbox.faults.add({"user_id": user_id, "path_contains": "heartrate", "status": 500, "count": -1})
+    # Every other request takes a while, as a loaded provider's do: requests queue behind the fetch pool.
+    clean_sandbox.faults.add({"user_id": user_id, "kind": "slow", "delay": 0.15, "count": -1})
+    clean_sandbox.requests.clear()
+
+    result = run_wearable_sync_job(config)
+
+    user = result.users[0]
+    patient = Patient.objects.get(junction_user_id=user_id)
+    stored = set(WearableReading.objects.filter(patient=patient).values_list("metric", flat=True))
+    assert user.status == "failed" and user.records_stored > 0
+    assert "heart_rate" not in stored and {"hrv_rmssd", "steps"} & stored
+    # What completed is kept with its fingerprints; the cursor does not move: the window is not covered.
+    assert SyncFingerprint.objects.filter(connection__patient=patient).exists()
+    assert not SyncFingerprint.objects.filter(connection__patient=patient, resource="heartrate").exists()
+    connection = Connection.objects.get(patient=patient)
+    assert connection.last_sync_at is None and connection.failure_streak == 1
+    # Once the user failed, its queued requests were not sent: on each of the 3 attempts, about one pool's worth
+    # of requests (8) and heart rate's retries, where sending them all would be every unit on every attempt.
+    units = 3 * (len(SUMMARY_KINDS) + len(TIMESERIES))  # 3 UTC days in a 2-day lookback
+    data_requests = [
+        r for r in clean_sandbox.requests.snapshot(provider="junction") if "/v2/user/" not in r["path"]
+    ]
+    assert len(data_requests) < units * 3 / 2
+
+
+def test_a_retry_after_a_partial_failure_stores_nothing_twice(
+    junction_config: JunctionSyncConfig, clean_sandbox: SandboxServer
+) -> None:
+    from readings.models import GlucoseReading, WearableReading
+
+    user_id = junction_config.user_ids[0]
+    config = junction_config.replace(user_ids=(user_id,))
+    # One request (today's steps) fails all the HTTP layer's tries once: the first attempt fails part-way.
+    clean_sandbox.faults.add(
+        {
+            "user_id": user_id,
+            "path_contains": "steps/grouped?start_date=2026-03-10",
+            "status": 500,
+            "count": 4,
+        }
+    )
+
+    result = run_wearable_sync_job(config)  # the first attempt fails part-way; the second completes
+
+    assert result.ok and result.users[0].attempts == 2
+    # Each row counted once, though it was written by two attempts.
+    assert result.records_stored == WearableReading.objects.count() + GlucoseReading.objects.count()
+    again = run_wearable_sync_job(config)
+    assert again.ok and again.records_stored == 0
+
+
+# --- Database blips and redelivered tasks (issue 18.6) -------------------------------------------------------
+
+
+def test_a_task_the_queue_delivers_twice_is_counted_once_and_the_run_closes_right(
+    junction_config: JunctionSyncConfig,
+    clean_sandbox: SandboxServer,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from connections import tasks
+    from connections.models import JobRun, JobRunStatus
+    from tests.direct_helpers import JUNCTION_JOB
+
+    settings.JUNCTION_SYNC = junction_config
+    queued: list[tuple[Any, ...]] = []
+    # The queue only: this test plays the workers, delivering each task itself.
+    monkeypatch.setattr(tasks, "async_task", lambda func, *args, **kwargs: queued.append(args))
+    tasks.sync_job(JUNCTION_JOB)
+    run = JobRun.objects.get(job=JUNCTION_JOB)
+
+    for args in [*queued, queued[0]]:  # the first task delivered again (its acknowledgement was lost)
+        tasks.sync_connection_task(*args)
+
+    run.refresh_from_db()
+    assert (run.status, run.users_expected, run.users_synced, run.users_failed) == (
+        JobRunStatus.SUCCESS,
+        3,
+        3,
+        0,
+    )
+
+
+def test_a_database_failure_in_a_task_reports_nothing_and_goes_to_the_queue_for_another_delivery(
+    junction_config: JunctionSyncConfig,
+    clean_sandbox: SandboxServer,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from django.db import OperationalError
+
+    from connections import tasks
+    from connections.jobruns import track_job
+    from connections.models import JobRun, JobRunStatus, Patient
+
+    settings.JUNCTION_SYNC = junction_config
+    connection = Connection.objects.create(
+        patient=Patient.objects.create(junction_user_id=junction_config.user_ids[0]), provider="junction"
+    )
+    with track_job("wearable-sync-daily") as tracked:
+        tracked.expect_units(1)
+
+    def blip(*args: Any, **kwargs: Any) -> None:
+        raise OperationalError("server closed the connection unexpectedly")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(tasks, "sync_connection", blip)
+        with pytest.raises(OperationalError):
+            tasks.sync_connection_task(connection.pk, "schedule", tracked.id)
+    run = JobRun.objects.get(pk=tracked.id)
+    assert (run.status, run.users_failed, run.users_synced) == (JobRunStatus.RUNNING, 0, 0)
+
+    tasks.sync_connection_task(connection.pk, "schedule", tracked.id)  # the queue's next delivery
+
+    run.refresh_from_db()
+    assert (run.status, run.users_synced, run.users_failed) == (JobRunStatus.SUCCESS, 1, 0)
+
+
+def test_the_queue_delivers_a_task_that_raised_again_a_bounded_number_of_times(settings: Any) -> None:
+    assert settings.Q_CLUSTER["ack_failures"] is False
+    assert 1 < settings.Q_CLUSTER["max_attempts"] <= 5
+    assert settings.Q_CLUSTER["timeout"] < settings.Q_CLUSTER["retry"]

@@ -158,6 +158,16 @@ class Batch:
         return len(self.readings) + len(self.glucose) + self.skipped + self.unchanged
 
 
+class PartialFetch(Exception):  # noqa: N818 - a control-flow signal carrying data, not an error kind
+    """A fetch that failed part-way: `batch` holds what was fetched completely (no cursor: the window is not
+    covered), `cause` is the failure. The engine stores the batch, then handles the cause like any failure."""
+
+    def __init__(self, batch: Batch, cause: ProviderError | InvalidPayload) -> None:
+        super().__init__(str(cause))
+        self.batch = batch
+        self.cause = cause
+
+
 class SyncProvider:
     """One data source. Subclass it in `connections/providers/<key>/provider.py` and list it in the registry.
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,7 +25,14 @@ from django.utils import timezone
 
 from connections.config import JunctionSyncConfig
 from connections.providers.base import ProviderError
-from connections.providers.contract import DAILY_CADENCE, Batch, ConnectMethod, SyncProvider
+from connections.providers.contract import (
+    DAILY_CADENCE,
+    Batch,
+    ConnectMethod,
+    InvalidPayload,
+    PartialFetch,
+    SyncProvider,
+)
 from connections.providers.junction.client import (
     ACTIVITY_FIELDS,
     BODY_FIELDS,
@@ -90,41 +98,72 @@ def fetch_junction_window(
     executor: ThreadPoolExecutor,
     force: bool = False,
 ) -> FetchedWindow:
-    """Fetch every resource for every day; parse only the days whose bytes changed."""
+    """Fetch every resource for every day; parse only the days whose bytes changed.
+
+    When a (resource, day) fails for good (after the HTTP layer's retries), no further request of this user is
+    issued, and _WindowFailed carries every (resource, day) that did complete, so they are stored.
+    """
     cgm = has_cgm(client.connected_providers(user_id))
     resources = [*SUMMARY_KINDS, *(_SERIES_BY_RESOURCE), *([GLUCOSE_RESOURCE] if cgm else [])]
     work = [(resource, day) for day in days for resource in resources]
+    # Per user, not per pool: the pool is shared by the users a job syncs in parallel.
+    failed = threading.Event()
 
-    def fetch_one(item: tuple[str, date]) -> tuple[str, date, str, ParsedPayload | None]:
+    def fetch_one(item: tuple[str, date]) -> tuple[str, date, str, ParsedPayload | None] | None:
+        if failed.is_set():
+            return None  # the user has failed: its remaining requests would only add load
         resource, day = item
-        if resource in SUMMARY_KINDS:
-            pages = [client.summary_bytes(resource, user_id, day, day)]
-        else:
-            pages = client.timeseries_pages(user_id, resource, day, day)
-        digest = _digest(pages)
-        previous = known.get(item)
-        if previous and previous[0] == digest and not force:
-            return resource, day, digest, None
-        parsed = ParsedPayload()
-        for page in pages:
-            body = client.http.decode(resource, page)
+        try:
             if resource in SUMMARY_KINDS:
-                parsed.extend(parse_summaries(resource, body, tz))
-            elif resource == GLUCOSE_RESOURCE:
-                parsed.extend(parse_glucose(body))
+                pages = [client.summary_bytes(resource, user_id, day, day)]
             else:
-                parsed.extend(parse_timeseries(_SERIES_BY_RESOURCE[resource], body))
+                pages = client.timeseries_pages(user_id, resource, day, day)
+            digest = _digest(pages)
+            previous = known.get(item)
+            if previous and previous[0] == digest and not force:
+                return resource, day, digest, None
+            parsed = ParsedPayload()
+            for page in pages:
+                body = client.http.decode(resource, page)
+                if resource in SUMMARY_KINDS:
+                    parsed.extend(parse_summaries(resource, body, tz))
+                elif resource == GLUCOSE_RESOURCE:
+                    parsed.extend(parse_glucose(body))
+                else:
+                    parsed.extend(parse_timeseries(_SERIES_BY_RESOURCE[resource], body))
+        except BaseException:
+            failed.set()
+            raise
         return resource, day, digest, parsed
 
+    futures = [executor.submit(fetch_one, item) for item in work]
     window = FetchedWindow()
-    for resource, day, digest, parsed in executor.map(fetch_one, work):
+    cause: ProviderError | InvalidPayload | None = None
+    for future in futures:
+        try:
+            done = future.result()
+        except (ProviderError, InvalidPayload) as exc:
+            cause = cause or exc
+            continue
+        if done is None:
+            continue
+        resource, day, digest, parsed = done
         if parsed is None:
             window.unchanged_days += 1
             window.unchanged_records += known[(resource, day)][1]
             continue
         window.payload.extend(parsed)
         window.fingerprints[(resource, day)] = (digest, parsed.records)
+    if cause is not None:
+        raise _WindowFailed(window, cause)
     return window
+
+
+class _WindowFailed(Exception):  # noqa: N818 - carries the completed part of a failed window
+    def __init__(self, window: FetchedWindow, cause: ProviderError | InvalidPayload) -> None:
+        super().__init__(str(cause))
+        self.window = window
+        self.cause = cause
 
 
 class JunctionProvider(SyncProvider):
@@ -231,15 +270,26 @@ class JunctionProvider(SyncProvider):
             (fp.resource, fp.day): (fp.digest, fp.records)
             for fp in SyncFingerprint.objects.filter(connection=connection, day__in=days)
         }
-        fetched = fetch_junction_window(
-            self.client,
-            connection.patient.junction_user_id or "",
-            days,
-            known,
-            ZoneInfo(connection.patient.time_zone),
-            executor=self.executor,
-            force=force,
-        )
+        try:
+            fetched = fetch_junction_window(
+                self.client,
+                connection.patient.junction_user_id or "",
+                days,
+                known,
+                ZoneInfo(connection.patient.time_zone),
+                executor=self.executor,
+                force=force,
+            )
+        except _WindowFailed as failed:
+            # What completed is stored with its fingerprints; no cursor: the window is not covered.
+            partial = self._batch(failed.window, start, end, cursor=None)
+            raise PartialFetch(partial, failed.cause) from failed.cause
+        return self._batch(fetched, start, end, cursor=end)
+
+    def _batch(
+        self, fetched: FetchedWindow, start: datetime, end: datetime, cursor: datetime | None
+    ) -> Batch:
+        from connections.models import SyncFingerprint
 
         def save_fingerprints(locked: Connection) -> None:
             if fetched.fingerprints:
@@ -263,7 +313,7 @@ class JunctionProvider(SyncProvider):
             unchanged_parts=fetched.unchanged_days,
             window_start=start,
             window_end=end,
-            cursor=end,
+            cursor=cursor,
             save_state=save_fingerprints,
         )
 
