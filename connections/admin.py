@@ -16,7 +16,9 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.utils import unquote
+from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Avg, Max, Min, Q, QuerySet
@@ -62,6 +64,22 @@ def short_error(text: str) -> str:
     text = scrub_text(text or "").strip().splitlines()[-1:] or [""]
     line = text[0]
     return line if len(line) <= ERROR_PREVIEW else line[: ERROR_PREVIEW - 1] + "…"
+
+
+def is_ascii_number(term: str) -> bool:
+    """Whether a search term can be an id: str.isdigit() is also true of "²" or "٣", which int() refuses."""
+    return term.isascii() and term.isdigit()
+
+
+class RefusesNulMixin:
+    """A changelist whose query string carries NUL is Django's "incorrect lookup parameters" redirect (the
+    unfiltered list, flagged), not a 500: PostgreSQL refuses NUL in text, so `?provider=%00` failed the query.
+    """
+
+    def get_changelist_instance(self, request: HttpRequest) -> ChangeList:
+        if any("\x00" in key or any("\x00" in v for v in values) for key, values in request.GET.lists()):
+            raise IncorrectLookupParameters("a NUL character in the query string")
+        return super().get_changelist_instance(request)  # type: ignore[misc]
 
 
 HEALTH_CSS = """
@@ -137,7 +155,7 @@ OPS: dict[str, ConnectionOp] = {
 
 
 @admin.register(Connection)
-class ConnectionAdmin(admin.ModelAdmin):
+class ConnectionAdmin(RefusesNulMixin, admin.ModelAdmin):
     list_display = (
         "id",
         "patient_link",
@@ -203,7 +221,7 @@ class ConnectionAdmin(admin.ModelAdmin):
         if not term:
             return queryset, False
         q = Q(patient__junction_user_id=term) | Q(patient__clerk_user_id=term)
-        if term.isdigit():
+        if is_ascii_number(term):
             q |= Q(patient_id=int(term)) | Q(pk=int(term))
         return queryset.filter(q), False
 
@@ -464,7 +482,7 @@ def daily_stats_table(patient: Patient, now: datetime) -> dict[str, Any]:
 
 
 @admin.register(Patient)
-class PatientAdmin(admin.ModelAdmin):
+class PatientAdmin(RefusesNulMixin, admin.ModelAdmin):
     list_display = ("id", "junction_user_id", "clerk_user_id", "time_zone", "created_at")
     search_fields = ("junction_user_id", "clerk_user_id")
     search_help_text = "Exact Junction user id, Clerk user id or patient id."
@@ -489,7 +507,7 @@ class PatientAdmin(admin.ModelAdmin):
         if not term:
             return queryset, False
         q = Q(junction_user_id=term) | Q(clerk_user_id=term)
-        if term.isdigit():
+        if is_ascii_number(term):
             q |= Q(pk=int(term))
         return queryset.filter(q), False
 
@@ -516,7 +534,7 @@ class PatientAdmin(admin.ModelAdmin):
 # --- The sync audit trail -----------------------------------------------------------------------------------
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ReadOnlyAdmin(RefusesNulMixin, admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 

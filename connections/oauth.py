@@ -137,6 +137,9 @@ def claim_state(provider: str, state: str, browser_key: str) -> OAuthState:
     expired, for another provider, or presented by another browser."""
     if not browser_key:
         raise OAuthFlowError("this authorization was started in another browser; start again")
+    if "\x00" in state:
+        # No state we issued has one, and PostgreSQL would refuse the lookup with an error, not a miss.
+        raise OAuthFlowError("the authorization state is not valid; start again")
     now = timezone.now()
     claimed = OAuthState.objects.filter(
         state=state,

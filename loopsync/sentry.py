@@ -1,13 +1,19 @@
 """Sentry: errors from web requests and jobs, Crons check-ins per scheduled job, and no PHI in either.
 
 `init_sentry()` runs from settings when SENTRY_DSN is set. Scrubbing fails open if it relies on one layer,
-so there are four:
+so there are five:
 1. the SDK collects less: no default PII, no frame local variables (a batch of readings lives in locals),
    no request bodies;
-2. a recursive EventScrubber removes values under token, reading and identifier key names anywhere;
+2. a recursive EventScrubber removes values under token, reading, identifier and query key names anywhere
+   (span data included);
 3. `before_send` drops what we never need (request data, cookies, query strings, extra, frame vars) and
-   rewrites free text (exception values, messages, log lines) through `scrub_text`;
-4. `before_breadcrumb` drops SQL parameters and HTTP bodies and scrubs messages and URLs.
+   rewrites free text (exception values, messages, log lines, URLs) through `scrub_text`, which also
+   removes every query-string value (OAuth codes and states, signed connect links);
+4. `before_send_transaction` does the same to performance transactions, whose request, spans and trace
+   context carried the callback's query string untouched: span descriptions and URLs are scrubbed, span
+   query, fragment and SQL-parameter data dropped;
+5. `before_breadcrumb` drops SQL parameters and HTTP bodies and scrubs messages and URLs.
+Log records are scrubbed before Sentry's logging hook sees them (`loopsync.logging.ScrubQueryFilter`).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from sentry_sdk.integrations.django import DjangoIntegration
 from sentry_sdk.integrations.logging import LoggingIntegration
 from sentry_sdk.scrubber import DEFAULT_DENYLIST, DEFAULT_PII_DENYLIST, EventScrubber
 
-FILTERED = "[Filtered]"
+from loopsync.logging import FILTERED, scrub_query
 
 # Key names whose values are PHI, credentials or identifiers in our data (lower case, compared exactly).
 PHI_DENYLIST = [
@@ -56,6 +62,12 @@ PHI_DENYLIST = [
     "clerk_user_id",
     "email",
     "sub",
+    # OAuth state, and the query strings and SQL parameters that carry codes, states and connect links.
+    "state",
+    "query_string",
+    "http.query",
+    "http.fragment",
+    "db.params",
 ]
 
 _TEXT_PATTERNS = [
@@ -64,7 +76,7 @@ _TEXT_PATTERNS = [
     re.compile(r"(?i)\b(bearer|basic)\s+[\w.~+/=-]+"),
     # key=value / "key": "value" for credential-like keys.
     re.compile(
-        r"(?i)\b(?P<key>access_token|refresh_token|id_token|client_secret|api[_-]?key|password|secret|token|code)"
+        r"(?i)\b(?P<key>access_token|refresh_token|id_token|client_secret|api[_-]?key|password|secret|token|code|state)"
         r"(?P<sep>\"?\s*[:=]\s*\"?)[^\s\"&,;}]+"
     ),
     # Provider API keys (sk_us_..., sk_eu_...).
@@ -81,7 +93,9 @@ _TEXT_PATTERNS = [
 
 
 def scrub_text(text: str) -> str:
-    """Remove tokens, identifiers and reading values from free text (messages, errors, URLs)."""
+    """Remove query-string values, tokens, identifiers and reading values from free text (messages, errors,
+    URLs)."""
+    text = scrub_query(text)
     for pattern in _TEXT_PATTERNS:
         text = pattern.sub(_replacement, text)
     return text
@@ -106,7 +120,7 @@ def _scrub_exceptions(event: dict[str, Any]) -> None:
             frame.pop("vars", None)
 
 
-def before_send(event: dict[str, Any], hint: Mapping[str, Any]) -> dict[str, Any] | None:
+def _scrub_request(event: dict[str, Any]) -> None:
     request = event.get("request")
     if isinstance(request, dict):
         for key in ("data", "cookies", "query_string", "env"):
@@ -123,6 +137,13 @@ def before_send(event: dict[str, Any], hint: Mapping[str, Any]) -> dict[str, Any
     # Anything attached as extra could be a payload; tags and contexts carry what we chose to send.
     event.pop("extra", None)
     event.pop("user", None)
+    breadcrumbs = event.get("breadcrumbs")
+    if isinstance(breadcrumbs, dict) and isinstance(breadcrumbs.get("values"), list):
+        breadcrumbs["values"] = [b for b in (before_breadcrumb(b, {}) for b in breadcrumbs["values"]) if b]
+
+
+def before_send(event: dict[str, Any], hint: Mapping[str, Any]) -> dict[str, Any] | None:
+    _scrub_request(event)
     _scrub_exceptions(event)
     if isinstance(event.get("message"), str):
         event["message"] = scrub_text(event["message"])
@@ -134,9 +155,37 @@ def before_send(event: dict[str, Any], hint: Mapping[str, Any]) -> dict[str, Any
         logentry.pop("params", None)
         if isinstance(logentry.get("formatted"), str):
             logentry["formatted"] = scrub_text(logentry["formatted"])
-    breadcrumbs = event.get("breadcrumbs")
-    if isinstance(breadcrumbs, dict) and isinstance(breadcrumbs.get("values"), list):
-        breadcrumbs["values"] = [b for b in (before_breadcrumb(b, {}) for b in breadcrumbs["values"]) if b]
+    return event
+
+
+# Span data that is a query string, a fragment or SQL parameters: never needed to read a trace.
+_DROPPED_SPAN_DATA = {"http.query", "http.fragment", "db.params", "db.cursor"}
+
+
+def _scrub_span(span: dict[str, Any]) -> None:
+    for key in ("description", "name"):
+        if isinstance(span.get(key), str):
+            span[key] = scrub_text(span[key])
+    data = span.get("data")
+    if isinstance(data, dict):
+        span["data"] = {
+            k: scrub_text(v) if isinstance(v, str) else v
+            for k, v in data.items()
+            if k not in _DROPPED_SPAN_DATA and (v is None or isinstance(v, str | int | float | bool))
+        }
+
+
+def before_send_transaction(event: dict[str, Any], hint: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A performance transaction: the request as `before_send` leaves it, and every span scrubbed."""
+    _scrub_request(event)
+    if isinstance(event.get("transaction"), str):
+        event["transaction"] = scrub_text(event["transaction"])
+    trace = (event.get("contexts") or {}).get("trace")
+    if isinstance(trace, dict):
+        _scrub_span(trace)
+    for span in event.get("spans") or []:
+        if isinstance(span, dict):
+            _scrub_span(span)
     return event
 
 
@@ -178,6 +227,7 @@ def init_sentry(
             denylist=[*DEFAULT_DENYLIST, *PHI_DENYLIST], pii_denylist=DEFAULT_PII_DENYLIST, recursive=True
         ),
         "before_send": before_send,
+        "before_send_transaction": before_send_transaction,
         "before_breadcrumb": before_breadcrumb,
         "traces_sample_rate": traces_sample_rate,
     }

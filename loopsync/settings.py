@@ -184,10 +184,23 @@ LOGGING = {
         "text": {"()": "loopsync.logging.TextFormatter"},
         "json": {"()": "loopsync.logging.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
+    "filters": {"scrub_query": {"()": "loopsync.logging.ScrubQueryFilter"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["scrub_query"]}
+    },
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
         "loopsync": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+        # Django's 4xx/5xx lines carry the request (its repr is the path with the query string: OAuth codes,
+        # states, connect links). Filtered on the logger, before any handler or Sentry's logging hook sees it.
+        "django.request": {"filters": ["scrub_query"]},
+        # runserver's request lines, through our formatter and filter instead of Django's raw one.
+        "django.server": {
+            "handlers": ["console"],
+            "filters": ["scrub_query"],
+            "level": "INFO",
+            "propagate": False,
+        },
         "django_q": {"handlers": ["console"], "level": "WARNING", "propagate": False},
         # httpx logs full request URLs (user ids) at INFO; keep it quiet.
         "httpx": {"handlers": ["console"], "level": "WARNING", "propagate": False},

@@ -12,7 +12,7 @@ import base64
 import binascii
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -52,6 +52,16 @@ def daily_metrics() -> frozenset[str]:
 MAX_RANGE_DAYS = 366
 DEFAULT_DAILY_DAYS = 30
 DEFAULT_READINGS_DAYS = 7
+
+# Dates and instants outside these bounds are a 400. No reading is stored before 2000 or after now, so
+# nothing is lost; and inside them the arithmetic a request does (a default window of up to 366 days, a
+# local day's UTC bounds, any UTC offset) stays within Python's years 1 to 9999, where 0001-01-01 or
+# 9999-12-31 overflowed into a 500.
+EARLIEST_DAY = date(1900, 1, 1)
+LATEST_DAY = date(2999, 12, 31)
+EARLIEST_MOMENT = datetime.combine(EARLIEST_DAY, time(0), tzinfo=UTC)
+LATEST_MOMENT = datetime.combine(LATEST_DAY + timedelta(days=1), time(0), tzinfo=UTC)
+SUPPORTED = f"from {EARLIEST_DAY.isoformat()} to {LATEST_DAY.isoformat()}"
 
 
 # --- Parameters --------------------------------------------------------------------------------------------
@@ -94,9 +104,12 @@ def parse_day(request: Request, name: str) -> date | None:
     if raw is None:
         return None
     try:
-        return date.fromisoformat(raw)
+        day = date.fromisoformat(raw)
     except ValueError:
         raise _bad(name, "must be a date as YYYY-MM-DD") from None
+    if not EARLIEST_DAY <= day <= LATEST_DAY:
+        raise _bad(name, f"must be a date {SUPPORTED}")
+    return day
 
 
 def parse_moment(request: Request, name: str, tz: ZoneInfo, *, end: bool) -> datetime | None:
@@ -109,6 +122,8 @@ def parse_moment(request: Request, name: str, tz: ZoneInfo, *, end: bool) -> dat
             day = date.fromisoformat(raw)
         except ValueError:
             raise _bad(name, "must be a date (YYYY-MM-DD) or an ISO-8601 datetime with offset") from None
+        if not EARLIEST_DAY <= day <= LATEST_DAY:
+            raise _bad(name, f"must be {SUPPORTED}")
         start, next_start = local_day_bounds(day, tz)
         return next_start if end else start
     try:
@@ -117,7 +132,23 @@ def parse_moment(request: Request, name: str, tz: ZoneInfo, *, end: bool) -> dat
         raise _bad(name, "must be a date (YYYY-MM-DD) or an ISO-8601 datetime with offset") from None
     if moment.tzinfo is None:
         raise _bad(name, "a datetime needs a UTC offset, e.g. 2026-03-01T00:00:00Z")
-    return moment
+    utc = in_supported_range(moment)
+    if utc is None:
+        raise _bad(name, f"must be {SUPPORTED}")
+    return utc
+
+
+def in_supported_range(moment: datetime) -> datetime | None:
+    """`moment` in UTC, or None when it is outside the supported years (or not even representable in UTC).
+
+    The query gets the UTC instant: with its own offset, 9999-12-31T23:59:59-23:59 reached the database
+    driver, which overflowed converting it.
+    """
+    try:
+        utc = moment.astimezone(UTC)
+    except OverflowError:
+        return None
+    return utc if EARLIEST_MOMENT <= utc <= LATEST_MOMENT else None
 
 
 def parse_page_size(request: Request, default: int, maximum: int) -> int:
@@ -159,20 +190,25 @@ def _decode_cursor(raw: str, decoders: Sequence[Callable[[Any], Any]]) -> list[A
 
 
 def _text(value: Any) -> str:
-    if not isinstance(value, str):
+    # PostgreSQL refuses NUL in text: a cursor carrying one would fail the query, not find nothing.
+    if not isinstance(value, str) or "\x00" in value:
         raise ValueError
     return value
 
 
 def _moment(value: Any) -> datetime:
     moment = datetime.fromisoformat(_text(value))
-    if moment.tzinfo is None:
+    utc = in_supported_range(moment) if moment.tzinfo is not None else None
+    if utc is None:
         raise ValueError
-    return moment
+    return utc
 
 
 def _day(value: Any) -> date:
-    return date.fromisoformat(_text(value))
+    day = date.fromisoformat(_text(value))
+    if not EARLIEST_DAY <= day <= LATEST_DAY:
+        raise ValueError
+    return day
 
 
 @dataclass(frozen=True)

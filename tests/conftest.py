@@ -59,7 +59,7 @@ def direct_config(clean_sandbox: SandboxServer, settings):  # type: ignore[no-un
 
 
 # Ops admin personas and the capturing Sentry transport (tests/ops_fixtures.py).
-from tests.ops_fixtures import ops_user, sentry_capture, support_user  # noqa: E402,F401
+from tests.ops_fixtures import ops_user, sentry_capture, sentry_tracing, support_user  # noqa: E402,F401
 
 # --- REST API (issue 5) ------------------------------------------------------------------------------------
 

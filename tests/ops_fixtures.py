@@ -76,7 +76,15 @@ class CapturingTransport(Transport):
         return [item.payload.json for env in self.envelopes for item in env.items if item.payload.json]
 
     def events(self) -> list[dict[str, Any]]:
-        return [i for i in self.items() if i.get("type") in (None, "event") and "check_in_id" not in i]
+        # Error and message events; not check-ins, nor the session aggregates a traced request sends.
+        return [
+            i
+            for i in self.items()
+            if i.get("type") in (None, "event") and "event_id" in i and "check_in_id" not in i
+        ]
+
+    def transactions(self) -> list[dict[str, Any]]:
+        return [i for i in self.items() if i.get("type") == "transaction"]
 
     def check_ins(self) -> list[dict[str, Any]]:
         return [i for i in self.items() if i.get("type") == "check_in"]
@@ -85,12 +93,27 @@ class CapturingTransport(Transport):
         return "\n".join(env.serialize().decode("utf-8", "replace") for env in self.envelopes)
 
 
-@pytest.fixture
-def sentry_capture() -> Iterator[CapturingTransport]:
+def _capturing_sentry(traces_sample_rate: float) -> Iterator[CapturingTransport]:
     transport = CapturingTransport()
-    init_sentry("https://public@sentry.invalid/1", environment="test", transport=transport)
+    init_sentry(
+        "https://public@sentry.invalid/1",
+        environment="test",
+        transport=transport,
+        traces_sample_rate=traces_sample_rate,
+    )
     try:
         yield transport
     finally:
         sentry_sdk.flush()
         sentry_sdk.init(default_integrations=False, auto_enabling_integrations=False)  # no DSN: sends nothing
+
+
+@pytest.fixture
+def sentry_capture() -> Iterator[CapturingTransport]:
+    yield from _capturing_sentry(0.0)
+
+
+@pytest.fixture
+def sentry_tracing() -> Iterator[CapturingTransport]:
+    """As `sentry_capture`, with every request traced (performance transactions and their spans)."""
+    yield from _capturing_sentry(1.0)

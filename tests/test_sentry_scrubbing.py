@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from datetime import datetime, timedelta
+from typing import Any
 
+import httpx
 import pytest
 import sentry_sdk
 
-from connections.config import JunctionSyncConfig
-from loopsync.sentry import before_breadcrumb, before_send, scrub_text
+from connections import views as connect_views
+from connections.config import DirectProvidersConfig, JunctionSyncConfig
+from connections.models import Patient
+from connections.oauth import connect_token_for
+from loopsync.logging import JsonFormatter, TextFormatter
+from loopsync.sentry import before_breadcrumb, before_send, before_send_transaction, scrub_text
 from sandbox import SandboxServer
 from tests.conftest import SANDBOX_KEY
 from tests.direct_helpers import run_wearable_sync_job
 from tests.ops_fixtures import CapturingTransport
+from tests.test_direct_connect import approve
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen_time")]
 
@@ -138,3 +146,130 @@ def test_breadcrumbs_lose_sql_parameters_and_identifiers() -> None:
 )
 def test_scrub_text(text: str, expected: str) -> None:
     assert scrub_text(text) == expected
+
+
+# --- Query strings: OAuth codes, states and signed connect links (issue 18.11) -----------------------------
+
+
+def _formatted(record: logging.LogRecord) -> str:
+    """A record as every way we write or send it: both formatters and its attributes."""
+    return "\n".join([TextFormatter().format(record), JsonFormatter().format(record), repr(vars(record))])
+
+
+def test_oauth_query_strings_reach_neither_sentry_transactions_events_nor_log_lines(
+    direct_config: DirectProvidersConfig,
+    clean_sandbox: SandboxServer,
+    sentry_tracing: CapturingTransport,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    live_server: Any,
+    transactional_db: None,
+) -> None:
+    caplog.set_level(logging.INFO)
+    patient = Patient.objects.create()
+    link = connect_token_for(patient)
+    # Real HTTP: Sentry's WSGI middleware (which opens the transactions) wraps the server, not the test client.
+    browser = httpx.Client(base_url=live_server.url, timeout=10)
+    stranger = httpx.Client(base_url=live_server.url, timeout=10)
+
+    # The real flow: a signed link, the provider's code and state, a connection made.
+    started = browser.get("/connect/whoop/start", params={"token": link})
+    assert started.status_code == 302
+    params = approve(started.headers["location"])
+    assert browser.get("/connect/whoop/callback", params=params).status_code == 200
+    # Refused callers: Django's 4xx warning lines.
+    assert stranger.get("/connect/whoop/callback?code=SECRET&state=SECRET2").status_code == 400
+    assert stranger.get("/connect/whoop/start?token=SECRET3").status_code == 403
+    # An unexpected error in the callback: an error event with its request, and Django's error line.
+    monkeypatch.setattr(connect_views, "complete_oauth", _raise)
+    assert browser.get("/connect/whoop/callback?code=SECRET4&state=SECRET5").status_code == 500
+    sentry_sdk.flush()
+
+    secrets = ["SECRET", link, link.rpartition(":")[2], params["code"], params["state"]]
+    transactions = sentry_tracing.transactions()
+    assert len(transactions) == 5
+    assert {t["transaction"] for t in transactions} == {
+        "/connect/{provider}/start",
+        "/connect/{provider}/callback",
+    }
+    assert any(span.get("op") == "db" for t in transactions for span in t.get("spans", []))
+    events = sentry_tracing.events()
+    (event,) = events
+    assert event["request"]["url"].endswith("/connect/whoop/callback")
+    sent = sentry_tracing.serialized()
+    assert [s for s in secrets if s in sent] == []
+
+    request_lines = [r for r in caplog.records if r.name == "django.request"]
+    assert sorted(r.levelname for r in request_lines) == ["ERROR", "WARNING", "WARNING"]
+    logged = "\n".join(_formatted(r) for r in caplog.records)
+    assert "/connect/whoop/callback" in logged
+    assert [s for s in secrets if s in logged] == []
+
+
+def _raise(*args: object, **kwargs: object) -> None:
+    raise RuntimeError("the provider answered something unexpected")
+
+
+def test_runserver_request_lines_lose_their_query_values() -> None:
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    server = logging.getLogger("django.server")
+    keep = Keep()
+    server.addHandler(keep)
+    try:
+        # As runserver's WSGIRequestHandler.log_message calls it (its socket as `request`).
+        server.warning(
+            '"%s" %s %s',
+            "GET /connect/whoop/callback?code=SECRET&state=SECRET2 HTTP/1.1",
+            "400",
+            "57",
+            extra={"request": object(), "server_time": "06/Dec/2026 16:40:00"},
+        )
+    finally:
+        server.removeHandler(keep)
+
+    (record,) = records
+    assert (
+        record.getMessage()
+        == '"GET /connect/whoop/callback?code=[Filtered]&state=[Filtered] HTTP/1.1" 400 57'
+    )
+    assert "SECRET" not in _formatted(record)
+
+
+def test_before_send_transaction_scrubs_request_spans_and_trace() -> None:
+    event = {
+        "type": "transaction",
+        "transaction": "/connect/{provider}/callback",
+        "request": {
+            "url": "http://testserver/connect/whoop/callback?code=SECRET",
+            "query_string": "code=SECRET&state=SECRET2",
+            "cookies": {"loopsync_oauth_whoop": "SECRET6"},
+        },
+        "contexts": {"trace": {"op": "http.server", "data": {"http.query": "code=SECRET"}}},
+        "spans": [
+            {
+                "op": "http.client",
+                "description": "GET https://api.example/authorize?state=SECRET2&code=SECRET",
+                "data": {"url": "https://api.example/authorize?token=SECRET3", "http.query": "a=SECRET"},
+            },
+            {
+                "op": "db",
+                "description": "SELECT 1",
+                "data": {"db.params": ["SECRET2"], "db.system": "postgresql"},
+            },
+        ],
+    }
+
+    scrubbed = before_send_transaction(event, {})
+
+    assert scrubbed is not None and "SECRET" not in json.dumps(scrubbed)
+    assert (
+        scrubbed["spans"][0]["description"]
+        == "GET https://api.example/authorize?state=[Filtered]&code=[Filtered]"
+    )
+    assert scrubbed["spans"][1]["data"] == {"db.system": "postgresql"}
+    assert "query_string" not in scrubbed["request"]

@@ -117,6 +117,9 @@ class _Rows:
         value = row.get(name)
         if not isinstance(value, str) or (required and not value) or len(value) > limit:
             raise InvalidRecord(f"{where}.{name}: must be a string of 1 to {limit} characters")
+        if "\x00" in value:
+            # PostgreSQL refuses NUL in text: the whole batch's write would fail, not this row.
+            raise InvalidRecord(f"{where}.{name}: must not contain a NUL character")
         return value
 
     def number(self, row: dict[str, Any], name: str, where: str, *, required: bool = True) -> float | None:
@@ -210,8 +213,10 @@ def _patient(body: dict[str, Any], *, by_external_id: bool = False) -> Patient:
     external: dict[str, str] = {}
     for name in ("junction_user_id", "clerk_user_id") if by_external_id else ():
         value = body.get(name)
-        if name in body and (not isinstance(value, str) or not 0 < len(value) <= 64):
-            raise APIError(400, "invalid_request", f"{name}: must be a string of 1 to 64 characters")
+        if name in body and (not isinstance(value, str) or not 0 < len(value) <= 64 or "\x00" in value):
+            raise APIError(
+                400, "invalid_request", f"{name}: must be a string of 1 to 64 characters, without NUL"
+            )
         if value:
             external[name] = value
     patient = None
