@@ -108,7 +108,7 @@ class PatientGraphWriter:
             limit = json.loads(content)["error"]["details"]["max_body_bytes"]
         except (ValueError, TypeError, KeyError):
             limit = None
-        if isinstance(limit, int) and 0 < limit < self.max_body_bytes:
+        if type(limit) is int and 0 < limit < self.max_body_bytes:
             return limit
         raise ProviderRequestError(
             "patient-graph",
