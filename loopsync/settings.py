@@ -254,6 +254,13 @@ CLERK_REQUIRE_SID = env_bool("CLERK_REQUIRE_SID", True)
 MANUAL_SYNC_PER_HOUR = env_int("MANUAL_SYNC_PER_HOUR", 6, minimum=1, maximum=1000)
 # A queued or running manual sync older than this is taken over by the next request (its task was lost).
 MANUAL_SYNC_STALE_SECONDS = env_int("MANUAL_SYNC_STALE_SECONDS", Q_CLUSTER["retry"] + 300, minimum=60)
+# The largest ingest body the patient-graph service accepts, and the largest the sync worker's writer sends: one
+# value, so the two agree (web and worker read the same variable). 2 MiB holds about 14,000 readings; the web
+# process holds a body and its parsed rows in memory at once. A valid row is at most about 1.2 KB (the service's
+# field lengths), so the minimum always fits one.
+PATIENT_GRAPH_MAX_BODY_BYTES = env_int(
+    "PATIENT_GRAPH_MAX_BODY_BYTES", 2 * 1024 * 1024, minimum=64 * 1024, maximum=64 * 1024 * 1024
+)
 REST_FRAMEWORK |= {
     "DEFAULT_AUTHENTICATION_CLASSES": ["connections.api.authentication.ClerkAuthentication"],
     "EXCEPTION_HANDLER": "connections.api.errors.api_exception_handler",

@@ -8,8 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from django.conf import settings
 from rest_framework.exceptions import ParseError
-from rest_framework.parsers import JSONParser
+from rest_framework.parsers import BaseParser, JSONParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.utils.encoders import JSONEncoder
 
@@ -44,11 +45,56 @@ class ORJSONParser(JSONParser):
         media_type: str | None = None,
         parser_context: dict[str, Any] | None = None,
     ) -> Any:
-        encoding = (parser_context or {}).get("encoding", "utf-8")
-        try:
-            body = stream.read()
-            if encoding.lower().replace("-", "") != "utf8":
-                body = body.decode(encoding)
-            return orjson.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ParseError(f"JSON parse error - {exc}") from None
+        return _loads(stream.read(), parser_context)
+
+
+class BodyLimitedJSONParser(BaseParser):
+    """ORJSONParser with its own body limit, the setting named by `limit_setting`, instead of Django's
+    DATA_UPLOAD_MAX_MEMORY_SIZE; a larger body is a 413 problem response naming the limit.
+
+    Not a JSONParser subclass on purpose: DRF hands those `request.body`, which applies Django's limit first and
+    answers an oversize body with an HTML 400. This one gets the request stream and reads at most one byte past
+    its own limit, so an oversize body is never held in memory whole.
+    """
+
+    media_type = "application/json"
+    limit_setting = "PATIENT_GRAPH_MAX_BODY_BYTES"
+
+    def parse(
+        self,
+        stream: Any,
+        media_type: str | None = None,
+        parser_context: dict[str, Any] | None = None,
+    ) -> Any:
+        limit: int = getattr(settings, self.limit_setting)
+        request = (parser_context or {}).get("request")
+        declared = request.META.get("CONTENT_LENGTH") if request is not None else None
+        # A declared length over the limit is refused before a byte is read.
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise self.too_large(limit)
+        body = stream.read(limit + 1)
+        if len(body) > limit:
+            raise self.too_large(limit)
+        return _loads(body, parser_context)
+
+    def too_large(self, limit: int) -> Exception:
+        # Imported here: errors imports rest_framework.views, whose settings import this module's renderer.
+        from connections.api.errors import APIError
+
+        return APIError(
+            413,
+            "body_too_large",
+            f"The request body exceeds this endpoint's limit of {limit} bytes ({self.limit_setting}); "
+            "send the rows in smaller requests.",
+            {"max_body_bytes": limit},
+        )
+
+
+def _loads(body: bytes, parser_context: dict[str, Any] | None) -> Any:
+    encoding = (parser_context or {}).get("encoding", "utf-8")
+    try:
+        if encoding.lower().replace("-", "") != "utf8":
+            return orjson.loads(body.decode(encoding))
+        return orjson.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ParseError(f"JSON parse error - {exc}") from None

@@ -5,6 +5,8 @@ Authenticated by `PATIENT_GRAPH_API_KEY` (`Authorization: Bearer <key>`). Ingest
 recomputes the same daily statistics. Rows are validated in one tight loop (a batch holds thousands); a
 batch with an invalid row is rejected whole with the row's index and the rule it broke, never its values.
 Daily statistics are never written here as sent: `readings` computes them, from the rows ingested.
+A request's size is bounded by its body's bytes (PATIENT_GRAPH_MAX_BODY_BYTES, the sync worker's batch budget
+too), not by a row count: a larger body is a 413 problem response naming the limit.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from rest_framework.views import APIView
 
 from connections.api.authentication import IsPatientGraphService, PatientGraphKeyAuthentication
 from connections.api.errors import APIError
+from connections.api.jsoncodec import BodyLimitedJSONParser
 from connections.api.serializers import ErrorSerializer
 from connections.models import Connection, Patient, Provider
 from connections.providers.contract import (
@@ -33,7 +36,6 @@ from connections.providers.contract import (
 from connections.providers.junction.client import canonical_utc
 from readings.store import store_batch
 
-MAX_ROWS_PER_REQUEST = 50_000
 MAX_ERRORS_REPORTED = 20
 
 
@@ -242,19 +244,26 @@ def _list(body: dict[str, Any], name: str) -> list[Any]:
 
 
 class IngestView(ServiceAPIView):
+    parser_classes = [BodyLimitedJSONParser]
+
     @extend_schema(
         operation_id="patient_graph_ingest",
         summary="Bulk ingest of readings and glucose readings (idempotent on their natural keys)",
         request=IngestIn,
-        responses={200: IngestOut, **SERVICE_ERRORS},
+        responses={
+            200: IngestOut,
+            **SERVICE_ERRORS,
+            413: OpenApiResponse(
+                ErrorSerializer,
+                description="The body exceeds PATIENT_GRAPH_MAX_BODY_BYTES (details.max_body_bytes).",
+            ),
+        },
         tags=["patient-graph service"],
     )
     def post(self, request: Request) -> Response:
         body = _body(request)
         patient = _patient(body, by_external_id=True)
         raw_readings, raw_glucose = _list(body, "readings"), _list(body, "glucose")
-        if len(raw_readings) + len(raw_glucose) > MAX_ROWS_PER_REQUEST:
-            raise APIError(400, "too_many_rows", f"At most {MAX_ROWS_PER_REQUEST} rows per request.")
         provider = body.get("provider")
         connection_id = None
         if "provider" in body:
