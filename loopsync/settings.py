@@ -163,8 +163,9 @@ Q_CLUSTER = {
     "name": "loopsync",
     "orm": "default",
     "workers": env_int("Q_WORKERS", 2, minimum=1, maximum=64),
-    "timeout": env_int("Q_TIMEOUT", 900, minimum=10),
-    "retry": env_int("Q_TIMEOUT", 900, minimum=10) + 300,
+    "timeout": env_int("Q_TIMEOUT", 900, minimum=1),
+    # When an unacknowledged task (its worker died) is delivered again; must exceed the timeout (E002).
+    "retry": env_int("Q_RETRY", env_int("Q_TIMEOUT", 900, minimum=1) + 300, minimum=2),
     "max_attempts": 3,
     "ack_failures": False,
     "catch_up": False,

@@ -23,7 +23,8 @@ PROVIDER_BACKOFF_BASE = 0.01
 PROVIDER_BACKOFF_CAP = 0.05
 SYNC_RETRY_BASE_SECONDS = 0.01
 # django-q2 runs tasks in-process in tests.
-Q_CLUSTER = {**Q_CLUSTER, "sync": True}
+# (A test that runs a real cluster in a child process sets Q_SYNC=false for it.)
+Q_CLUSTER = {**Q_CLUSTER, "sync": os.environ.get("Q_SYNC", "true") != "false"}
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 # Let pytest's caplog (a root handler) see our structured log records.
