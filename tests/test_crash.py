@@ -4,19 +4,16 @@ session's sandbox, as a worker would."""
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
 import sys
 import time
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 import time_machine
-from django.db import connection as db
 from django.utils import timezone
 
 from connections.config import JunctionSyncConfig
@@ -24,9 +21,9 @@ from connections.engine import close_interrupted_events
 from connections.models import Connection, Patient, SyncEvent, SyncFingerprint, SyncStatus
 from readings.models import DailyStat, GlucoseReading, WearableReading
 from sandbox import SandboxServer
+from tests.child_process import ROOT, child_env
 from tests.conftest import FROZEN_NOW
 
-ROOT = Path(__file__).resolve().parent.parent
 KILLS = 10
 SEED = 20261206
 
@@ -43,25 +40,6 @@ with time_machine.travel(datetime.datetime.fromisoformat("{FROZEN_NOW.isoformat(
 """
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("frozen_time")]
-
-
-def child_env(config: JunctionSyncConfig) -> dict[str, str]:
-    settings = db.settings_dict
-    url = (
-        f"postgres://{settings['USER']}:{settings['PASSWORD'] or ''}@{settings['HOST'] or '127.0.0.1'}:"
-        f"{settings['PORT'] or 5432}/{settings['NAME']}"
-    )
-    return {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "loopsync.settings_test",
-        "DATABASE_URL": url,
-        "JUNCTION_BASE_URL": config.base_url_override,
-        "JUNCTION_API_KEY": config.api_key,
-        "JUNCTION_SYNC_USER_IDS": ",".join(config.user_ids),
-        "JUNCTION_SYNC_LOOKBACK_DAYS": str(config.lookback_days),
-        "LOG_LEVEL": "error",
-        "PYTHONPATH": str(ROOT),
-    }
 
 
 def run_child(env: dict[str, str], kill_after: float | None = None) -> float:

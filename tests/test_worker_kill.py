@@ -9,20 +9,18 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import time_machine
-from django.db import connection as db
 
 from connections.config import JunctionSyncConfig
 from connections.models import JobRun, JobRunStatus, JobRunUnit, Patient, SyncStatus
 from readings.models import WearableReading
 from sandbox import SandboxServer
+from tests.child_process import ROOT, child_env
 from tests.conftest import FROZEN_NOW
 from tests.direct_helpers import JUNCTION_JOB
 
-ROOT = Path(__file__).resolve().parent.parent
 # The child's clock starts at the sandbox's frozen instant, so every delivery asks for the same window.
 CLOCK = f"""
 import time_machine, datetime
@@ -49,30 +47,6 @@ execute_from_command_line(["manage.py", "qcluster"])
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("frozen_time")]
 
 
-def child_env(config: JunctionSyncConfig) -> dict[str, str]:
-    settings = db.settings_dict
-    url = (
-        f"postgres://{settings['USER']}:{settings['PASSWORD'] or ''}@{settings['HOST'] or '127.0.0.1'}:"
-        f"{settings['PORT'] or 5432}/{settings['NAME']}"
-    )
-    return {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "loopsync.settings_test",
-        "DATABASE_URL": url,
-        "JUNCTION_BASE_URL": config.base_url_override,
-        "JUNCTION_API_KEY": config.api_key,
-        "JUNCTION_SYNC_USER_IDS": ",".join(config.user_ids),
-        "JUNCTION_SYNC_LOOKBACK_DAYS": str(config.lookback_days),
-        # A real queue, and a task left by a dead worker delivered again within seconds, not 20 minutes.
-        "Q_SYNC": "false",
-        "Q_WORKERS": "2",
-        "Q_TIMEOUT": "20",
-        "Q_RETRY": "25",
-        "LOG_LEVEL": "error",
-        "PYTHONPATH": str(ROOT),
-    }
-
-
 def real_seconds() -> float:
     return time_machine.escape_hatch.time.monotonic()
 
@@ -87,7 +61,14 @@ def wait_for(condition, timeout: float, what: str) -> None:  # type: ignore[no-u
 def test_a_cluster_killed_mid_fan_out_and_restarted_syncs_each_user_once_and_closes_the_run(
     junction_config: JunctionSyncConfig, clean_sandbox: SandboxServer
 ) -> None:
-    env = child_env(junction_config.replace(lookback_days=2))
+    # A real queue, and a task left by a dead worker delivered again within seconds, not 20 minutes.
+    env = child_env(
+        junction_config.replace(lookback_days=2),
+        Q_SYNC="false",
+        Q_WORKERS="2",
+        Q_TIMEOUT="20",
+        Q_RETRY="25",
+    )
     # Every request takes a moment, so the kill finds syncs in flight.
     clean_sandbox.faults.add({"provider": "junction", "kind": "slow", "delay": 0.2, "count": -1})
     subprocess.run([sys.executable, "-c", SCHEDULE], cwd=ROOT, env=env, check=True, timeout=120)
