@@ -52,7 +52,7 @@ from connections.providers.contract import (
     SyncProvider,
     latest_plausible,
 )
-from connections.providers.registry import open_provider, provider_class, provider_jobs
+from connections.providers.registry import open_provider, provider_jobs
 from connections.tokens import TokenSession
 from loopsync.sentry import capture_sync_failure
 from readings.writers import ReadingsWriter
@@ -345,7 +345,6 @@ def _sync_with(
     summary = UserSyncSummary(user_id=provider.user_label(connection))
     refresher = provider.refresher()
     batch: Batch | None = None
-
     partly_stored = 0
 
     def attempt() -> int:
@@ -553,7 +552,3 @@ def log_job_summary(result: JobResult) -> None:
             )
         },
     )
-
-
-def provider_of(connection: Connection) -> type[SyncProvider]:
-    return provider_class(connection.provider)
