@@ -420,3 +420,39 @@ def test_the_queue_delivers_a_task_that_raised_again_a_bounded_number_of_times(s
     assert settings.Q_CLUSTER["ack_failures"] is False
     assert 1 < settings.Q_CLUSTER["max_attempts"] <= 5
     assert settings.Q_CLUSTER["timeout"] < settings.Q_CLUSTER["retry"]
+
+
+def test_a_dexcom_backfill_whose_later_window_fails_keeps_the_earlier_window_and_its_cursor(
+    direct_config: DirectProvidersConfig, clean_sandbox: SandboxServer, frozen_time: datetime
+) -> None:
+    from readings.models import GlucoseReading
+
+    config = direct_config.replace(cgm_initial_days=45, cgm_max_lookback_days=60)
+    connection = connect(clean_sandbox, config, Provider.DEXCOM, 1)
+    clean_sandbox.requests.clear()
+    # The second 30-day window always fails; the first (the older one) answers.
+    start = frozen_time - timedelta(days=60)
+    newest = max(
+        datetime.fromisoformat(r["systemTime"]).replace(tzinfo=frozen_time.tzinfo)
+        for r in clean_sandbox.dexcom.egvs(1, frozen_time - timedelta(days=1), frozen_time)
+    )
+    first_start = max(newest - timedelta(days=45), start)
+    second_start = first_start + timedelta(days=30)
+    clean_sandbox.faults.add(
+        {
+            "provider": "dexcom",
+            "path_contains": f"startDate={second_start:%Y-%m-%d}",
+            "status": 503,
+            "count": -1,
+        }
+    )
+
+    summary = sync(connection, config)
+
+    assert summary.status == "failed" and summary.records_stored > 29 * 280
+    stored = GlucoseReading.objects.filter(patient=connection.patient)
+    assert stored.count() == summary.records_stored
+    connection.refresh_from_db()
+    newest_stored = max(stored.values_list("measured_at", flat=True))
+    assert connection.last_sync_at == newest_stored <= second_start  # the window bounds are inclusive
+    assert connection.status == ConnectionStatus.ACTIVE and connection.failure_streak == 1

@@ -159,8 +159,9 @@ class Batch:
 
 
 class PartialFetch(Exception):  # noqa: N818 - a control-flow signal carrying data, not an error kind
-    """A fetch that failed part-way: `batch` holds what was fetched completely (no cursor: the window is not
-    covered), `cause` is the failure. The engine stores the batch, then handles the cause like any failure."""
+    """A fetch that failed part-way: `batch` holds what was fetched completely (its cursor set only as far as
+    everything before it is complete, else None), `cause` is the failure. The engine stores the batch, then
+    handles the cause like any failure."""
 
     def __init__(self, batch: Batch, cause: ProviderError | InvalidPayload) -> None:
         super().__init__(str(cause))

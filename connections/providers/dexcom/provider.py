@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 from django.utils import timezone
 
 from connections.config import DirectProvidersConfig
-from connections.providers.contract import CGM_CADENCE, Batch, cursor_start
+from connections.providers.base import ProviderError
+from connections.providers.contract import CGM_CADENCE, Batch, InvalidPayload, PartialFetch, cursor_start
 from connections.providers.dexcom.client import DexcomClient, ParsedGlucose, newest_egv, parse_egvs, windows
 from connections.providers.oauth2 import OAuthClient, OAuthProvider, TokenSet
 
@@ -66,7 +67,21 @@ class DexcomProvider(OAuthProvider):
             start = max(start, now - timedelta(days=config.cgm_max_lookback_days))
         parsed = ParsedGlucose()
         for lower, upper in windows(start, end):
-            body = session.call(lambda token, lower=lower, upper=upper: client.egvs(token, lower, upper))
+            try:
+                body = session.call(lambda token, lower=lower, upper=upper: client.egvs(token, lower, upper))
+            except (ProviderError, InvalidPayload) as exc:
+                if parsed.newest is None:
+                    raise
+                # The windows run oldest first, so what came before is complete up to its newest reading:
+                # stored, with the cursor there; the next run starts at the window that failed.
+                partial = Batch(
+                    glucose=parsed.glucose,
+                    skipped=parsed.skipped,
+                    window_start=start,
+                    window_end=lower,
+                    cursor=parsed.newest if window is None else None,
+                )
+                raise PartialFetch(partial, exc) from exc
             parse_egvs(body, parsed)
         # The cursor is the newest reading received, not the wall clock (the data is late).
         return Batch(
