@@ -207,3 +207,28 @@ def test_render_yaml_checks_builds_static_files_and_probes_readiness() -> None:
     # The system checks run before migrations, so a deploy missing Clerk keys stops there.
     assert web["preDeployCommand"].startswith("python manage.py check --fail-level ERROR &&")
     assert web["healthCheckPath"] == reverse("healthz-ready")
+
+
+# --- In a real browser ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.browser
+def test_admin_and_swagger_ui_are_styled_in_a_browser_with_debug_off(gunicorn_url: str) -> None:
+    """Headless Chromium on the gunicorn above (not pytest-django's live_server, whose own static handler would
+    serve the files whatever the settings): the stylesheets apply and Swagger UI renders the schema."""
+    from tests.test_admin_browser import _require_browser, chromium_page
+
+    _require_browser()
+    with chromium_page() as page:
+        failed: list[str] = []
+        page.on("response", lambda r: failed.append(r.url) if r.status >= 400 else None)
+        page.goto(f"{gunicorn_url}/admin/login/")
+        # The admin's base.css paints the header; unstyled, it is transparent.
+        header = page.eval_on_selector("#header", "e => getComputedStyle(e).backgroundColor")
+        assert header not in ("rgba(0, 0, 0, 0)", "transparent"), header
+        assert page.evaluate("document.styleSheets.length") >= 1
+
+        page.goto(f"{gunicorn_url}/api/docs/")
+        page.wait_for_selector(".swagger-ui .info .title")
+        assert "Loop Sync API" in page.inner_text(".swagger-ui .info .title")
+        assert failed == []
