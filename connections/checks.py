@@ -57,10 +57,13 @@ def rest_api_settings_check(app_configs: Any, **kwargs: Any) -> list[CheckMessag
     if jwks and not jwks.startswith("https://") and not settings.DEBUG and not _is_loopback(jwks):
         messages.append(Error("CLERK_JWKS_URL must be an https:// URL.", id="connections.E103"))
     if not (key or jwks) and not settings.DEBUG:
+        # An error, not a warning: a deploy without it answers 401 to every consumer request, so the deploy's
+        # `manage.py check` (render.yaml's preDeployCommand) must stop it before it takes traffic.
         messages.append(
-            Warning(
-                "Neither CLERK_JWT_KEY nor CLERK_JWKS_URL is set: the consumer API rejects every request.",
-                id="connections.W101",
+            Error(
+                "Neither CLERK_JWT_KEY nor CLERK_JWKS_URL is set: the consumer API would reject every request.",
+                hint="Set CLERK_JWT_KEY (the PEM from the Clerk dashboard) or CLERK_JWKS_URL, and CLERK_ISSUER.",
+                id="connections.E104",
             )
         )
     if (key or jwks) and not settings.CLERK_AUTHORIZED_PARTIES:
@@ -69,6 +72,18 @@ def rest_api_settings_check(app_configs: Any, **kwargs: Any) -> list[CheckMessag
                 "CLERK_AUTHORIZED_PARTIES is empty: every browser session token (it carries azp) is rejected.",
                 hint="List the consumer app's origins, e.g. https://app.example.com",
                 id="connections.W102",
+            )
+        )
+    # A browser app whose origin may call the API (CORS) but whose tokens' azp is refused gets 401 anyway.
+    parties = set(settings.CLERK_AUTHORIZED_PARTIES)
+    refused = [origin for origin in settings.CORS_ALLOWED_ORIGINS if parties and origin not in parties]
+    if refused:
+        messages.append(
+            Warning(
+                f"CORS_ALLOWED_ORIGINS has {', '.join(refused)}, not in CLERK_AUTHORIZED_PARTIES: that app's "
+                "session tokens are refused.",
+                hint="List the consumer app's origins in both.",
+                id="connections.W104",
             )
         )
     if settings.MANUAL_SYNC_PER_HOUR > 8:

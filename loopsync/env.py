@@ -93,3 +93,41 @@ def split_list(raw: str) -> list[str]:
         if item:
             seen.setdefault(item, None)
     return list(seen)
+
+
+def env_origins(name: str, default: str = "") -> list[str]:
+    """A comma-separated list of web origins (`https://app.example.com`, `http://localhost:3000`).
+
+    An origin is a scheme, a host and an optional port, nothing else: a browser sends exactly that in `Origin`,
+    so a trailing slash, a path or a wildcard would silently never match.
+    """
+    origins = env_list(name, default)
+    for origin in origins:
+        if not is_origin(origin):
+            raise ImproperlyConfigured(
+                f"{name} has {origin!r}, which is not an origin: use scheme://host[:port] with http or https "
+                "and nothing after the host, e.g. https://app.example.com"
+            )
+    return origins
+
+
+def is_origin(value: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (raises ValueError on a port that is not a number or out of range)
+    except ValueError:
+        return False
+    host = parts.hostname or ""
+    return (
+        parts.scheme in ("http", "https")
+        and bool(host)
+        and "*" not in host
+        and not parts.username
+        and not parts.password
+        and parts.path == ""
+        and not parts.query
+        and not parts.fragment
+        and value == f"{parts.scheme}://{parts.netloc}"
+    )

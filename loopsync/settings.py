@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import dj_database_url
+from corsheaders.defaults import default_headers
 from django.core.exceptions import ImproperlyConfigured
 
 from connections.config import DirectProvidersConfig, JunctionSyncConfig, field_encryption_keys
 from loopsync import embedded_db
-from loopsync.env import env_bool, env_choice, env_float, env_int, env_list, env_str
+from loopsync.env import env_bool, env_choice, env_float, env_int, env_list, env_origins, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -37,8 +38,13 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    # Before staticfiles, so runserver serves static files through WhiteNoise too (as gunicorn does).
+    "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "rest_framework",
+    "corsheaders",
+    # Readiness checks behind /healthz/ready (loopsync/health.py); its app holds the HTML report's template.
+    "health_check",
     "django_q",
     "connections.apps.ConnectionsConfig",
     "readings",
@@ -51,6 +57,12 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # CORS for /api/ only: above everything that can answer (WhiteNoise, CommonMiddleware, DRF's 401), so a
+    # browser's preflight gets its 200 and headers without authentication.
+    "corsheaders.middleware.CorsMiddleware",
+    # Static files (admin CSS, Swagger UI) from gunicorn itself: DEBUG off serves none otherwise. Above the rest
+    # so a static request skips sessions and CSRF.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -110,7 +122,14 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# Filled by `manage.py collectstatic` at build time (render.yaml); WhiteNoise serves it.
+STATIC_ROOT = Path(env_str("STATIC_ROOT") or BASE_DIR / "staticfiles")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # Hashed names (cached for a year by browsers, safe to change on deploy) and gzip copies made at build
+    # time. It needs collectstatic's manifest: a {% static %} of a file not collected is an error, not a 404.
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
 
 # --- Security defaults for production ---------------------------------------------------------------------
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
@@ -212,6 +231,18 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["connections.api.jsoncodec.ORJSONRenderer"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
 }
+
+# --- CORS: the consumer app's browser calls /api/ from its own origin ------------------------------------
+# Origins (scheme://host[:port]) allowed to call the API from a browser; empty: none (curl and servers are not
+# affected). Bearer tokens, never cookies, so no credentials mode.
+CORS_ALLOWED_ORIGINS = env_origins("CORS_ALLOWED_ORIGINS")
+CORS_URLS_REGEX = r"^/api/.*$"
+# Idempotency-Key is sent by the manual-sync POST; Location and Retry-After are what a browser app must read
+# back (202 and 429).
+CORS_ALLOW_HEADERS = (*default_headers, "idempotency-key")
+CORS_EXPOSE_HEADERS = ["location", "retry-after"]
+# Browsers cache a preflight this long (Chromium caps it at 2 hours).
+CORS_PREFLIGHT_MAX_AGE = 7200
 
 # --- Sentry and ops monitoring (loopsync/sentry.py, connections/jobruns.py) ------------------------------
 # SENTRY_DSN turns on error reporting and Crons check-ins; PHI is scrubbed before anything leaves.
