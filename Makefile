@@ -3,7 +3,13 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# Two stamps: the demo needs only the runtime dependencies (requirements.txt); tests, lint and benchmarks also
+# need the development ones (requirements-dev.txt: pytest, schemathesis, playwright...). Each is redone when its
+# requirements file changes, so `make demo` never pulls in Playwright and `make test` always has what it needs.
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+DEV_STAMP := $(VENV)/.installed-dev
+# pip prints what it collects and installs (no --quiet): the first run takes a while and should say why.
+PIP_INSTALL := $(PY) -m pip install --disable-pip-version-check --progress-bar off
 # PostgreSQL used by the test suite; when it is not reachable, `make test` runs on the embedded server
 # (loopsync/embedded_db.py) instead, saying so. CI sets REQUIRE_POSTGRES to fail rather than fall back.
 TEST_PG_URL ?= postgres://postgres@127.0.0.1:5432/loopsync
@@ -11,13 +17,23 @@ DEMO_ENV := DEBUG=true LOG_LEVEL=warning
 
 .PHONY: demo test test-postgres test-embedded db-stop lint format bench bench-cgm sandbox migrate clean
 
-$(STAMP): requirements.txt requirements-dev.txt
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
-	@touch $(STAMP)
+$(PY):
+	@echo "== creating $(VENV) with $(PYTHON) =="
+	$(PYTHON) -m venv $(VENV)
+	@# The pip bundled with the venv can be too old for current wheels; upgraded once, at creation.
+	$(PIP_INSTALL) --quiet --upgrade pip
 
-migrate: $(STAMP)
+$(RUNTIME_STAMP): requirements.txt | $(PY)
+	@echo "== installing runtime dependencies (requirements.txt) into $(VENV) =="
+	$(PIP_INSTALL) -r requirements.txt
+	@touch $@
+
+$(DEV_STAMP): requirements-dev.txt $(RUNTIME_STAMP)
+	@echo "== installing development dependencies (requirements-dev.txt: test runner, lint, browser driver) =="
+	$(PIP_INSTALL) -r requirements-dev.txt
+	@touch $@
+
+migrate: $(RUNTIME_STAMP)
 	$(DEMO_ENV) $(PY) manage.py migrate --noinput -v 0
 	$(DEMO_ENV) $(PY) manage.py sync_schedules
 
@@ -30,7 +46,7 @@ demo: migrate
 	$(DEMO_ENV) $(PY) manage.py run_job sync-cgm-readings --sandbox --sandbox-users 5
 
 ## test: the suite on TEST_PG_URL's PostgreSQL when reachable, else on the embedded server
-test: $(STAMP)
+test: $(DEV_STAMP)
 	@if $(PY) scripts/pg_available.py "$(TEST_PG_URL)"; then \
 		$(MAKE) --no-print-directory test-postgres; \
 	else \
@@ -39,35 +55,36 @@ test: $(STAMP)
 		$(MAKE) --no-print-directory test-embedded; \
 	fi
 
-test-postgres: $(STAMP)
+# PYTHONHASHSEED: the schemathesis test generates the same cases on every run (tests/test_api_schema.py).
+test-postgres: $(DEV_STAMP)
 	@echo "== tests on PostgreSQL at $(TEST_PG_URL) =="
-	DATABASE_URL=$(TEST_PG_URL) $(PY) -m pytest -q $(PYTEST_ARGS)
+	DATABASE_URL=$(TEST_PG_URL) PYTHONHASHSEED=0 $(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-embedded: $(STAMP)
+test-embedded: $(DEV_STAMP)
 	@url=$$($(PY) -m loopsync.embedded_db url) && echo "== tests on the embedded PostgreSQL at $$url ==" && \
-		DATABASE_URL=$$url $(PY) -m pytest -q $(PYTEST_ARGS)
+		DATABASE_URL=$$url PYTHONHASHSEED=0 $(PY) -m pytest -q $(PYTEST_ARGS)
 
 ## db-stop: stop the embedded PostgreSQL (its data stays in .pgdata/)
 db-stop:
 	@if [ -x $(PY) ]; then $(PY) -m loopsync.embedded_db stop; fi
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-format: $(STAMP)
+format: $(DEV_STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
 ## bench: sync throughput on PostgreSQL (see bench/README in the README's Performance section)
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	DATABASE_URL=$(TEST_PG_URL)_bench $(PY) bench/sync_throughput.py --users 100 --days 7
 
 ## bench-cgm: one sync-cgm-readings run over 2,000 sandbox CGM connections on PostgreSQL (budget 90 s)
-bench-cgm: $(STAMP)
+bench-cgm: $(DEV_STAMP)
 	DATABASE_URL=$(TEST_PG_URL)_bench_cgm $(PY) bench/cgm_sync.py --connections 2000 --concurrency 16
 
-sandbox: $(STAMP)
+sandbox: $(RUNTIME_STAMP)
 	$(DEMO_ENV) $(PY) manage.py sandbox --port 8765
 
 clean: db-stop
@@ -75,5 +92,5 @@ clean: db-stop
 
 .PHONY: bench-aggregate
 ## bench-aggregate: daily statistics and retention on PostgreSQL (5M readings, 500 patients; about 2 minutes)
-bench-aggregate: $(STAMP)
+bench-aggregate: $(DEV_STAMP)
 	DATABASE_URL=$(TEST_PG_URL)_bench $(PY) bench/aggregate.py --patients 500 --days 60

@@ -3,6 +3,10 @@
 Serves `GET /clerk/.well-known/jwks.json` exactly as Clerk does (`{"keys": [{"kty": "RSA", "kid", "use": "sig",
 "alg": "RS256", "n", "e"}]}`). `mint()` signs a session token with Clerk's claims (`iss`, `sub`, `sid`, `azp`,
 `iat`, `nbf`, `exp`; one-minute lifetime by default) for tests, the benchmark and local demos.
+
+Tests get a fresh key per instance (nothing outside the run can sign for it); `dev_key=True` (the command-line
+sandbox) starts from the published development key of `sandbox.dev_issuer` instead, so every start serves
+the same kid and a token minted by `manage.py mint_token` stays valid across restarts.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from sandbox import dev_issuer
 from sandbox.base import Request, Response, json_response
 
 SESSION_TOKEN_TTL_SECONDS = 60
@@ -27,11 +32,14 @@ class ClerkSandbox:
     name = "clerk"
     prefix = "/clerk"
 
-    def __init__(self) -> None:
+    def __init__(self, *, dev_key: bool = False) -> None:
         self._lock = threading.Lock()
         self._keys: list[tuple[str, rsa.RSAPrivateKey]] = []
         self.issuer = ""  # set by the server once its port is known
-        self.rotate()
+        if dev_key:
+            self._keys.append((dev_issuer.DEV_KID, dev_issuer.private_key()))
+        else:
+            self.rotate()
 
     # ------------------------------------------------------------------------------------ keys, tokens
 

@@ -45,6 +45,7 @@ def run(options: dict[str, Any], out: TextIO = sys.stdout) -> None:
         page_size=options["page_size"],
         data_start=options["data_start"],
         verbose=options["verbose"],
+        dev_clerk_key=True,
     )
 
     def _terminate(signum: int, frame: Any) -> None:
@@ -55,6 +56,10 @@ def run(options: dict[str, Any], out: TextIO = sys.stdout) -> None:
         today = datetime.now(UTC).date()
         server.junction.warm(today - timedelta(days=options["warm_days"]), today + timedelta(days=1))
     out.write(f"Sandbox listening on {server.base_url}\n")
+    out.write(
+        f"Clerk (development key {server.clerk.kid}): issuer {server.clerk_url}, "
+        f"JWKS {server.clerk_url}/.well-known/jwks.json\n"
+    )
     out.flush()
     server.serve_forever_in_foreground()
 

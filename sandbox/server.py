@@ -205,6 +205,7 @@ class SandboxServer(ThreadingHTTPServer):
         *,
         data_start: date = junction_data.DEFAULT_DATA_START,
         verbose: bool = False,
+        dev_clerk_key: bool = False,
     ) -> None:
         self.verbose = verbose
         self.api_key = api_key
@@ -221,8 +222,9 @@ class SandboxServer(ThreadingHTTPServer):
         self.libre = LibreSandbox(users=users, seed=seed)
         for direct in (self.whoop, self.dexcom, self.libre):
             self.register(direct)
-        # Clerk's JWKS, so the consumer API's token verification runs over real HTTP too.
-        self.clerk = ClerkSandbox()
+        # Clerk's JWKS, so the consumer API's token verification runs over real HTTP too. The command-line
+        # sandbox signs with the published development key (a stable issuer for local work); tests do not.
+        self.clerk = ClerkSandbox(dev_key=dev_clerk_key)
         self.register(self.clerk)
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()

@@ -4,6 +4,9 @@ Clerk tokens are verified with pyjwt, RS256 only, against a PEM (`CLERK_JWT_KEY`
 instance's JWKS (`CLERK_JWKS_URL`). Every failure is the same bare 401: which check failed is logged (never the
 token) but not told to the caller. Every request verifies its token and reads its patient: nothing about a
 session is remembered, so a patient deleted or unlinked by any process is refused on its next request.
+
+The sandbox's development key (`sandbox/dev_clerk/`, published so `manage.py mint_token` works) is refused
+unless DEBUG or SANDBOX_ENABLED is on, even when a deploy configures it by mistake.
 """
 
 from __future__ import annotations
@@ -97,6 +100,8 @@ class ClerkVerifier:
     require_sid: bool = True
     pem_key: Any = None
     jwks: JWKSCache | None = None
+    # Only local work (DEBUG or SANDBOX_ENABLED) may trust the published development key.
+    allow_dev_key: bool = False
     required_claims: list[str] = field(default_factory=lambda: ["exp", "iat", "iss", "sub"])
 
     @classmethod
@@ -113,6 +118,12 @@ class ClerkVerifier:
                 # The system check (connections.E101) names the setting; here every token is refused.
                 logger.error("CLERK_JWT_KEY is not a PEM public key; rejecting every token")
                 return None
+        allow_dev_key = _dev_key_allowed()
+        if pem is not None and not allow_dev_key and _is_dev_key(pem):
+            logger.error(
+                "CLERK_JWT_KEY is the sandbox's development key, refused without DEBUG; rejecting every token"
+            )
+            return None
         return cls(
             issuer=settings.CLERK_ISSUER,
             authorized_parties=frozenset(settings.CLERK_AUTHORIZED_PARTIES),
@@ -120,6 +131,7 @@ class ClerkVerifier:
             require_sid=settings.CLERK_REQUIRE_SID,
             pem_key=pem,
             jwks=None if pem is not None else JWKSCache(settings.CLERK_JWKS_URL),
+            allow_dev_key=allow_dev_key,
         )
 
     def verify(self, token: str) -> dict[str, Any]:
@@ -133,7 +145,12 @@ class ClerkVerifier:
         # Checked before any key lookup: `none` and HS256-with-the-public-key never reach decode.
         if header.get("alg") != ALGORITHM:
             raise InvalidToken("algorithm not allowed")
-        key = self.pem_key if self.pem_key is not None else self.jwks.key_for(header.get("kid"))  # type: ignore[union-attr]
+        if self.pem_key is not None:
+            key = self.pem_key  # the development key was refused when the verifier was built
+        else:
+            key = self.jwks.key_for(header.get("kid"))  # type: ignore[union-attr]
+            if not self.allow_dev_key and _is_dev_key(key):
+                raise InvalidToken("development key outside development")
         required = [*self.required_claims, *(["sid"] if self.require_sid else [])]
         try:
             claims = jwt.decode(
@@ -163,6 +180,17 @@ class ClerkVerifier:
         return claims
 
 
+def _dev_key_allowed() -> bool:
+    return bool(settings.DEBUG or getattr(settings, "SANDBOX_ENABLED", False))
+
+
+def _is_dev_key(key: Any) -> bool:
+    # Imported here: production needs the sandbox package only for this comparison, and only once built.
+    from sandbox import dev_issuer
+
+    return dev_issuer.is_dev_key(key)
+
+
 _verifier_lock = threading.Lock()
 _verifier: tuple[tuple[Any, ...], ClerkVerifier | None] | None = None
 
@@ -177,6 +205,7 @@ def clerk_verifier() -> ClerkVerifier | None:
         tuple(settings.CLERK_AUTHORIZED_PARTIES),
         settings.CLERK_LEEWAY_SECONDS,
         settings.CLERK_REQUIRE_SID,
+        _dev_key_allowed(),
     )
     current = _verifier
     if current is not None and current[0] == fingerprint:
