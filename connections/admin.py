@@ -28,13 +28,14 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.decorators import method_decorator
+from django.utils.formats import date_format
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
 from connections import actions
 from connections.charts import Bucket, time_series_svg
-from connections.health import Health, health_of, health_q, with_health
+from connections.health import Health, data_behind, health_of, health_q, with_health
 from connections.jobhealth import job_health
 from connections.models import Connection, JobHealth, JobRun, Patient, SyncEvent
 from loopsync.sentry import scrub_text
@@ -164,8 +165,8 @@ class ConnectionAdmin(RefusesNulMixin, admin.ModelAdmin):
         "health_column",
         "failure_streak",
         "last_error_column",
-        "last_sync_at",
-        "latest_reading_at",
+        "last_success_at",
+        "newest_reading",
     )
     list_display_links = ("id",)
     list_filter = (HealthFilter, "provider", "status")
@@ -181,8 +182,9 @@ class ConnectionAdmin(RefusesNulMixin, admin.ModelAdmin):
         "provider",
         "status",
         "status_reason",
-        "last_sync_at",
+        "last_success_at",
         "last_attempt_at",
+        "last_sync_at",
         "latest_reading_at",
         "failure_streak",
         "last_error_scrubbed",
@@ -233,6 +235,18 @@ class ConnectionAdmin(RefusesNulMixin, admin.ModelAdmin):
     @admin.display(description="health", ordering="health")
     def health_column(self, obj: Connection) -> str:
         return health_badge(obj.health)  # type: ignore[attr-defined]
+
+    @admin.display(description="newest reading", ordering="latest_reading_at")
+    def newest_reading(self, obj: Connection) -> str:
+        """The newest reading's time; "behind" when it is older than the provider's usual delay allows."""
+        shown = (
+            date_format(timezone.localtime(obj.latest_reading_at), "DATETIME_FORMAT")
+            if obj.latest_reading_at
+            else "-"
+        )
+        if data_behind(obj, timezone.now()):
+            return format_html('{} <span class="ls-health ls-health-stale">behind</span>', shown)
+        return shown
 
     @admin.display(description="last error")
     def last_error_column(self, obj: Connection) -> str:
@@ -390,7 +404,15 @@ class ConnectionAdmin(RefusesNulMixin, admin.ModelAdmin):
 
 class ConnectionInline(admin.TabularInline):
     model = Connection
-    fields = ("link", "provider", "status", "health", "failure_streak", "last_sync_at", "latest_reading_at")
+    fields = (
+        "link",
+        "provider",
+        "status",
+        "health",
+        "failure_streak",
+        "last_success_at",
+        "latest_reading_at",
+    )
     readonly_fields = fields
     extra = 0
     can_delete = False

@@ -194,9 +194,11 @@ def store_batch_and_cursor(
         if complete:
             locked.failure_streak = 0
             locked.last_error = ""
+            locked.last_success_at = now
         locked.save(
             update_fields=[
                 "last_sync_at",
+                "last_success_at",
                 "latest_reading_at",
                 "last_attempt_at",
                 "failure_streak",

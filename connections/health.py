@@ -4,11 +4,15 @@ The rules (README "Ops admin" has the table):
 1. inactive: the connection's status is not active (ops deactivated it, or the patient revoked access).
 2. failing: its last `failing_streak` sync runs in a row failed. A daily run already retried the user
    3 times, so one failed run is failing; a CGM run every 30 minutes gets one run's slack for blips.
-3. stale: no successful sync for longer than the provider's cadence plus a grace period (each provider
-   declares its cadence: CGM providers sync every 30 minutes, stale after 60; daily providers every
-   24 hours, stale after 30, a missed 03:00 run with 6 hours for a long run to finish). A connection that
-   has never synced counts from its creation, so a new one gets the same grace.
+3. stale: no successful sync (`last_success_at`) for longer than the provider's cadence plus a grace period
+   (each provider declares its cadence: CGM providers sync every 30 minutes, stale after 60; daily providers
+   every 24 hours, stale after 30, a missed 03:00 run with 6 hours for a long run to finish). A connection
+   that has never synced counts from its creation, so a new one gets the same grace.
 4. ok: everything else.
+
+How old the newest data is, is a separate question (`data_behind`): each provider declares how late its data
+arrives by design (Dexcom 1-3 hours), and only data older than that plus the cadence's staleness is behind. A
+sync that works on late data is ok; the newest reading's age is shown beside it, not folded into it.
 
 `health_q(state, now)` gives mutually exclusive filters and `health_expression(now)` the CASE built from
 them, so the list column, the filter and `health_of()` (one object in Python) cannot disagree; a test
@@ -75,7 +79,7 @@ def health_q(state: str, now: datetime) -> Q:
 def with_health(queryset: models.QuerySet[Connection], now: datetime) -> models.QuerySet[Connection]:
     """Annotate `health` (and the `health_since` it needs) in SQL; filter with `health_q` on the result."""
     return queryset.annotate(
-        health_since=Coalesce("last_sync_at", "created_at"),
+        health_since=Coalesce("last_success_at", "created_at"),
         health=Case(
             *(When(health_q(state, now), then=Value(str(state))) for state in Health),
             default=Value(str(Health.OK)),
@@ -91,10 +95,21 @@ def health_of(connection: Connection, now: datetime) -> Health:
     cadence = cadence_for(connection.provider)
     if connection.failure_streak >= cadence.failing_streak:
         return Health.FAILING
-    since = connection.last_sync_at or connection.created_at
+    since = connection.last_success_at or connection.created_at
     if not isinstance(since, datetime):
         # created_at is a database default: an instance not yet re-read was created just now.
         since = now
     if since < now - cadence.stale_after:
         return Health.STALE
     return Health.OK
+
+
+def data_behind(connection: Connection, now: datetime) -> bool:
+    """The newest reading is older than the provider's usual data delay plus its cadence's staleness (or there is
+    none since a success): the sync may work while the device has stopped sending."""
+    registered = PROVIDERS.get(connection.provider)
+    if registered is None or connection.last_success_at is None:
+        return False
+    allowed = registered.data_delay + registered.cadence.stale_after
+    newest = connection.latest_reading_at
+    return newest is None or newest < now - allowed

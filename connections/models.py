@@ -68,6 +68,9 @@ class Connection(models.Model):
     # The end of the window covered by the last successful sync; moved only in the transaction that stored
     # that window's data.
     last_sync_at = models.DateTimeField(null=True, blank=True)
+    # When a sync last succeeded. Not the cursor: a CGM's cursor is its newest reading, which arrives hours late
+    # by design, so "the sync works" and "how old the data is" are told apart (connections/health.py).
+    last_success_at = models.DateTimeField("last successful sync", null=True, blank=True)
     last_attempt_at = models.DateTimeField(null=True, blank=True)
     failure_streak = models.PositiveIntegerField(default=0)
     # Scrubbed: an error class and status code, never a token, a reading or a response body.

@@ -41,6 +41,7 @@ def make_connection(
     provider: str = Provider.JUNCTION,
     status: str = ConnectionStatus.ACTIVE,
     last_sync_at: datetime | None = None,
+    last_success_at: datetime | None = None,
     failure_streak: int = 0,
     last_error: str = "",
     junction_user_id: str | None = None,
@@ -52,6 +53,8 @@ def make_connection(
         provider=provider,
         status=status,
         last_sync_at=last_sync_at,
+        # A fixture's cursor time is its last successful sync, unless the test says otherwise.
+        last_success_at=last_success_at or last_sync_at,
         failure_streak=failure_streak,
         last_error=last_error,
     )

@@ -92,3 +92,72 @@ def test_health_filters_partition_the_connections(frozen_time: datetime) -> None
     for state, ids in by_filter.items():
         assert ids == {c.pk for c in annotated if c.health == state}
         assert len(ids) == sum(1 for case in CASES if case[4] == state)
+
+
+# --- Sync health and data age are separate (issue 17, item 1) ---------------------------------------------
+
+
+def test_a_dexcom_connection_that_just_synced_late_data_is_ok_and_its_data_on_time(
+    direct_config,
+    clean_sandbox,
+    frozen_time: datetime,  # type: ignore[no-untyped-def]
+) -> None:
+    import time_machine
+
+    from connections.health import data_behind
+    from tests.direct_helpers import connect, sync
+
+    connection = connect(clean_sandbox, direct_config, Provider.DEXCOM, 1)
+    assert sync(connection, direct_config).status == "success"
+    connection.refresh_from_db()
+    # Dexcom withholds an hour or more: the cursor (the newest reading) is old the moment the sync ends.
+    assert connection.last_sync_at < frozen_time - timedelta(minutes=59)
+
+    for later in (frozen_time, frozen_time + timedelta(minutes=50)):
+        with time_machine.travel(later, tick=False):
+            assert health_of(connection, later) == Health.OK == sql_health(connection, later)
+            assert not data_behind(connection, later)
+
+
+def test_old_data_behind_a_working_sync_is_flagged_but_the_sync_stays_ok(frozen_time: datetime) -> None:
+    from connections.health import data_behind
+
+    connection = make_connection(
+        1, provider=Provider.DEXCOM, last_sync_at=frozen_time - timedelta(minutes=10)
+    )
+    Connection.objects.filter(pk=connection.pk).update(latest_reading_at=frozen_time - timedelta(hours=5))
+    connection.refresh_from_db()
+
+    assert health_of(connection, frozen_time) == Health.OK == sql_health(connection, frozen_time)
+    assert data_behind(connection, frozen_time)
+    Connection.objects.filter(pk=connection.pk).update(latest_reading_at=frozen_time - timedelta(hours=3))
+    connection.refresh_from_db()
+    assert not data_behind(connection, frozen_time)  # within Dexcom's delay plus a missed run
+
+
+@pytest.mark.parametrize(("provider", "status", "minutes", "streak", "expected"), CASES)
+def test_the_api_says_healthy_exactly_when_the_admin_says_ok(
+    provider: str,
+    status: str,
+    minutes: int | None,
+    streak: int,
+    expected: Health,
+    frozen_time: datetime,
+    clerk,  # type: ignore[no-untyped-def]
+) -> None:
+    from connections.models import Patient
+    from tests.api_helpers import client_for
+
+    connection = make_connection(
+        1,
+        provider=provider,
+        status=status,
+        last_sync_at=None if minutes is None else frozen_time - timedelta(minutes=minutes),
+        failure_streak=streak,
+    )
+    Patient.objects.filter(pk=connection.patient_id).update(clerk_user_id="user_health")
+
+    response = client_for(clerk.mint("user_health")).get("/api/patient-graph/wearables/connections")
+
+    (item,) = response.json()["results"]
+    assert item["healthy"] is (expected == Health.OK)

@@ -121,11 +121,13 @@ def test_a_registered_provider_is_judged_by_its_own_cadence(
 ) -> None:
     assert cadence_for("ring") == HOURLY
     Connection.objects.filter(pk=ring_connection.pk).update(
-        last_sync_at=frozen_time - timedelta(minutes=79), failure_streak=2
+        last_success_at=frozen_time - timedelta(minutes=79), failure_streak=2
     )
     ring_connection.refresh_from_db()
     assert health_of(ring_connection, frozen_time) == Health.OK  # a daily provider's streak of 2 would fail
-    Connection.objects.filter(pk=ring_connection.pk).update(last_sync_at=frozen_time - timedelta(minutes=81))
+    Connection.objects.filter(pk=ring_connection.pk).update(
+        last_success_at=frozen_time - timedelta(minutes=81)
+    )
     ring_connection.refresh_from_db()
     assert health_of(ring_connection, frozen_time) == Health.STALE
 

@@ -128,7 +128,7 @@ def test_a_job_run_sweeps_interrupted_events_of_every_connection_and_health_show
     from connections.health import Health, health_of
 
     whoop = connect(clean_sandbox, direct_config, Provider.WHOOP, 4)
-    Connection.objects.filter(pk=whoop.pk).update(last_sync_at=frozen_time - timedelta(hours=1))
+    Connection.objects.filter(pk=whoop.pk).update(last_success_at=frozen_time - timedelta(hours=1))
     orphan = _left_running(whoop, frozen_time - timedelta(hours=3))
 
     run_direct_job(CGM_JOB, direct_config)  # another job: the sweep is not limited to its own connections

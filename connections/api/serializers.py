@@ -68,7 +68,10 @@ class ConnectionSerializer(serializers.Serializer):
     )
     last_sync_at = serializers.DateTimeField(allow_null=True)
     last_attempt_at = serializers.DateTimeField(allow_null=True)
-    healthy = serializers.BooleanField(help_text="False after a failed sync, until the next success.")
+    healthy = serializers.BooleanField(
+        help_text="The admin's health is ok: active, not failing, and synced successfully within the provider's "
+        "cadence (late data by design, such as Dexcom's, does not count against it)."
+    )
     data_freshness = DataFreshnessSerializer()
 
 

@@ -38,6 +38,7 @@ from connections.api.serializers import (
     PingSerializer,
     SyncRequestSerializer,
 )
+from connections.health import Health, health_of
 from connections.models import Connection, Provider, SyncRequest
 
 # Printable ASCII without spaces: what Stripe-style clients send (UUIDs, ULIDs, hashes).
@@ -208,7 +209,8 @@ class ConnectionListView(PatientAPIView):
                     "sources": list(sources) if sources is not None else None,
                     "last_sync_at": last,
                     "last_attempt_at": connection.last_attempt_at,
-                    "healthy": connection.failure_streak == 0,
+                    # The admin's health, the same rules: ok means syncing on time without failing.
+                    "healthy": health_of(connection, now) == Health.OK,
                     "data_freshness": {
                         "latest_data_day": latest_day,
                         "hours_since_last_sync": round((now - last).total_seconds() / 3600, 2)

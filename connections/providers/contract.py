@@ -184,6 +184,9 @@ class SyncProvider:
     cron: ClassVar[str]
     cadence: ClassVar[Cadence]
     job_description: ClassVar[str] = ""
+    # How late the newest data arrives by design (a CGM's upload delay, a score computed in the morning): data
+    # younger than this plus the cadence's staleness is on time (connections.health.data_behind).
+    data_delay: ClassVar[timedelta] = timedelta(0)
     # Wearable metrics it stores, and whether it stores glucose.
     metrics: ClassVar[tuple[str, ...]] = ()
     glucose: ClassVar[bool] = False

@@ -25,6 +25,8 @@ class DexcomProvider(OAuthProvider):
     client_class = DexcomClient
     job = "sync-cgm-readings"
     cron = "*/30 * * * *"
+    # Dexcom withholds readings 1-3 hours in the US (3 hours for the EU and sandbox apps).
+    data_delay = timedelta(hours=3)
     cadence = CGM_CADENCE
     job_description = (
         "Dexcom and FreeStyle Libre: glucose since the newest stored reading; one task per connection."

@@ -172,6 +172,8 @@ class JunctionProvider(SyncProvider):
     connect = ConnectMethod.AGGREGATOR
     job = "wearable-sync-daily"
     cron = "0 3 * * *"
+    # A day's summaries are pulled once a day, and devices upload when they next sync with their phone.
+    data_delay = timedelta(hours=24)
     cadence = DAILY_CADENCE
     job_description = (
         "Junction users: last JUNCTION_SYNC_LOOKBACK_DAYS days of wearable data, one task per user."

@@ -27,6 +27,8 @@ class LibreProvider(SyncProvider):
     connect = ConnectMethod.LOGIN
     job = "sync-cgm-readings"
     cron = "*/30 * * * *"
+    # LibreLinkUp's graph lags the sensor by a few minutes.
+    data_delay = timedelta(minutes=15)
     cadence = CGM_CADENCE
     job_description = (
         "Dexcom and FreeStyle Libre: glucose since the newest stored reading; one task per connection."

@@ -25,6 +25,8 @@ class WhoopProvider(OAuthProvider):
     job = "sync-whoop-data"
     # After the night's sleep and recovery are usually scored in the Americas and Europe.
     cron = "0 6 * * *"
+    # A night's sleep and recovery are scored after waking; a cycle is open all day.
+    data_delay = timedelta(hours=24)
     cadence = DAILY_CADENCE
     job_description = (
         "WHOOP: recovery, strain (cycles), sleep and workouts since the cursor; one task per connection."
