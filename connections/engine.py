@@ -265,33 +265,12 @@ def sync_connection(
     as unchanged; `provider` is an open instance to reuse (a job run), else one is opened for this call.
     ConnectionInactive when the connection is not active.
     """
-    return _sync(
-        connection,
-        trigger=trigger,
-        actor=actor,
-        window=window,
-        force=force,
-        provider=provider,
-        sleep=sleep,
-    )[0]
-
-
-def _sync(
-    connection: Connection,
-    *,
-    trigger: str,
-    actor: str,
-    window: tuple[datetime, datetime] | None,
-    force: bool,
-    provider: SyncProvider | None,
-    sleep: Callable[[float], None],
-) -> tuple[SyncEvent, UserSyncSummary]:
     if connection.status != ConnectionStatus.ACTIVE:
         raise ConnectionInactive(f"connection {connection.pk} is inactive")
     with ExitStack() as stack:
         if provider is None:
             provider = stack.enter_context(open_provider(connection.provider))
-        return _sync_with(connection, provider, trigger, actor, window, force, sleep)
+        return _sync_with(connection, provider, trigger, actor, window, force, sleep)[0]
 
 
 def close_interrupted_events(now: datetime | None = None, *, connection_id: int | None = None) -> int:

@@ -3,6 +3,7 @@ record errors), and when a reading can have happened."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -77,6 +78,17 @@ def plausible_instant(
     if utc > (now or timezone.now()) + ahead:
         raise InvalidRecord(f"{field_name} is in the future")
     return utc
+
+
+def number_in_range(raw: object, field_name: str, low: float, high: float) -> float:
+    """A measurement's value as a float, if it is a finite number within the plausible [low, high]."""
+    # bool is an int subclass; True is not a heart rate.
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise InvalidRecord(f"{field_name} is not a number")
+    value = float(raw)
+    if not math.isfinite(value) or not low <= value <= high:
+        raise InvalidRecord(f"{field_name} is outside the plausible range")
+    return value
 
 
 def cursor_start(stored: datetime, overlap: timedelta, now: datetime) -> datetime:
@@ -284,10 +296,6 @@ class SyncProvider:
     def connect_sandbox_user(self, sandbox: SandboxServer, index: int, patient: Patient | None) -> Connection:
         """Connect sandbox user `index` through the provider's real connect flow."""
         raise NotImplementedError
-
-    def sandbox_users(self, sandbox: SandboxServer, count: int) -> list[int]:
-        """Which sandbox users the demo connects (1-based indexes)."""
-        return list(range(1, count + 1))
 
     def sandbox_external_id(self, sandbox: SandboxServer, index: int) -> str:
         """The provider's id of sandbox user `index` (finds an earlier connection of the same account)."""

@@ -8,7 +8,6 @@ by `next_cursor` until it is null, timestamps rendered in UTC with `+00:00`.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -29,6 +28,7 @@ from connections.providers.contract import (
     InvalidPayload,
     InvalidRecord,
     WearableRow,
+    number_in_range,
     plausible_day,
     plausible_instant,
 )
@@ -142,16 +142,6 @@ def canonical_utc(raw: object, field_name: str = "timestamp", *, ahead: timedelt
     return utc.isoformat(sep=" ")
 
 
-def _number(raw: object, field_name: str, low: float, high: float) -> float:
-    # bool is an int subclass; True is not a heart rate.
-    if isinstance(raw, bool) or not isinstance(raw, int | float):
-        raise InvalidRecord(f"{field_name} is not a number")
-    value = float(raw)
-    if not math.isfinite(value) or not low <= value <= high:
-        raise InvalidRecord(f"{field_name} is outside the plausible range")
-    return value
-
-
 def _dig(record: dict[str, Any], path: str) -> Any:
     node: Any = record
     for part in path.split("."):
@@ -192,7 +182,7 @@ def parse_timeseries(spec: SeriesSpec, payload: Any) -> ParsedPayload:
                     # Some providers report SpO2 as a fraction; the API's unit is percent.
                     if spec.resource == "blood_oxygen" and isinstance(value, float) and 0 < value <= 1:
                         value *= 100
-                    number = _number(value, "value", low, high)
+                    number = number_in_range(value, "value", low, high)
                     if spec.interval:
                         start = canonical_utc(sample.get("start") or sample.get("timestamp"), "start")
                         end = canonical_utc(sample["end"], "end") if sample.get("end") else None
@@ -219,10 +209,10 @@ def parse_glucose(payload: Any) -> ParsedPayload:
                     unit = str(sample.get("unit") or "mmol/L")
                     raw_value = sample.get("value")
                     if unit.lower().replace(" ", "") in ("mg/dl", "mgdl"):
-                        mg_dl = _number(raw_value, "value", GLUCOSE_LOW_MGDL, GLUCOSE_HIGH_MGDL)
+                        mg_dl = number_in_range(raw_value, "value", GLUCOSE_LOW_MGDL, GLUCOSE_HIGH_MGDL)
                         original = mg_dl
                     else:
-                        original = _number(
+                        original = number_in_range(
                             raw_value,
                             "value",
                             GLUCOSE_LOW_MGDL / MGDL_PER_MMOLL,
@@ -304,7 +294,9 @@ def _summary_rows(kind: str, record: Any, tz: ZoneInfo) -> list[WearableRow]:
             and raw <= 1
         ):
             raw = raw * 100  # documented as a fraction (0.97); stored as percent
-        rows.append((metric, source, source_type, measured_at, None, _number(raw, path, low, high), unit))
+        rows.append(
+            (metric, source, source_type, measured_at, None, number_in_range(raw, path, low, high), unit)
+        )
     if kind == "workouts":
         seconds = (datetime.fromisoformat(end) - datetime.fromisoformat(measured_at)).total_seconds()
         if seconds < 0:

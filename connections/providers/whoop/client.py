@@ -8,7 +8,6 @@ X-RateLimit-* headers, which the HTTP layer honours on 429.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -16,7 +15,7 @@ from typing import Any
 
 from connections.config import DirectProvidersConfig
 from connections.providers.common import as_dict, bearer, canonical, reading_instant, warn_invalid
-from connections.providers.contract import InvalidPayload, InvalidRecord, WearableRow
+from connections.providers.contract import InvalidPayload, InvalidRecord, WearableRow, number_in_range
 from connections.providers.oauth2 import OAuthClient
 
 PROVIDER = "whoop"
@@ -126,18 +125,9 @@ class WhoopParsed:
             self.unsettled_since = moment
 
 
-def _num(raw: object, name: str, low: float, high: float) -> float:
-    if isinstance(raw, bool) or not isinstance(raw, int | float):
-        raise InvalidRecord(f"{name} is not a number")
-    value = float(raw)
-    if not math.isfinite(value) or not low <= value <= high:
-        raise InvalidRecord(f"{name} is outside the plausible range")
-    return value
-
-
 def _opt(score: dict[str, Any], key: str, low: float, high: float) -> float | None:
     raw = score.get(key)
-    return None if raw is None else _num(raw, key, low, high)
+    return None if raw is None else number_in_range(raw, key, low, high)
 
 
 def _state(record: dict[str, Any]) -> str:
@@ -179,7 +169,13 @@ def _rows(collection: str, record: dict[str, Any], out: WhoopParsed) -> list[Wea
             out.unsettled(created - timedelta(hours=24))
         if score is not None:
             at = canonical(created)
-            add("recovery_score", at, None, _num(score.get("recovery_score"), "recovery_score", 0, 100), "%")
+            add(
+                "recovery_score",
+                at,
+                None,
+                number_in_range(score.get("recovery_score"), "recovery_score", 0, 100),
+                "%",
+            )
             add("resting_heart_rate", at, None, _opt(score, "resting_heart_rate", 20, 250), "bpm")
             add("sleep_hrv_rmssd", at, None, _opt(score, "hrv_rmssd_milli", 1, 300), "ms")
             add("blood_oxygen", at, None, _opt(score, "spo2_percentage", 50, 100), "%")
@@ -195,7 +191,7 @@ def _rows(collection: str, record: dict[str, Any], out: WhoopParsed) -> list[Wea
         out.unsettled(start)
     if collection == "cycle":
         if score is not None:
-            add("strain", at, end_text, _num(score.get("strain"), "strain", 0, 21), "score")
+            add("strain", at, end_text, number_in_range(score.get("strain"), "strain", 0, 21), "score")
             kj = _opt(score, "kilojoule", 0, 100_000)
             add(
                 "calories_total", at, end_text, round(kj / KJ_PER_KCAL, 2) if kj is not None else None, "kcal"
@@ -247,7 +243,7 @@ def _rows(collection: str, record: dict[str, Any], out: WhoopParsed) -> list[Wea
     # activity/workout
     add("workout_duration", at, end_text, (end - start).total_seconds(), "s")
     if score is not None:
-        add("workout_strain", at, end_text, _num(score.get("strain"), "strain", 0, 21), "score")
+        add("workout_strain", at, end_text, number_in_range(score.get("strain"), "strain", 0, 21), "score")
         kj = _opt(score, "kilojoule", 0, 100_000)
         add("workout_calories", at, end_text, round(kj / KJ_PER_KCAL, 2) if kj is not None else None, "kcal")
         add("workout_heart_rate_avg", at, end_text, _opt(score, "average_heart_rate", 20, 250), "bpm")
