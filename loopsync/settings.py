@@ -60,6 +60,10 @@ MIDDLEWARE = [
     # CORS for /api/ only: above everything that can answer (WhiteNoise, CommonMiddleware, DRF's 401), so a
     # browser's preflight gets its 200 and headers without authentication.
     "corsheaders.middleware.CorsMiddleware",
+    # Under /api/, an error answered without a problem body (no route: Django's 404; an unhandled exception:
+    # its 500, already logged and reported) becomes RFC 9457 problem details. Below CORS, which then adds its
+    # headers to that body too.
+    "connections.api.errors.ProblemDetailsMiddleware",
     # Static files (admin CSS, Swagger UI) from gunicorn itself: DEBUG off serves none otherwise. Above the rest
     # so a static request skips sessions and CSRF.
     "whitenoise.middleware.WhiteNoiseMiddleware",

@@ -21,14 +21,13 @@ import orjson
 from django.core.exceptions import ImproperlyConfigured
 from django.db.models import DateField, DateTimeField, Model, QuerySet
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from connections.api.base import ERRORS, PatientAPIView
+from connections.api.base import ERRORS, PatientAPIView, problem
 from connections.api.errors import APIError
-from connections.api.serializers import ErrorSerializer
 from connections.providers.registry import PROVIDERS
 from readings.models import DailyStat, GlucoseReading, WearableReading
 from readings.store import local_day_bounds
@@ -68,7 +67,7 @@ SUPPORTED = f"from {EARLIEST_DAY.isoformat()} to {LATEST_DAY.isoformat()}"
 
 
 def _bad(param: str, why: str) -> APIError:
-    return APIError(400, "invalid_parameter", f"{param}: {why}", {param: [why]})
+    return APIError("invalid_parameter", f"{param}: {why}", errors={param: why})
 
 
 def reject_unknown_parameters(request: Request, allowed: frozenset[str]) -> None:
@@ -91,10 +90,10 @@ def parse_metric(request: Request, accepted: frozenset[str], *, required: bool =
         return None
     if raw not in accepted:
         raise APIError(
-            400,
             "invalid_parameter",
             f"metric: {raw[:40]!r} is not a known metric; accepted: {', '.join(sorted(accepted))}",
-            {"metric": ["unknown metric"], "accepted_metrics": sorted(accepted)},
+            errors={"metric": "unknown metric"},
+            accepted_metrics=sorted(accepted),
         )
     return raw
 
@@ -320,8 +319,11 @@ DailyStatPage = _page_of("DailyStatPage", DailyStatOut)
 ReadingPage = _page_of("ReadingPage", ReadingOut)
 GlucosePage = _page_of("GlucosePage", GlucoseOut)
 
-BAD_REQUEST = OpenApiResponse(
-    ErrorSerializer, description="A parameter is wrong; the message says which and why."
+BAD_REQUEST = problem(
+    "A parameter is wrong; `detail` and `errors` say which and why.",
+    "invalid_parameter",
+    detail="start: must be a date as YYYY-MM-DD",
+    errors=[{"field": "start", "message": "must be a date as YYYY-MM-DD"}],
 )
 
 
@@ -370,7 +372,7 @@ class DailyStatsView(PatientAPIView):
             ),
             *_params(False, True, DEFAULT_PAGE, MAX_PAGE),
         ],
-        responses={200: DailyStatPage, 400: BAD_REQUEST, **ERRORS},
+        responses={200: DailyStatPage, **BAD_REQUEST, **ERRORS},
         tags=["read"],
     )
     def get(self, request: Request) -> Response:
@@ -404,7 +406,7 @@ class ReadingsView(PatientAPIView):
             ),
             *_params(True, False, DEFAULT_PAGE, MAX_PAGE),
         ],
-        responses={200: ReadingPage, 400: BAD_REQUEST, **ERRORS},
+        responses={200: ReadingPage, **BAD_REQUEST, **ERRORS},
         tags=["read"],
     )
     def get(self, request: Request) -> Response:
@@ -437,7 +439,7 @@ class GlucoseView(PatientAPIView):
         operation_id="wearables_glucose_list",
         summary="Glucose readings in mg/dL (ordered by source, then time)",
         parameters=_params(False, False, DEFAULT_PAGE, MAX_PAGE),
-        responses={200: GlucosePage, 400: BAD_REQUEST, **ERRORS},
+        responses={200: GlucosePage, **BAD_REQUEST, **ERRORS},
         tags=["read"],
     )
     def get(self, request: Request) -> Response:

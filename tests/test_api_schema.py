@@ -44,6 +44,7 @@ def test_the_schema_generates_without_warnings_and_covers_every_route(tmp_path) 
     assert schema["openapi"].startswith("3.")
     assert set(schema["paths"]) == {
         "/api/ping",
+        "/api/problems/{code}",
         "/api/patient-graph/wearables/sync",
         "/api/patient-graph/wearables/sync/{sync_id}",
         "/api/wearables/{source}/sync",
@@ -55,13 +56,13 @@ def test_the_schema_generates_without_warnings_and_covers_every_route(tmp_path) 
     }
     for path, operations in schema["paths"].items():
         for method, operation in operations.items():
-            if path == "/api/ping":
+            if path in {"/api/ping", "/api/problems/{code}"}:
                 continue
-            # Every endpoint checks who is asking, and documents the error shape it answers with.
+            # Every endpoint checks who is asking, and documents the problem details it answers with.
             assert operation["security"], (method, path)
             assert "401" in operation["responses"], (method, path)
-            error = operation["responses"]["401"]["content"]["application/json"]["schema"]["$ref"]
-            assert error.endswith("/Error")
+            error = operation["responses"]["401"]["content"]["application/problem+json"]["schema"]["$ref"]
+            assert error.endswith("/Problem")
 
 
 @pytest.mark.django_db

@@ -4,19 +4,54 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from connections.api.errors import PROBLEMS
 from connections.models import SyncRequest, SyncRequestStatus
 
 
-class ErrorDetailSerializer(serializers.Serializer):
-    code = serializers.CharField(help_text="Stable machine-readable code, e.g. `invalid_source`.")
-    message = serializers.CharField(help_text="What is wrong, for people.")
-    details = serializers.JSONField(allow_null=True, help_text="Field errors or extra facts; may be null.")
+class FieldErrorSerializer(serializers.Serializer):
+    field = serializers.CharField(
+        required=False,
+        help_text="The field, query parameter or header at fault (`readings[3].value` for a row's field); "
+        "absent when the error is about the body as a whole.",
+    )
+    message = serializers.CharField(help_text="What is wrong with it, for people; never echoes the value.")
 
 
-class ErrorSerializer(serializers.Serializer):
-    """Every 4xx body has this shape."""
+class ProblemSerializer(serializers.Serializer):
+    """RFC 9457 problem details: the body of every error under /api/ (`application/problem+json`)."""
 
-    error = ErrorDetailSerializer()
+    type = serializers.CharField(
+        help_text="URI reference of the problem type, `/api/problems/<code>`, which documents it."
+    )
+    title = serializers.CharField(
+        help_text="Short summary of the problem type; the same for every occurrence."
+    )
+    status = serializers.IntegerField(help_text="The HTTP status code, repeated.")
+    detail = serializers.CharField(help_text="What went wrong this time, for people.")
+    instance = serializers.CharField(help_text="The request's path (without its query string).")
+    code = serializers.ChoiceField(
+        choices=[(p.code, p.title) for p in PROBLEMS.values()],
+        help_text="Stable machine-readable code; branch on this (or on `type`), never on `detail`.",
+    )
+    errors = FieldErrorSerializer(
+        many=True, required=False, help_text="Each invalid field, when the request broke field rules."
+    )
+    accepted_sources = serializers.ListField(
+        child=serializers.CharField(),
+        required=False,
+        help_text="`invalid_source` only: the sources this API syncs.",
+    )
+    accepted_metrics = serializers.ListField(
+        child=serializers.CharField(),
+        required=False,
+        help_text="`invalid_parameter` of `metric` only: the metrics this endpoint knows.",
+    )
+    max_body_bytes = serializers.IntegerField(
+        required=False, help_text="`body_too_large` only: the endpoint's body limit in bytes."
+    )
+    retry_after_seconds = serializers.IntegerField(
+        required=False, help_text="`rate_limited` only: the Retry-After header's seconds."
+    )
 
 
 class ManualSyncBodySerializer(serializers.Serializer):
@@ -81,3 +116,13 @@ class ConnectionListSerializer(serializers.Serializer):
 
 class PingSerializer(serializers.Serializer):
     ok = serializers.BooleanField()
+
+
+class ProblemTypeSerializer(serializers.Serializer):
+    type = serializers.CharField(help_text="This problem type's URI, as problems carry it.")
+    code = serializers.ChoiceField(
+        choices=[(p.code, p.title) for p in PROBLEMS.values()], help_text="The stable code."
+    )
+    status = serializers.IntegerField(help_text="The HTTP status problems of this type answer with.")
+    title = serializers.CharField(help_text="Short summary, as problems carry it.")
+    description = serializers.CharField(help_text="What it means and what a client should do.")

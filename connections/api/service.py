@@ -15,16 +15,16 @@ import math
 from typing import Any
 
 from django.db import transaction
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from connections.api.authentication import IsPatientGraphService, PatientGraphKeyAuthentication
+from connections.api.base import problem
 from connections.api.errors import APIError
 from connections.api.jsoncodec import BodyLimitedJSONParser
-from connections.api.serializers import ErrorSerializer
 from connections.models import Connection, Patient, Provider
 from connections.providers.contract import (
     CLOCK_SKEW,
@@ -90,11 +90,16 @@ class IngestOut(serializers.Serializer):
 
 
 SERVICE_ERRORS = {
-    400: OpenApiResponse(
-        ErrorSerializer, description="Malformed body or an invalid row (index and rule given)."
+    **problem(
+        "Malformed body, or invalid rows (each named in `errors` by index and field; nothing is stored).",
+        "invalid_rows",
+        "invalid_request",
+        "malformed_request",
+        detail="Some rows are invalid; nothing was stored.",
+        errors=[{"field": "readings[1].value", "message": "must be a finite number"}],
     ),
-    401: OpenApiResponse(ErrorSerializer, description="Missing or wrong PATIENT_GRAPH_API_KEY."),
-    404: OpenApiResponse(ErrorSerializer, description="No such patient."),
+    **problem("Missing or wrong PATIENT_GRAPH_API_KEY.", "not_authenticated"),
+    **problem("No such patient.", "not_found"),
 }
 
 
@@ -198,7 +203,7 @@ def parse_glucose(raw: Any, rows: _Rows) -> list[GlucoseRow]:
 def _body(request: Request) -> dict[str, Any]:
     body = request.data
     if not isinstance(body, dict):
-        raise APIError(400, "invalid_request", "The body must be a JSON object.")
+        raise APIError("invalid_request", "The body must be a JSON object.")
     return body
 
 
@@ -210,15 +215,16 @@ def _patient(body: dict[str, Any], *, by_external_id: bool = False) -> Patient:
         isinstance(patient_id, bool) or not isinstance(patient_id, int) or not 0 < patient_id < 2**63
     ):
         raise APIError(
-            400, "invalid_request", "patient_id: must be a positive integer", {"patient_id": ["invalid"]}
+            "invalid_request",
+            "patient_id: must be a positive integer",
+            errors={"patient_id": "must be a positive integer"},
         )
     external: dict[str, str] = {}
     for name in ("junction_user_id", "clerk_user_id") if by_external_id else ():
         value = body.get(name)
         if name in body and (not isinstance(value, str) or not 0 < len(value) <= 64 or "\x00" in value):
-            raise APIError(
-                400, "invalid_request", f"{name}: must be a string of 1 to 64 characters, without NUL"
-            )
+            why = "must be a string of 1 to 64 characters, without NUL"
+            raise APIError("invalid_request", f"{name}: {why}", errors={name: why})
         if value:
             external[name] = value
     patient = None
@@ -228,9 +234,7 @@ def _patient(body: dict[str, Any], *, by_external_id: bool = False) -> Patient:
         name, value = next(iter(external.items()))
         patient = Patient.objects.filter(**{name: value}).first()
     if patient is None:
-        raise APIError(
-            404, "not_found", "No such patient (send patient_id, junction_user_id or clerk_user_id)."
-        )
+        raise APIError("not_found", "No such patient (send patient_id, junction_user_id or clerk_user_id).")
     return patient
 
 
@@ -239,7 +243,7 @@ def _list(body: dict[str, Any], name: str) -> list[Any]:
         return []
     value = body[name]
     if not isinstance(value, list):
-        raise APIError(400, "invalid_request", f"{name}: must be a list", {name: ["must be a list"]})
+        raise APIError("invalid_request", f"{name}: must be a list", errors={name: "must be a list"})
     return value
 
 
@@ -253,9 +257,10 @@ class IngestView(ServiceAPIView):
         responses={
             200: IngestOut,
             **SERVICE_ERRORS,
-            413: OpenApiResponse(
-                ErrorSerializer,
-                description="The body exceeds PATIENT_GRAPH_MAX_BODY_BYTES (details.max_body_bytes).",
+            **problem(
+                "The body exceeds PATIENT_GRAPH_MAX_BODY_BYTES (`max_body_bytes`).",
+                "body_too_large",
+                max_body_bytes=2097152,
             ),
         },
         tags=["patient-graph service"],
@@ -268,9 +273,8 @@ class IngestView(ServiceAPIView):
         connection_id = None
         if "provider" in body:
             if not isinstance(provider, str) or provider not in Provider.values:
-                raise APIError(
-                    400, "invalid_request", f"provider: must be one of {', '.join(Provider.values)}"
-                )
+                why = f"must be one of {', '.join(Provider.values)}"
+                raise APIError("invalid_request", f"provider: {why}", errors={"provider": why})
             connection_id = (
                 Connection.objects.filter(patient=patient, provider=provider)
                 .values_list("pk", flat=True)
@@ -280,7 +284,7 @@ class IngestView(ServiceAPIView):
         readings = parse_readings(raw_readings, rows)
         glucose = parse_glucose(raw_glucose, rows)
         if rows.errors:
-            raise APIError(400, "invalid_rows", "Some rows are invalid; nothing was stored.", rows.errors)
+            raise APIError("invalid_rows", "Some rows are invalid; nothing was stored.", errors=rows.errors)
         with transaction.atomic():
             # The direct path holds the connection's row lock while it writes; so does this one, so the two never
             # interleave their daily-statistic recomputations for one patient.

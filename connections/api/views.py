@@ -29,13 +29,13 @@ from connections.actions import (
     junction_sources_cache_key,
     request_manual_sync,
 )
-from connections.api.base import ERRORS, PatientAPIView
-from connections.api.errors import APIError
+from connections.api.base import ERRORS, PatientAPIView, problem
+from connections.api.errors import PROBLEMS, APIError
 from connections.api.serializers import (
     ConnectionListSerializer,
-    ErrorSerializer,
     ManualSyncBodySerializer,
     PingSerializer,
+    ProblemTypeSerializer,
     SyncRequestSerializer,
 )
 from connections.health import Health, health_of
@@ -55,11 +55,25 @@ SYNC_RESPONSES = {
     202: OpenApiResponse(
         SyncRequestSerializer, description="Queued, or the sync already queued or running for this source."
     ),
-    400: OpenApiResponse(ErrorSerializer, description="Unknown source (the message lists accepted ones)."),
+    **problem(
+        "Unknown source (`accepted_sources` lists those accepted), a malformed body, or a bad Idempotency-Key.",
+        "invalid_source",
+        "invalid_request",
+        "malformed_request",
+        "invalid_idempotency_key",
+        detail="Unknown source 'myspace'. Accepted sources: dexcom, garmin, libre, oura, whoop.",
+        accepted_sources=["dexcom", "garmin", "libre", "oura", "whoop"],
+        errors=[{"field": "source", "message": "is not a source this API syncs"}],
+    ),
     **ERRORS,
-    404: OpenApiResponse(ErrorSerializer, description="No active connection syncs this source."),
-    422: OpenApiResponse(ErrorSerializer, description="Idempotency-Key already used for another source."),
-    429: OpenApiResponse(ErrorSerializer, description="Hourly manual-sync limit reached; see Retry-After."),
+    **problem("No active connection syncs this source.", "no_connection"),
+    **problem("Idempotency-Key already used for another source.", "idempotency_key_reused"),
+    **problem(
+        "Hourly manual-sync limit reached; retry after the Retry-After header's seconds.",
+        "rate_limited",
+        detail="Too many manual syncs in the last hour for this patient.",
+        retry_after_seconds=2400,
+    ),
 }
 
 
@@ -67,26 +81,25 @@ def start_manual_sync(view: PatientAPIView, request: Request, source: str) -> Re
     key = request.headers.get("Idempotency-Key")
     if key is not None and not _IDEMPOTENCY_KEY.match(key):
         raise APIError(
-            400,
             "invalid_idempotency_key",
             "Idempotency-Key must be 1-255 printable characters without spaces.",
+            errors={"Idempotency-Key": "must be 1-255 printable characters without spaces"},
         )
     try:
         outcome = request_manual_sync(view.patient(request), source, idempotency_key=key)
     except UnknownSource as exc:
         raise APIError(
-            400,
             "invalid_source",
             f"Unknown source {str(exc)[:64]!r}. Accepted sources: {', '.join(accepted_sources())}.",
-            {"accepted_sources": list(accepted_sources())},
+            errors={"source": "is not a source this API syncs"},
+            accepted_sources=list(accepted_sources()),
         ) from None
     except NoConnection as exc:
         raise APIError(
-            404, "no_connection", f"No active connection syncs {str(exc)!r} for this patient."
+            "no_connection", f"No active connection syncs {str(exc)!r} for this patient."
         ) from None
     except IdempotencyKeyReused:
         raise APIError(
-            422,
             "idempotency_key_reused",
             "This Idempotency-Key was already used for a sync of another source.",
         ) from None
@@ -165,7 +178,7 @@ class SyncStatusView(PatientAPIView):
         responses={
             200: SyncRequestSerializer,
             **ERRORS,
-            404: OpenApiResponse(ErrorSerializer, description="No such sync for this patient."),
+            **problem("No such sync for this patient.", "not_found"),
         },
         tags=["manual sync"],
     )
@@ -220,6 +233,42 @@ class ConnectionListView(PatientAPIView):
                 }
             )
         return Response(ConnectionListSerializer({"results": results}).data)
+
+
+class ProblemTypeView(APIView):
+    """What a problem `type` URI (`/api/problems/<code>`) points at: the code's status, title and meaning."""
+
+    authentication_classes: list[Any] = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        operation_id="problem_type_retrieve",
+        summary="What a problem type (an error's `type` URI) means (no auth)",
+        parameters=[
+            OpenApiParameter(
+                "code",
+                str,
+                OpenApiParameter.PATH,
+                enum=list(PROBLEMS),
+                description="A problem's stable `code`.",
+            )
+        ],
+        responses={200: ProblemTypeSerializer, **problem("No such problem type.", "not_found")},
+        tags=["errors"],
+    )
+    def get(self, request: Request, code: str) -> Response:
+        problem = PROBLEMS.get(code)
+        if problem is None:
+            raise exceptions.NotFound("No such problem type.")
+        return Response(
+            {
+                "type": problem.type,
+                "code": problem.code,
+                "status": problem.status,
+                "title": problem.title,
+                "description": problem.description,
+            }
+        )
 
 
 class PingView(APIView):
