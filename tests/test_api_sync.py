@@ -281,7 +281,8 @@ def test_a_connection_deactivated_while_its_sync_is_queued_fails_that_sync_then_
     queued[0]()
 
     status = client.get(f"{SYNC}/{first['id']}").json()
-    assert status["status"] == "failed" and "deactivated" in status["error"]
+    assert status["status"] == "failed" and status["error_code"] == "connection_inactive"
+    assert "deactivated" in status["error_message"]
     assert client.post(SYNC, {"source": source}, format="json").status_code == 404
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from connections.api.errors import PROBLEMS
-from connections.models import SyncRequest, SyncRequestStatus
+from connections.models import SyncErrorCode, SyncRequest, SyncRequestStatus
 
 
 class FieldErrorSerializer(serializers.Serializer):
@@ -62,9 +62,22 @@ class ManualSyncBodySerializer(serializers.Serializer):
     )
 
 
+class SyncErrorFields(serializers.Serializer):
+    error_code = serializers.ChoiceField(
+        choices=SyncErrorCode.choices,
+        allow_null=True,
+        help_text="Why the sync failed, a stable code (see the README's table); null unless it failed.",
+    )
+    error_message = serializers.CharField(
+        allow_null=True, help_text="The code's message, for people; null unless it failed."
+    )
+
+
 class SyncRequestSerializer(serializers.ModelSerializer):
     status = serializers.ChoiceField(choices=SyncRequestStatus.choices)
     sync_event_id = serializers.IntegerField(allow_null=True, read_only=True)
+    error_code = SyncErrorFields().fields["error_code"]
+    error_message = SyncErrorFields().fields["error_message"]
 
     class Meta:
         model = SyncRequest
@@ -79,7 +92,8 @@ class SyncRequestSerializer(serializers.ModelSerializer):
             "records_fetched",
             "records_stored",
             "records_skipped",
-            "error",
+            "error_code",
+            "error_message",
             "sync_event_id",
         ]
         read_only_fields = fields
@@ -98,8 +112,8 @@ class ConnectionSerializer(serializers.Serializer):
     status = serializers.CharField()
     sources = serializers.ListField(
         child=serializers.CharField(),
-        allow_null=True,
-        help_text="Providers connected through Junction, when known (null when not looked up recently).",
+        help_text="The sources this connection syncs: a direct provider's own name; for Junction, the "
+        "providers the user connected there as last looked up (by a manual sync), empty until then.",
     )
     last_sync_at = serializers.DateTimeField(allow_null=True)
     last_attempt_at = serializers.DateTimeField(allow_null=True)
@@ -108,6 +122,8 @@ class ConnectionSerializer(serializers.Serializer):
         "cadence (late data by design, such as Dexcom's, does not count against it)."
     )
     data_freshness = DataFreshnessSerializer()
+    error_code = SyncErrorFields().fields["error_code"]
+    error_message = SyncErrorFields().fields["error_message"]
 
 
 class ConnectionListSerializer(serializers.Serializer):

@@ -39,7 +39,7 @@ from connections.api.serializers import (
     SyncRequestSerializer,
 )
 from connections.health import Health, health_of
-from connections.models import Connection, Provider, SyncRequest
+from connections.models import Connection, Provider, SyncErrorCode, SyncRequest
 
 # Printable ASCII without spaces: what Stripe-style clients send (UUIDs, ULIDs, hashes).
 _IDEMPOTENCY_KEY = re.compile(r"^[!-~]{1,255}$")
@@ -137,9 +137,18 @@ def sync_request_body(sync: SyncRequest) -> dict[str, Any]:
         "records_fetched": sync.records_fetched,
         "records_stored": sync.records_stored,
         "records_skipped": sync.records_skipped,
-        "error": sync.error,
+        **sync_error(sync.error_code),
         "sync_event_id": sync.sync_event_id,
     }
+
+
+_SYNC_ERROR_MESSAGES = dict(SyncErrorCode.choices)
+
+
+def sync_error(code: str) -> dict[str, str | None]:
+    """A failed sync's stable code and its human message (null when it did not fail); the scrubbed internal
+    message stays in the admin."""
+    return {"error_code": code or None, "error_message": _SYNC_ERROR_MESSAGES.get(code) if code else None}
 
 
 class ManualSyncView(PatientAPIView):
@@ -210,20 +219,24 @@ class ConnectionListView(PatientAPIView):
         now = timezone.now()
         results: list[dict[str, Any]] = []
         for connection in connections:
-            sources = None
+            # A direct provider is its own source; Junction's are those it last said the user connected
+            # (looked up by a manual sync, cached), none until then.
+            sources: list[str] = [connection.provider]
             if connection.provider == Provider.JUNCTION:
-                sources = cache.get(junction_sources_cache_key(connection.pk))
+                sources = sorted(cache.get(junction_sources_cache_key(connection.pk)) or ())
             last = connection.last_sync_at
             results.append(
                 {
                     "id": connection.pk,
                     "provider": connection.provider,
                     "status": connection.status,
-                    "sources": list(sources) if sources is not None else None,
+                    "sources": sources,
                     "last_sync_at": last,
                     "last_attempt_at": connection.last_attempt_at,
                     # The admin's health, the same rules: ok means syncing on time without failing.
                     "healthy": health_of(connection, now) == Health.OK,
+                    # The last sync's failure, while it is the latest word (a success clears it).
+                    **sync_error(connection.last_error_code if connection.failure_streak else ""),
                     "data_freshness": {
                         "latest_data_day": latest_day,
                         "hours_since_last_sync": round((now - last).total_seconds() / 3600, 2)
