@@ -26,6 +26,7 @@ from schemathesis.generation.hypothesis import examples as schemathesis_examples
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from connections import actions
+from connections.api.errors import PROBLEMS
 from connections.models import Patient
 from readings.store import store_batch
 from sandbox import SandboxServer
@@ -169,3 +170,108 @@ def test_the_live_api_conforms_to_its_schema(case: Any, live_api: dict[str, str]
 
 def _body(body: bytes | str | None) -> str | None:
     return body.decode(errors="replace") if isinstance(body, bytes) else body
+
+
+def _generated_schema(tmp_path: Any) -> dict[str, Any]:
+    out = tmp_path / "schema.json"
+    call_command(
+        "spectacular", "--validate", "--fail-on-warn", "--format", "openapi-json", "--file", str(out)
+    )
+    return json.loads(out.read_text())
+
+
+def _resolve(schema: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    ref = spec.get("$ref") or next((s["$ref"] for s in spec.get("allOf", []) if "$ref" in s), None)
+    return schema["components"]["schemas"][ref.rsplit("/", 1)[1]] if ref else spec
+
+
+def test_every_field_and_parameter_is_described_and_every_route_has_examples(tmp_path) -> None:
+    schema = _generated_schema(tmp_path)
+    undescribed = [
+        f"{name}.{prop}"
+        for name, component in schema["components"]["schemas"].items()
+        for prop, spec in component.get("properties", {}).items()
+        if not spec.get("description")
+    ]
+    without_example: list[str] = []
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            where = f"{method.upper()} {path}"
+            undescribed += [
+                f"{where} parameter {p['name']}"
+                for p in operation.get("parameters", [])
+                if not p.get("description")
+            ]
+            for media in operation.get("requestBody", {}).get("content", {}).values():
+                if not media.get("examples"):
+                    without_example.append(f"{where} request body")
+            for status, response in operation["responses"].items():
+                undescribed += [
+                    f"{where} {status} header {h}"
+                    for h, s in response.get("headers", {}).items()
+                    if not s.get("description")
+                ]
+                for media_type, media in response.get("content", {}).items():
+                    if not media.get("examples"):
+                        without_example.append(f"{where} {status} {media_type}")
+    assert undescribed == [] and without_example == []
+
+
+def test_every_error_response_is_a_documented_problem_and_the_headers_are_documented(tmp_path) -> None:
+    schema = _generated_schema(tmp_path)
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            for status, response in responses.items():
+                if int(status) >= 400:
+                    [(media_type, media)] = response["content"].items()
+                    assert media_type == "application/problem+json", (method, path, status)
+                    assert media["schema"]["$ref"].endswith("/Problem")
+                    codes = {example["value"]["code"] for example in media["examples"].values()}
+                    assert codes and all(PROBLEMS[code].status == int(status) for code in codes)
+            # Any route can answer these two: a client that accepts no JSON, and a failure of ours.
+            assert {"406", "500"} <= set(responses), (method, path)
+            if "requestBody" in operation:
+                assert "415" in responses, (method, path)
+            if "202" in responses:
+                assert responses["202"]["headers"]["Location"]["required"] is True
+            if "429" in responses:
+                assert responses["429"]["headers"]["Retry-After"]["required"] is True
+            if "401" in responses:
+                assert "WWW-Authenticate" in responses["401"]["headers"]
+
+
+def test_metric_source_and_error_codes_are_enums_derived_from_their_registries(tmp_path) -> None:
+    from connections.actions import accepted_sources
+    from connections.models import SyncErrorCode
+    from readings.api import daily_metrics, known_metrics
+
+    schema = _generated_schema(tmp_path)
+    components = schema["components"]["schemas"]
+    assert components["Metric"]["enum"] == sorted(known_metrics())
+    assert components["DailyMetric"]["enum"] == sorted(daily_metrics())
+    assert components["Source"]["enum"] == list(accepted_sources())
+    assert components["ProblemCode"]["enum"] == list(PROBLEMS)
+    assert components["SyncErrorCode"]["enum"] == list(SyncErrorCode.values)
+
+    def enum_of(spec: dict[str, Any]) -> list[str]:
+        return _resolve(schema, spec.get("items", spec) if spec.get("type") == "array" else spec).get(
+            "enum", []
+        )
+
+    def parameter(path: str, name: str) -> dict[str, Any]:
+        [operation] = schema["paths"][path].values()
+        return next(p["schema"] for p in operation["parameters"] if p["name"] == name)
+
+    assert enum_of(parameter("/api/patient-graph/wearables/readings", "metric")) == sorted(known_metrics())
+    assert enum_of(parameter("/api/patient-graph/wearables/daily-stats", "metric")) == sorted(daily_metrics())
+    assert enum_of(parameter("/api/wearables/{source}/sync", "source")) == list(accepted_sources())
+    assert enum_of(components["ReadingOut"]["properties"]["metric"]) == sorted(known_metrics())
+    assert enum_of(components["DailyStatOut"]["properties"]["metric"]) == sorted(daily_metrics())
+    assert enum_of(components["ManualSyncBodyRequest"]["properties"]["source"]) == list(accepted_sources())
+    assert enum_of(components["SyncRequest"]["properties"]["source"]) == list(accepted_sources())
+    assert enum_of(components["Connection"]["properties"]["sources"]) == list(accepted_sources())
+    assert enum_of(components["Problem"]["properties"]["code"]) == list(PROBLEMS)
+    for component in ("SyncRequest", "Connection"):
+        spec = components[component]["properties"]["error_code"]
+        assert any(enum_of(s) == list(SyncErrorCode.values) for s in spec.get("oneOf", [spec]))

@@ -143,6 +143,8 @@ PROBLEMS: dict[str, ProblemType] = {
     )
 }
 
+PROBLEM_CHOICES = [(p.code, p.title) for p in PROBLEMS.values()]
+
 _DRF_CODES: tuple[tuple[type[exceptions.APIException], str], ...] = (
     (exceptions.NotAuthenticated, "not_authenticated"),
     (exceptions.AuthenticationFailed, "not_authenticated"),

@@ -15,7 +15,7 @@ import math
 from typing import Any
 
 from django.db import transaction
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiExample, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -39,25 +39,44 @@ from readings.store import store_batch
 MAX_ERRORS_REPORTED = 20
 
 
+MEASURED_AT = (
+    "When it was measured: ISO-8601 with a UTC offset, from 2000 to now (day summaries: local noon)."
+)
+
+
 class ReadingIn(serializers.Serializer):
-    metric = serializers.CharField(max_length=40)
-    source = serializers.CharField(max_length=40)
-    source_type = serializers.CharField(max_length=32, allow_blank=True, required=False)
-    measured_at = serializers.DateTimeField()
-    end_at = serializers.DateTimeField(allow_null=True, required=False)
-    value = serializers.FloatField()
-    unit = serializers.CharField(max_length=16)
+    metric = serializers.CharField(
+        max_length=40, help_text="The metric, as the sync worker's provider stores it."
+    )
+    source = serializers.CharField(
+        max_length=40, help_text="The provider that measured it (oura, whoop, ...)."
+    )
+    source_type = serializers.CharField(
+        max_length=32, allow_blank=True, required=False, help_text="The kind of device (ring, watch, ...)."
+    )
+    measured_at = serializers.DateTimeField(help_text=MEASURED_AT)
+    end_at = serializers.DateTimeField(
+        allow_null=True, required=False, help_text="A span's end (sleep, workouts), same format; else null."
+    )
+    value = serializers.FloatField(help_text="A finite number, in `unit`.")
+    unit = serializers.CharField(max_length=16, help_text="The value's unit.")
 
 
 class GlucoseIn(serializers.Serializer):
-    source = serializers.CharField(max_length=40)
-    measured_at = serializers.DateTimeField()
-    value_mg_dl = serializers.FloatField()
-    original_value = serializers.FloatField()
-    original_unit = serializers.CharField(max_length=16)
-    trend = serializers.CharField(max_length=32, allow_blank=True, required=False)
-    trend_rate = serializers.FloatField(allow_null=True, required=False)
-    device = serializers.CharField(max_length=64, allow_blank=True, required=False)
+    source = serializers.CharField(max_length=40, help_text="The CGM's provider (dexcom, libre, ...).")
+    measured_at = serializers.DateTimeField(help_text=MEASURED_AT)
+    value_mg_dl = serializers.FloatField(help_text="The glucose value in mg/dL, a finite number.")
+    original_value = serializers.FloatField(help_text="The value as the provider sent it.")
+    original_unit = serializers.CharField(max_length=16, help_text="The provider's unit: mg/dL or mmol/L.")
+    trend = serializers.CharField(
+        max_length=32, allow_blank=True, required=False, help_text="The provider's trend arrow, if any."
+    )
+    trend_rate = serializers.FloatField(
+        allow_null=True, required=False, help_text="Rate of change in mg/dL/min, if sent."
+    )
+    device = serializers.CharField(
+        max_length=64, allow_blank=True, required=False, help_text="The sensor or device, if known."
+    )
 
 
 class IngestIn(serializers.Serializer):
@@ -79,13 +98,15 @@ class IngestIn(serializers.Serializer):
     provider = serializers.ChoiceField(
         choices=Provider.choices, required=False, help_text="The connection that delivered the rows."
     )
-    readings = ReadingIn(many=True, required=False)
-    glucose = GlucoseIn(many=True, required=False)
+    readings = ReadingIn(many=True, required=False, help_text="Wearable readings; stored idempotently.")
+    glucose = GlucoseIn(many=True, required=False, help_text="Glucose readings; stored idempotently.")
 
 
 class IngestOut(serializers.Serializer):
-    readings_written = serializers.IntegerField()
-    glucose_written = serializers.IntegerField()
+    readings_written = serializers.IntegerField(
+        help_text="Readings inserted or changed (unchanged: not counted)."
+    )
+    glucose_written = serializers.IntegerField(help_text="Glucose readings inserted or changed.")
     days_refreshed = serializers.IntegerField(help_text="(metric, local day) statistics recomputed.")
 
 
@@ -263,6 +284,33 @@ class IngestView(ServiceAPIView):
                 max_body_bytes=2097152,
             ),
         },
+        examples=[
+            OpenApiExample(
+                "Two heart-rate readings",
+                value={
+                    "junction_user_id": "6f2ac5e1-2f4b-4f3c-9d7e-0a1b2c3d4e5f",
+                    "provider": "junction",
+                    "readings": [
+                        {
+                            "metric": "heart_rate",
+                            "source": "oura",
+                            "source_type": "ring",
+                            "measured_at": f"2026-03-09T08:0{minute}:00Z",
+                            "value": 58.0 + minute,
+                            "unit": "bpm",
+                        }
+                        for minute in range(2)
+                    ],
+                },
+                request_only=True,
+            ),
+            OpenApiExample(
+                "Stored",
+                value={"readings_written": 2, "glucose_written": 0, "days_refreshed": 1},
+                response_only=True,
+                status_codes=["200"],
+            ),
+        ],
         tags=["patient-graph service"],
     )
     def post(self, request: Request) -> Response:

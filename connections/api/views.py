@@ -13,7 +13,7 @@ from typing import Any
 from django.db.models import Max
 from django.urls import get_script_prefix, reverse
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions, status
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -31,6 +31,7 @@ from connections.actions import (
 )
 from connections.api.base import ERRORS, PatientAPIView, problem
 from connections.api.errors import PROBLEMS, APIError
+from connections.api.openapi import SOURCE, enum_ref
 from connections.api.serializers import (
     ConnectionListSerializer,
     ManualSyncBodySerializer,
@@ -51,9 +52,43 @@ IDEMPOTENCY_HEADER = OpenApiParameter(
     required=False,
     description="Optional; the same key returns the same sync request (up to 255 printable characters).",
 )
+SYNC_REQUEST_EXAMPLE = {
+    "id": 42,
+    "source": "oura",
+    "status": "queued",
+    "created_at": "2026-03-10T12:00:00Z",
+    "started_at": None,
+    "finished_at": None,
+    "junction_refresh": "",
+    "records_fetched": 0,
+    "records_stored": 0,
+    "records_skipped": 0,
+    "error_code": None,
+    "error_message": None,
+    "sync_event_id": None,
+}
+FAILED_SYNC_REQUEST_EXAMPLE = SYNC_REQUEST_EXAMPLE | {
+    "source": "dexcom",
+    "status": "failed",
+    "started_at": "2026-03-10T12:00:01Z",
+    "finished_at": "2026-03-10T12:00:09Z",
+    "error_code": SyncErrorCode.PROVIDER_UNAVAILABLE.value,
+    "error_message": SyncErrorCode.PROVIDER_UNAVAILABLE.label,
+    "sync_event_id": 1234,
+}
+SYNC_EXAMPLES = [
+    OpenApiExample("Sync Oura", value={"source": "oura"}, request_only=True),
+    OpenApiExample(
+        "Queued (or the one already queued or running)",
+        value=SYNC_REQUEST_EXAMPLE,
+        response_only=True,
+        status_codes=["202"],
+    ),
+]
 SYNC_RESPONSES = {
     202: OpenApiResponse(
-        SyncRequestSerializer, description="Queued, or the sync already queued or running for this source."
+        SyncRequestSerializer,
+        description="Queued, or the sync already queued or running for this source; poll the Location URL.",
     ),
     **problem(
         "Unknown source (`accepted_sources` lists those accepted), a malformed body, or a bad Idempotency-Key.",
@@ -158,6 +193,7 @@ class ManualSyncView(PatientAPIView):
         request=ManualSyncBodySerializer,
         parameters=[IDEMPOTENCY_HEADER],
         responses=SYNC_RESPONSES,
+        examples=SYNC_EXAMPLES,
         tags=["manual sync"],
     )
     def post(self, request: Request) -> Response:
@@ -171,8 +207,14 @@ class SourceSyncView(PatientAPIView):
         operation_id="wearables_source_sync_create",
         summary="Start a manual sync of the source named in the path",
         request=None,
-        parameters=[IDEMPOTENCY_HEADER],
+        parameters=[
+            IDEMPOTENCY_HEADER,
+            OpenApiParameter(
+                "source", enum_ref(SOURCE), OpenApiParameter.PATH, description="The source to sync."
+            ),
+        ],
         responses=SYNC_RESPONSES,
+        examples=SYNC_EXAMPLES[1:],
         tags=["manual sync"],
     )
     def post(self, request: Request, source: str) -> Response:
@@ -182,7 +224,17 @@ class SourceSyncView(PatientAPIView):
 class SyncStatusView(PatientAPIView):
     @extend_schema(
         operation_id="wearables_sync_retrieve",
-        parameters=[OpenApiParameter("sync_id", int, OpenApiParameter.PATH)],
+        parameters=[
+            OpenApiParameter(
+                "sync_id", int, OpenApiParameter.PATH, description="The id a sync POST answered with."
+            )
+        ],
+        examples=[
+            OpenApiExample("Queued", value=SYNC_REQUEST_EXAMPLE, response_only=True, status_codes=["200"]),
+            OpenApiExample(
+                "Failed", value=FAILED_SYNC_REQUEST_EXAMPLE, response_only=True, status_codes=["200"]
+            ),
+        ],
         summary="A manual sync's status and counts (its owner only)",
         responses={
             200: SyncRequestSerializer,
@@ -206,6 +258,47 @@ class ConnectionListView(PatientAPIView):
         operation_id="wearables_connections_list",
         summary="The patient's provider connections: status, last sync, data freshness",
         responses={200: ConnectionListSerializer, **ERRORS},
+        examples=[
+            OpenApiExample(
+                "A Junction and a failing Dexcom connection",
+                value={
+                    "results": [
+                        {
+                            "id": 7,
+                            "provider": "dexcom",
+                            "status": "active",
+                            "sources": ["dexcom"],
+                            "last_sync_at": "2026-03-10T09:55:00Z",
+                            "last_attempt_at": "2026-03-10T11:30:00Z",
+                            "healthy": False,
+                            "data_freshness": {
+                                "latest_data_day": "2026-03-10",
+                                "hours_since_last_sync": 2.08,
+                            },
+                            "error_code": SyncErrorCode.RATE_LIMITED.value,
+                            "error_message": SyncErrorCode.RATE_LIMITED.label,
+                        },
+                        {
+                            "id": 3,
+                            "provider": "junction",
+                            "status": "active",
+                            "sources": ["garmin", "oura"],
+                            "last_sync_at": "2026-03-10T03:00:12Z",
+                            "last_attempt_at": "2026-03-10T03:00:12Z",
+                            "healthy": True,
+                            "data_freshness": {
+                                "latest_data_day": "2026-03-10",
+                                "hours_since_last_sync": 8.99,
+                            },
+                            "error_code": None,
+                            "error_message": None,
+                        },
+                    ]
+                },
+                response_only=True,
+                status_codes=["200"],
+            )
+        ],
         tags=["read"],
     )
     def get(self, request: Request) -> Response:
@@ -267,6 +360,20 @@ class ProblemTypeView(APIView):
             )
         ],
         responses={200: ProblemTypeSerializer, **problem("No such problem type.", "not_found")},
+        examples=[
+            OpenApiExample(
+                "no_connection",
+                value={
+                    "type": PROBLEMS["no_connection"].type,
+                    "code": "no_connection",
+                    "status": 404,
+                    "title": PROBLEMS["no_connection"].title,
+                    "description": PROBLEMS["no_connection"].description,
+                },
+                response_only=True,
+                status_codes=["200"],
+            )
+        ],
         tags=["errors"],
     )
     def get(self, request: Request, code: str) -> Response:
@@ -291,7 +398,10 @@ class PingView(APIView):
     permission_classes = [AllowAny]
 
     @extend_schema(
-        operation_id="ping", summary="Liveness of the API (no auth)", responses={200: PingSerializer}
+        operation_id="ping",
+        summary="Liveness of the API (no auth)",
+        responses={200: PingSerializer},
+        examples=[OpenApiExample("Up", value={"ok": True}, response_only=True, status_codes=["200"])],
     )
     def get(self, request: Request) -> Response:
         return Response({"ok": True})
