@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import timedelta
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
+import httpx
 import pytest
 import schemathesis
 from django.core.management import call_command
 from hypothesis import HealthCheck, settings
 from schemathesis.core.failures import FailureGroup
+from schemathesis.core.transport import Response as SchemathesisResponse
 from schemathesis.generation.hypothesis import examples as schemathesis_examples
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
@@ -123,6 +127,44 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 MAX_EXAMPLES = 15
 
 
+def problem_details_conformance(ctx: Any, response: Any, case: Any) -> None:
+    """A schemathesis check: every error under /api/ is an RFC 9457 problem (application/problem+json) with
+    the members we promise, its `code` one of the documented codes and of this status."""
+    if response.status_code < 400:
+        return
+    headers = {name.lower(): values for name, values in response.headers.items()}
+    content_type = ", ".join(headers.get("content-type", []))
+    if content_type != "application/problem+json":
+        raise AssertionError(f"An error answered {content_type!r}, not application/problem+json")
+    body = response.json()
+    if not isinstance(body, dict):
+        raise AssertionError("The problem is not a JSON object")
+    missing = {"type", "title", "status", "detail", "instance", "code"} - set(body)
+    if missing:
+        raise AssertionError(f"The problem lacks {sorted(missing)}")
+    code = body["code"]
+    if code not in PROBLEMS:
+        raise AssertionError(f"Undocumented problem code {code!r}")
+    problem = PROBLEMS[code]
+    if body["status"] != response.status_code or problem.status != response.status_code:
+        raise AssertionError(
+            f"{code} is documented as {problem.status}; status {body['status']}, HTTP {response.status_code}"
+        )
+    if body["type"] != problem.type or body["title"] != problem.title:
+        raise AssertionError(f"type/title {body['type']!r}/{body['title']!r} are not those of {code}")
+    if unquote(body["instance"]) != unquote(urlsplit(response.request.url).path):
+        raise AssertionError(f"instance {body['instance']!r} is not the request's path")
+    if not isinstance(body["detail"], str) or not body["detail"]:
+        raise AssertionError("detail is empty")
+    for error in body.get("errors", []):
+        if (
+            not isinstance(error, dict)
+            or not isinstance(error.get("message"), str)
+            or set(error) - {"field", "message"}
+        ):
+            raise AssertionError(f"An `errors` item is not {{field, message}}: {error!r}")
+
+
 def _describe_exchange(response: Any) -> str:
     """The request as sent and the answer, in full: enough to replay the failure with curl by hand."""
     request = response.request
@@ -161,7 +203,12 @@ def test_the_live_api_conforms_to_its_schema(case: Any, live_api: dict[str, str]
             path = request.url.removeprefix(live_api["url"])
             log.write(json.dumps([request.method, path, _body(request.body)]) + "\n")
     try:
-        case.validate_response(response, headers=headers, excluded_checks=[positive_data_acceptance])
+        case.validate_response(
+            response,
+            headers=headers,
+            additional_checks=[problem_details_conformance],
+            excluded_checks=[positive_data_acceptance],
+        )
     except FailureGroup as exc:
         # Re-raised with the exchange in the message: schemathesis' own report sanitizes the request (no headers,
         # a filtered Authorization) and cuts the body, and a note or print would be swallowed by its subtests.
@@ -275,3 +322,68 @@ def test_metric_source_and_error_codes_are_enums_derived_from_their_registries(t
     for component in ("SyncRequest", "Connection"):
         spec = components[component]["properties"]["error_code"]
         assert any(enum_of(s) == list(SyncErrorCode.values) for s in spec.get("oneOf", [spec]))
+
+
+def _answer(status: int, content_type: str, body: bytes, path: str = "/api/nope") -> Any:
+    request = httpx.Request("GET", f"http://127.0.0.1{path}")
+    answer = httpx.Response(status, headers={"content-type": content_type}, content=body, request=request)
+    answer.elapsed = timedelta(0)
+    return SchemathesisResponse.from_any(answer)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        _answer(404, "text/html", b"<h1>Not Found</h1>"),
+        _answer(400, "application/json", b'{"error": {"code": "invalid_parameter"}}'),
+        _answer(404, "application/problem+json", b'{"type": "/api/problems/not_found", "status": 404}'),
+        # A documented code with another status, and an instance that is not the request's path.
+        _answer(
+            400,
+            "application/problem+json",
+            json.dumps(
+                {
+                    "type": "/api/problems/not_found",
+                    "title": "Not found",
+                    "status": 400,
+                    "detail": "x",
+                    "instance": "/api/nope",
+                    "code": "not_found",
+                }
+            ).encode(),
+        ),
+        _answer(
+            404,
+            "application/problem+json",
+            json.dumps(
+                {
+                    "type": "/api/problems/not_found",
+                    "title": "Not found",
+                    "status": 404,
+                    "detail": "x",
+                    "instance": "/api/elsewhere",
+                    "code": "not_found",
+                }
+            ).encode(),
+        ),
+    ],
+)
+def test_the_problem_details_check_fails_an_error_that_is_not_a_conforming_problem(answer: Any) -> None:
+    with pytest.raises(AssertionError):
+        problem_details_conformance(None, answer, None)
+
+
+def test_the_problem_details_check_passes_a_conforming_problem_and_any_success() -> None:
+    body = {
+        "type": "/api/problems/not_found",
+        "title": "Not found",
+        "status": 404,
+        "detail": "No route.",
+        "instance": "/api/nope",
+        "code": "not_found",
+        "errors": [{"field": "x", "message": "y"}],
+    }
+    problem_details_conformance(
+        None, _answer(404, "application/problem+json", json.dumps(body).encode()), None
+    )
+    problem_details_conformance(None, _answer(200, "text/plain", b"ok"), None)

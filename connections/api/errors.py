@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
+from django.utils.encoding import escape_uri_path
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
@@ -198,6 +199,7 @@ def problem_body(
         "title": problem.title,
         "status": status_code or problem.status,
         "detail": detail,
+        # The path as a URI reference; never the query string (connect links, dates: PHI-adjacent).
         "instance": instance,
         "code": problem.code,
     }
@@ -242,7 +244,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if response is None or not isinstance(exc, exceptions.APIException):
         return response  # not an API error: Django's 500 handling (and Sentry) take it, then the middleware
     request = context.get("request")
-    instance = request.path if request is not None else ""
+    instance = escape_uri_path(request.path) if request is not None else ""
     errors: list[dict[str, str]] | None = None
     extra: dict[str, Any] = {}
     if isinstance(exc, APIError):
@@ -318,7 +320,7 @@ def problem_response(request: HttpRequest, original: HttpResponse) -> HttpRespon
     except ValueError:
         phrase = problem.title
     detail = _DETAIL_BY_CODE.get(problem.code) or phrase
-    body = problem_body(problem, detail, request.path, status_code=original.status_code)
+    body = problem_body(problem, detail, escape_uri_path(request.path), status_code=original.status_code)
     response = HttpResponse(
         orjson.dumps(body), status=original.status_code, content_type=PROBLEM_CONTENT_TYPE
     )
