@@ -37,7 +37,15 @@ from connections import actions
 from connections.charts import Bucket, time_series_svg
 from connections.health import Health, data_behind, health_of, health_q, with_health
 from connections.jobhealth import job_health
-from connections.models import Connection, JobHealth, JobRun, Patient, SyncEvent
+from connections.models import (
+    Connection,
+    JobHealth,
+    JobRun,
+    Patient,
+    SyncEvent,
+    SyncEventKind,
+    SyncStatus,
+)
 from loopsync.sentry import scrub_text
 
 RESYNC_PERMISSION = "connections.force_resync_connection"
@@ -90,6 +98,8 @@ HEALTH_CSS = """
 .ls-chart{display:block;margin:8px 0 16px;max-width:100%;height:auto}
 table.ls-table{width:100%;margin-bottom:16px}table.ls-table td,table.ls-table th{padding:4px 8px}
 .ls-ops-form{display:inline}.ls-ops-form button{cursor:pointer}
+.ls-status{font-weight:600}.ls-status-success{color:#2f855a}.ls-status-failed{color:#c53030}
+.ls-status-partial{color:#b7791f}.ls-status-running,.ls-status-queued{color:#2b6cb0}
 """
 
 
@@ -120,6 +130,8 @@ class ConnectionOp:
     applies: Callable[[Connection], bool]
     asks_reason: bool = False
     danger: bool = False
+    # What the message says once it ran: a resync is only queued then, its result comes later.
+    done: str = "done"
 
 
 def _resync(connection: Connection, actor: str, reason: str) -> bool:
@@ -138,7 +150,12 @@ def _reactivate(connection: Connection, actor: str, reason: str) -> bool:
 
 OPS: dict[str, ConnectionOp] = {
     "resync": ConnectionOp(
-        "resync", "Force resync", RESYNC_PERMISSION, _resync, lambda c: c.status == "active"
+        "resync",
+        "Force resync",
+        RESYNC_PERMISSION,
+        _resync,
+        lambda c: c.status == "active",
+        done="queued",
     ),
     "deactivate": ConnectionOp(
         "deactivate",
@@ -289,8 +306,15 @@ class ConnectionAdmin(RefusesNulMixin, admin.ModelAdmin):
         if request.POST.get("confirm") != "yes":
             return self._confirmation(request, op, [connection], action_url=request.path)
         done = op.run(connection, request.user.get_username(), request.POST.get("reason", "").strip())
-        if done:
-            self.message_user(request, f"{op.verb}: done for {connection}.", messages.SUCCESS)
+        if done and op.done == "queued":
+            self.message_user(
+                request,
+                f"{op.verb}: queued for {connection}. Its row under Recent sync events shows queued, "
+                "then running, then the result of the sync.",
+                messages.INFO,
+            )
+        elif done:
+            self.message_user(request, f"{op.verb}: {op.done} for {connection}.", messages.SUCCESS)
         else:
             self.message_user(request, f"{op.verb}: nothing to do for {connection}.", messages.WARNING)
         return HttpResponseRedirect(change_url)
@@ -350,7 +374,7 @@ class ConnectionAdmin(RefusesNulMixin, admin.ModelAdmin):
         touched = sum(1 for c in applicable if op.run(c, actor, reason))
         self.message_user(
             request,
-            f"{op.verb}: {touched} connection(s) touched"
+            f"{op.verb}: {touched} connection(s) {'queued' if op.done == 'queued' else 'touched'}"
             + (f", {len(connections) - touched} left as they were." if len(connections) > touched else "."),
             messages.SUCCESS if touched else messages.WARNING,
         )
@@ -392,7 +416,16 @@ class ConnectionAdmin(RefusesNulMixin, admin.ModelAdmin):
                     for name, op in OPS.items()
                     if user.has_perm(op.permission) and op.applies(connection)
                 ],
-                recent_events=SyncEvent.objects.filter(connection=connection).order_by("-started_at")[:20],
+                recent_events=SyncEvent.objects.filter(connection=connection)
+                .select_related("result_event")
+                .order_by("-started_at")[:20],
+                pending_resync=SyncEvent.objects.filter(
+                    connection=connection,
+                    kind=SyncEventKind.RESYNC_REQUESTED,
+                    status__in=(SyncStatus.QUEUED, SyncStatus.RUNNING),
+                )
+                .order_by("-started_at")
+                .first(),
                 events_url=reverse("admin:connections_syncevent_changelist")
                 + f"?connection__id__exact={connection.pk}",
             )

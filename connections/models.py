@@ -110,6 +110,8 @@ class SyncTrigger(models.TextChoices):
 
 
 class SyncStatus(models.TextChoices):
+    # An ops request (Force resync) waiting for a worker; it moves to running, then to its sync's result.
+    QUEUED = "queued", "Queued"
     RUNNING = "running", "Running"
     SUCCESS = "success", "Success"
     FAILED = "failed", "Failed"
@@ -148,6 +150,16 @@ class SyncEvent(models.Model):
     kind = models.CharField(max_length=20, choices=SyncEventKind.choices, default=SyncEventKind.SYNC)
     # The reason staff gave for an action; never PHI by policy (the admin form says so).
     note = models.CharField(max_length=500, blank=True, default="")
+    # A Force resync request: the sync run it caused (its status is this request's result).
+    result_event = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    # The job run this sync belongs to (a scheduled fan-out, run_job, sync_wearables); none for manual syncs.
+    job_run = models.ForeignKey(
+        "JobRun", on_delete=models.SET_NULL, null=True, blank=True, related_name="sync_events"
+    )
+    # The django-q2 task that runs a queued request (Force resync), to find it on the queue's pages.
+    task_id = models.CharField(max_length=32, blank=True, default="")
 
     class Meta:
         db_table = "wearable_sync"
