@@ -21,7 +21,7 @@ from django.contrib.admin.utils import unquote
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import Avg, Max, Min, Q, QuerySet
+from django.db.models import Avg, Case, Max, Min, Q, QuerySet, Value, When
 from django.db.models.functions import TruncHour
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -32,6 +32,8 @@ from django.utils.formats import date_format
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.views.decorators.http import require_POST
+from django_q import admin as q_admin
+from django_q.models import Failure, Success, Task
 
 from connections import actions
 from connections.charts import Bucket, time_series_svg
@@ -44,6 +46,7 @@ from connections.models import (
     Patient,
     SyncEvent,
     SyncEventKind,
+    SyncRequest,
     SyncStatus,
 )
 from loopsync.sentry import scrub_text
@@ -622,10 +625,14 @@ class SyncEventAdmin(ReadOnlyAdmin):
     list_per_page = 100
     ordering = ("-started_at",)
     exclude = ("error",)
-    readonly_fields = ("error_scrubbed",)
+    readonly_fields = ("error_scrubbed", "task")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[SyncEvent]:
         return super().get_queryset(request).defer("error")
+
+    @admin.display(description="django-q2 task")
+    def task(self, obj: SyncEvent) -> str:
+        return task_link(obj.task_id)
 
     @admin.display(description="duration (s)")
     def duration(self, obj: SyncEvent) -> str:
@@ -644,6 +651,25 @@ class SyncEventAdmin(ReadOnlyAdmin):
 # --- Jobs ---------------------------------------------------------------------------------------------------
 
 
+RUN_EVENTS_SHOWN = 200
+
+
+def events_of_run(run: JobRun) -> QuerySet[SyncEvent]:
+    """The sync events a run covered, failed first (so "1 failed" names its connection), then newest."""
+    return (
+        SyncEvent.objects.filter(job_run=run)
+        .defer("error")
+        .annotate(
+            failed_first=Case(
+                When(status=SyncStatus.FAILED, then=Value(0)),
+                When(status=SyncStatus.RUNNING, then=Value(1)),
+                default=Value(2),
+            )
+        )
+        .order_by("failed_first", "-started_at")
+    )
+
+
 @admin.register(JobRun)
 class JobRunAdmin(ReadOnlyAdmin):
     list_display = (
@@ -654,7 +680,7 @@ class JobRunAdmin(ReadOnlyAdmin):
         "duration",
         "users_expected",
         "users_synced",
-        "users_failed",
+        "failed_link",
         "users_skipped",
         "records_stored",
     )
@@ -662,11 +688,70 @@ class JobRunAdmin(ReadOnlyAdmin):
     paginator = CappedCountPaginator
     show_full_result_count = False
     ordering = ("-started_at",)
+    change_form_template = "admin/connections/jobrun/change_form.html"
 
     @admin.display(description="duration (s)")
     def duration(self, obj: JobRun) -> str:
         seconds = obj.duration_seconds
         return "" if seconds is None else f"{seconds:.1f}"
+
+    @admin.display(description="users failed", ordering="users_failed")
+    def failed_link(self, obj: JobRun) -> str:
+        if not obj.users_failed:
+            return "0"
+        url = reverse("admin:connections_jobrun_change", args=[obj.pk]) + "#run-sync-events"
+        return format_html('<a href="{}" class="ls-status-failed">{} failed</a>', url, obj.users_failed)
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> Any:
+        run = self.get_object(request, unquote(object_id))
+        extra: dict[str, Any] = {"health_css": HEALTH_CSS}
+        if run is not None:
+            events = events_of_run(run).select_related("connection")
+            extra.update(
+                run_events=events[:RUN_EVENTS_SHOWN],
+                run_events_more=max(events.count() - RUN_EVENTS_SHOWN, 0),
+                run_events_url=reverse("admin:connections_syncevent_changelist")
+                + f"?job_run__id__exact={run.pk}",
+                run_tasks_url=reverse("admin:django_q_success_changelist") + f"?group__exact={run.job}",
+            )
+        return super().change_view(request, object_id, form_url, {**extra, **(extra_context or {})})
+
+
+@admin.register(SyncRequest)
+class SyncRequestAdmin(ReadOnlyAdmin):
+    """Manual syncs the consumer app asked for (POST …/wearables/sync): read-only, filtered by status and
+    source; each links its connection and the sync event it ran."""
+
+    list_display = (
+        "id",
+        "created_at",
+        "patient_id",
+        "source",
+        "status",
+        "connection",
+        "sync_event",
+        "junction_refresh",
+        "records_stored",
+        "error_preview",
+        "finished_at",
+    )
+    list_filter = ("status", "source", ("created_at", admin.DateFieldListFilter))
+    list_select_related = ("connection",)
+    paginator = CappedCountPaginator
+    show_full_result_count = False
+    list_per_page = 100
+    ordering = ("-created_at",)
+    exclude = ("idempotency_key",)
+
+    @admin.display(description="error")
+    def error_preview(self, obj: SyncRequest) -> str:
+        return short_error(obj.error)
 
 
 @admin.register(JobHealth)
@@ -691,3 +776,73 @@ class JobHealthAdmin(ReadOnlyAdmin):
             **(extra_context or {}),
         }
         return TemplateResponse(request, "admin/connections/jobhealth/dashboard.html", context)
+
+
+# --- django-q2's queue pages: the truth about a sync lives in our rows ----------------------------------------
+
+
+def task_link(task_id: str) -> str:
+    """A link to the django-q2 task that ran a queued request, on whichever of its pages it is."""
+    if not task_id:
+        return "-"
+    task = Task.objects.filter(pk=task_id).values("success").first()
+    if task is None:
+        return "not run yet (or no longer kept: Q_CLUSTER save_limit)"
+    page = "success" if task["success"] else "failure"
+    return format_html(
+        '<a href="{}">{}</a>', reverse(f"admin:django_q_{page}_change", args=[task_id]), task_id
+    )
+
+
+QUEUE_NOTE = (
+    "Our code owns the retries of a provider failure: a sync that failed still ends its task normally, so it "
+    "is listed here as a successful task. The outcome column says what the sync did, and links its sync event "
+    "or job run; failed syncs are under Sync events (status Failed) and on each job run's page."
+)
+FAILURE_NOTE = (
+    "A task listed here crashed (the database or the queue failed under it) and is delivered again, at most "
+    "Q_CLUSTER max_attempts times. A provider failure is not a failed task: see Sync events (status Failed)."
+)
+
+
+def task_outcome(result: object) -> str:
+    """What one of our tasks' returned summary says happened: the sync's own status, linked."""
+    if not isinstance(result, dict) or "status" not in result and "job_run_id" not in result:
+        return "-"
+    status = str(result.get("status", ""))
+    css = {"success": "success", "failed": "failed"}.get(status, "queued")
+    if result.get("sync_event_id"):
+        url = reverse("admin:connections_syncevent_change", args=[result["sync_event_id"]])
+        return format_html('<a href="{}" class="ls-status ls-status-{}">sync {}</a>', url, css, status)
+    if result.get("job_run_id"):
+        url = reverse("admin:connections_jobrun_change", args=[result["job_run_id"]])
+        return format_html('<a href="{}">job run {}</a>', url, result["job_run_id"])
+    return format_html('<span class="ls-status ls-status-{}">{}</span>', css, status or "-")
+
+
+class QueueNoteMixin:
+    queue_note = ""
+    change_list_template = "admin/connections/queue_change_list.html"
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        extra = {"queue_note": self.queue_note, "health_css": HEALTH_CSS, **(extra_context or {})}
+        return super().changelist_view(request, extra)  # type: ignore[misc]
+
+
+class OutcomeTaskAdmin(QueueNoteMixin, q_admin.TaskAdmin):
+    queue_note = QUEUE_NOTE
+    list_display = (*q_admin.TaskAdmin.list_display, "outcome")
+
+    @admin.display(description="outcome (our code)")
+    def outcome(self, obj: Success) -> str:
+        return task_outcome(obj.result)
+
+
+class NotedFailAdmin(QueueNoteMixin, q_admin.FailAdmin):
+    queue_note = FAILURE_NOTE
+
+
+for _model, _admin in ((Success, OutcomeTaskAdmin), (Failure, NotedFailAdmin)):
+    if admin.site.is_registered(_model):
+        admin.site.unregister(_model)
+    admin.site.register(_model, _admin)

@@ -258,6 +258,7 @@ def sync_connection(
     force: bool = False,
     provider: SyncProvider | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    job_run_id: int | None = None,
 ) -> SyncEvent:
     """Sync one connection of any provider and return the finished SyncEvent it wrote.
 
@@ -270,7 +271,7 @@ def sync_connection(
     with ExitStack() as stack:
         if provider is None:
             provider = stack.enter_context(open_provider(connection.provider))
-        return _sync_with(connection, provider, trigger, actor, window, force, sleep)[0]
+        return _sync_with(connection, provider, trigger, actor, window, force, sleep, job_run_id)[0]
 
 
 def close_interrupted_events(now: datetime | None = None, *, connection_id: int | None = None) -> int:
@@ -312,6 +313,7 @@ def _sync_with(
     window: tuple[datetime, datetime] | None,
     force: bool,
     sleep: Callable[[float], None],
+    job_run_id: int | None = None,
 ) -> tuple[SyncEvent, UserSyncSummary]:
     started = time.monotonic()
     close_interrupted_events(connection_id=connection.pk)
@@ -322,6 +324,7 @@ def _sync_with(
         trigger=trigger,
         actor=actor[:150],
         started_at=timezone.now(),
+        job_run_id=job_run_id,
     )
     summary = UserSyncSummary(user_id=provider.user_label(connection))
     refresher = provider.refresher()
@@ -430,6 +433,7 @@ def sync_summary(
     actor: str = "",
     force: bool = False,
     sleep: Callable[[float], None] = time.sleep,
+    job_run_id: int | None = None,
 ) -> UserSyncSummary:
     """One connection of a job run: its summary, "skipped" when inactive, "failed" when the sync crashed."""
     if connection.status != ConnectionStatus.ACTIVE:
@@ -437,7 +441,7 @@ def sync_summary(
             user_id=provider.user_label(connection), status="skipped", errors=["connection is inactive"]
         )
     try:
-        return _sync_with(connection, provider, trigger, actor, None, force, sleep)[1]
+        return _sync_with(connection, provider, trigger, actor, None, force, sleep, job_run_id)[1]
     except Exception as exc:  # noqa: BLE001 - one user's bug must not stop the others
         logger.exception("user sync crashed", extra={"connection_id": connection.pk})
         return UserSyncSummary(
@@ -484,7 +488,9 @@ def run_sync_job(
         total = len(work)
 
         def one(item: tuple[Connection, SyncProvider]) -> UserSyncSummary:
-            return sync_summary(item[0], item[1], trigger=trigger, force=force, sleep=sleep)
+            return sync_summary(
+                item[0], item[1], trigger=trigger, force=force, sleep=sleep, job_run_id=run.id
+            )
 
         if concurrency <= 1:
             summaries = map(one, work)

@@ -306,6 +306,12 @@ class JobRun(models.Model):
     def __str__(self) -> str:
         return f"{self.job} run {self.pk} ({self.status})"
 
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
 
 class JobRunUnit(models.Model):
     """One unit (a connection) of a fan-out run that has reported: a task the queue delivers twice (a lost
@@ -322,12 +328,6 @@ class JobRunUnit(models.Model):
 
     def __str__(self) -> str:
         return f"unit {self.unit} of run {self.job_run_id} ({self.outcome})"
-
-    @property
-    def duration_seconds(self) -> float | None:
-        if self.finished_at is None:
-            return None
-        return (self.finished_at - self.started_at).total_seconds()
 
 
 class JobHealth(JobRun):

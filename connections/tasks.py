@@ -70,7 +70,7 @@ def sync_connection_task(
             outcome = UNIT_SKIPPED
             return {"connection_id": connection_id, "status": "gone"}
         try:
-            event = sync_connection(connection, trigger=trigger)
+            event = sync_connection(connection, trigger=trigger, job_run_id=job_run_id)
         except ConnectionInactive:
             outcome = UNIT_SKIPPED
             return {"connection_id": connection_id, "status": "skipped"}

@@ -131,3 +131,92 @@ def test_a_resync_of_a_connection_deactivated_while_queued_fails_saying_why(
     assert request.status == SyncStatus.FAILED and request.result_event_id is None
     assert "deactivated" in request.error
     assert not SyncEvent.objects.filter(kind=SyncEventKind.SYNC).exists()
+
+
+# --- item 3: trace a failure from the job run to its connection; manual syncs; the queue's pages --------------
+
+
+@pytest.fixture
+def failed_run(junction_config: JunctionSyncConfig, clean_sandbox: SandboxServer) -> Iterator[Any]:
+    """A fanned-out wearable-sync-daily run (django-q2 sync mode) in which one of three users failed."""
+    from connections.models import JobRun
+    from connections.tasks import sync_job
+    from tests.direct_helpers import JUNCTION_JOB
+
+    down = junction_config.user_ids[1]
+    clean_sandbox.faults.add({"user_id": down, "status": 503, "count": -1})
+    with override_settings(JUNCTION_SYNC=junction_config, SYNC_USER_ATTEMPTS=1, PROVIDER_HTTP_ATTEMPTS=1):
+        sync_job(JUNCTION_JOB)
+    run = JobRun.objects.get()
+    failed = Connection.objects.get(patient__junction_user_id=down)
+    yield run, failed
+
+
+def test_a_job_runs_page_names_the_connection_that_failed_first(ops_user: User, failed_run: Any) -> None:
+    run, failed = failed_run
+    assert SyncEvent.objects.filter(job_run=run).count() == 3
+    client = client_for(ops_user)
+
+    listing = client.get(reverse("admin:connections_jobrun_changelist")).content.decode()
+    page_url = reverse("admin:connections_jobrun_change", args=[run.pk])
+    assert f'href="{page_url}#run-sync-events"' in listing and "1 failed" in listing
+
+    page = client.get(page_url).content.decode()
+    table = page.split('id="run-sync-events"')[1]
+    rows = table.split('class="ls-run-event"')[1:]
+    assert len(rows) == 3
+    assert 'data-status="failed"' in rows[0]
+    assert reverse("admin:connections_connection_change", args=[failed.pk]) in rows[0]
+    assert all('data-status="success"' in row for row in rows[1:])
+
+
+def test_an_inline_run_links_its_sync_events_too(junction_config: JunctionSyncConfig) -> None:
+    from tests.direct_helpers import run_wearable_sync_job
+
+    result = run_wearable_sync_job(junction_config)
+
+    assert result.job_run_id is not None
+    assert SyncEvent.objects.filter(job_run_id=result.job_run_id).count() == len(result.users) == 3
+
+
+def test_manual_sync_requests_are_listed_read_only_and_filter_by_status_and_source(
+    ops_user: User, frozen_time: datetime
+) -> None:
+    from connections.models import SyncRequest, SyncRequestStatus
+
+    connection = make_connection(1)
+    SyncRequest.objects.create(
+        patient=connection.patient,
+        source="oura",
+        connection=connection,
+        status=SyncRequestStatus.FAILED,
+        error="junction: GET /v2/summary/sleep answered 503",
+    )
+    SyncRequest.objects.create(
+        patient=connection.patient, source="whoop", connection=connection, status=SyncRequestStatus.SUCCESS
+    )
+    client = client_for(ops_user)
+    url = reverse("admin:connections_syncrequest_changelist")
+
+    everything = client.get(url).content.decode()
+    failed = client.get(url, {"status__exact": "failed"}).content.decode()
+    whoop = client.get(url, {"source": "whoop"}).content.decode()
+
+    assert everything.count('class="field-source"') == 2
+    assert failed.count('class="field-source"') == 1 and "answered 503" in failed
+    assert whoop.count('class="field-source"') == 1 and ">whoop<" in whoop
+    assert 'href="/admin/connections/syncrequest/add/"' not in everything
+    change = client.get(
+        reverse("admin:connections_syncrequest_change", args=[SyncRequest.objects.first().pk])
+    )
+    assert change.status_code == 200 and 'type="submit" value="Save"' not in change.content.decode()
+
+
+def test_the_queues_successful_tasks_say_which_syncs_failed(ops_user: User, failed_run: Any) -> None:
+    run, failed = failed_run
+    failed_event = SyncEvent.objects.get(connection=failed, job_run=run)
+    page = client_for(ops_user).get(reverse("admin:django_q_success_changelist")).content.decode()
+
+    assert 'id="ls-queue-note"' in page and "listed here as a successful task" in page
+    assert reverse("admin:connections_syncevent_change", args=[failed_event.pk]) in page
+    assert "sync failed" in page and page.count("sync success") == 2
