@@ -13,7 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import quote, urlencode
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.options import IncorrectLookupParameters
@@ -37,18 +39,20 @@ from django_q.models import Failure, Success, Task
 
 from connections import actions
 from connections.charts import Bucket, time_series_svg
-from connections.health import Health, data_behind, health_of, health_q, with_health
+from connections.health import Health, data_behind, health_of, health_q, needs_reconnect, with_health
 from connections.jobhealth import job_health
 from connections.models import (
     Connection,
     JobHealth,
     JobRun,
     Patient,
+    Provider,
     SyncEvent,
     SyncEventKind,
     SyncRequest,
     SyncStatus,
 )
+from connections.oauth import connect_link, oauth_providers
 from loopsync.sentry import scrub_text
 
 RESYNC_PERMISSION = "connections.force_resync_connection"
@@ -431,8 +435,39 @@ class ConnectionAdmin(RefusesNulMixin, admin.ModelAdmin):
                 .first(),
                 events_url=reverse("admin:connections_syncevent_changelist")
                 + f"?connection__id__exact={connection.pk}",
+                reconnect=reconnect_offer(request, connection),
             )
         return super().change_view(request, object_id, form_url, {**extra, **(extra_context or {})})
+
+
+def reconnect_offer(request: HttpRequest, connection: Connection) -> dict[str, Any] | None:
+    """What fixes a connection whose credentials were refused: the patient signs in again. OAuth providers get
+    the signed connect link (connections.oauth.connect_link, as `manage.py connect_link` prints it) to copy or
+    send; a login provider the command that reconnects it. Ops only: the link connects an account to the patient.
+    """
+    if not needs_reconnect(connection) or not request.user.has_perm(DEACTIVATE_PERMISSION):
+        return None
+    offer: dict[str, Any] = {
+        "provider": connection.get_provider_display(),
+        "ttl_minutes": settings.OAUTH_STATE_TTL_SECONDS // 60,
+    }
+    if connection.provider in oauth_providers():
+        link = connect_link(connection.patient, connection.provider, request.build_absolute_uri("/"))
+        subject = f"Please reconnect {offer['provider']}"
+        body = (
+            f"Your {offer['provider']} connection stopped working. Open this link to sign in again "
+            f"(valid for {offer['ttl_minutes']} minutes):\n\n{link}\n"
+        )
+        offer.update(
+            link=link, mailto="mailto:?" + urlencode({"subject": subject, "body": body}, quote_via=quote)
+        )
+    elif connection.provider == Provider.LIBRE:
+        offer["command"] = f"python manage.py connect_libre {connection.patient_id} --email FOLLOWER_EMAIL"
+    else:
+        offer["note"] = (
+            f"The patient reconnects {offer['provider']} in the app (the provider's own link flow)."
+        )
+    return offer
 
 
 # --- Patients ---------------------------------------------------------------------------------------------
