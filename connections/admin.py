@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -23,16 +23,16 @@ from django.contrib.admin.utils import unquote
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import Avg, Case, Max, Min, Q, QuerySet, Value, When
+from django.db.models import Avg, Case, IntegerField, Max, Min, QuerySet, Value, When
 from django.db.models.functions import TruncHour
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.decorators import method_decorator
-from django.utils.formats import date_format
 from django.utils.functional import cached_property
 from django.utils.html import format_html
+from django.utils.timesince import timesince, timeuntil
 from django.views.decorators.http import require_POST
 from django_q import admin as q_admin
 from django_q.models import Failure, Success, Task
@@ -82,9 +82,34 @@ def short_error(text: str) -> str:
     return line if len(line) <= ERROR_PREVIEW else line[: ERROR_PREVIEW - 1] + "…"
 
 
-def is_ascii_number(term: str) -> bool:
-    """Whether a search term can be an id: str.isdigit() is also true of "²" or "٣", which int() refuses."""
-    return term.isascii() and term.isdigit()
+def relative_time(when: datetime | None, now: datetime | None = None) -> str:
+    """ "3 hours ago" (one unit, short), the exact UTC time in the title: the age is what ops compare at a glance."""
+    if when is None:
+        return "-"
+    now = now or timezone.now()
+    exact = when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if abs((now - when).total_seconds()) < 60:
+        text = "just now"
+    elif when <= now:
+        text = f"{timesince(when, now, depth=1)} ago"
+    else:
+        text = f"in {timeuntil(when, now, depth=1)}"
+    return format_html('<time datetime="{}" title="{}">{}</time>', when.isoformat(), exact, text)
+
+
+# Worst first: what the list's default order and its health column sort by.
+HEALTH_SEVERITY = (Health.FAILING, Health.STALE, Health.INACTIVE, Health.OK)
+
+
+def with_health_rank(queryset: QuerySet[Connection]) -> QuerySet[Connection]:
+    """`health_rank` from the `health` annotation (with_health): failing 0, stale 1, inactive 2, ok 3."""
+    return queryset.annotate(
+        health_rank=Case(
+            *(When(health=str(state), then=Value(rank)) for rank, state in enumerate(HEALTH_SEVERITY)),
+            default=Value(len(HEALTH_SEVERITY)),
+            output_field=IntegerField(),
+        )
+    )
 
 
 class RefusesNulMixin:
@@ -104,6 +129,14 @@ HEALTH_CSS = """
 .ls-health-failing{background:#c53030}.ls-health-inactive{background:#718096}
 .ls-chart{display:block;margin:8px 0 16px;max-width:100%;height:auto}
 table.ls-table{width:100%;margin-bottom:16px}table.ls-table td,table.ls-table th{padding:4px 8px}
+#result_list td,#result_list th{white-space:nowrap}
+#result_list .field-last_error_column .ls-error{display:inline-block;max-width:26em;overflow:hidden;
+text-overflow:ellipsis;vertical-align:bottom}
+@media (max-width:1500px){#result_list .field-last_error_column .ls-error{max-width:18em}}
+@media (max-width:1100px){#result_list .column-last_error_column,#result_list .field-last_error_column,
+#result_list .column-failure_streak_column,#result_list .field-failure_streak_column{display:none}}
+@media (max-width:900px){#result_list .column-newest_reading,#result_list .field-newest_reading,
+#result_list .column-provider,#result_list .field-provider{display:none}}
 .ls-ops-form{display:inline}.ls-ops-form button{cursor:pointer}
 .ls-status{font-weight:600}.ls-status-success{color:#2f855a}.ls-status-failed{color:#c53030}
 .ls-status-partial{color:#b7791f}.ls-status-running,.ls-status-queued{color:#2b6cb0}
@@ -181,25 +214,31 @@ OPS: dict[str, ConnectionOp] = {
 
 @admin.register(Connection)
 class ConnectionAdmin(RefusesNulMixin, admin.ModelAdmin):
+    # Health second, so it stays on screen whatever the width; the responsive CSS (CONNECTION_LIST_CSS) drops
+    # the least needed columns first on narrow screens.
     list_display = (
         "id",
+        "health_column",
         "patient_link",
         "provider",
-        "status",
-        "health_column",
-        "failure_streak",
-        "last_error_column",
-        "last_success_at",
+        "failure_streak_column",
+        "last_success_column",
         "newest_reading",
+        "last_error_column",
     )
     list_display_links = ("id",)
     list_filter = (HealthFilter, "provider", "status")
-    search_fields = ("patient__junction_user_id", "patient__clerk_user_id")
-    search_help_text = "Exact Junction user id, Clerk user id, patient id or connection id."
+    # Prefixes (istartswith): the start of a Junction or Clerk user id, of a connection id; a patient id exactly.
+    search_fields = ("^patient__junction_user_id", "^patient__clerk_user_id", "^id", "=patient__id")
+    search_help_text = (
+        "The start of a Junction user id, Clerk user id or connection id; or a patient id. "
+        "Times are relative; hover one for the exact UTC time."
+    )
     list_select_related = ("patient",)
     show_full_result_count = False
     list_per_page = 100
-    ordering = ("-id",)
+    # Open problems first: failing, stale, inactive, ok (a CASE rank, not the alphabet), newest first within.
+    ordering = ("health_rank", "-id")
     actions = ("force_resync_selected", "deactivate_selected", "reactivate_selected")
     fields = (
         "patient",
@@ -237,44 +276,43 @@ class ConnectionAdmin(RefusesNulMixin, admin.ModelAdmin):
         return request.user.has_perm(DEACTIVATE_PERMISSION)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Connection]:
-        return with_health(super().get_queryset(request), timezone.now())
-
-    def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet[Connection], search_term: str
-    ) -> tuple[QuerySet[Connection], bool]:
-        """Exact identifiers only: the unique indexes answer at once, and no patient is found by a fragment."""
-        term = search_term.strip()
-        if not term:
-            return queryset, False
-        q = Q(patient__junction_user_id=term) | Q(patient__clerk_user_id=term)
-        if is_ascii_number(term):
-            q |= Q(patient_id=int(term)) | Q(pk=int(term))
-        return queryset.filter(q), False
+        # Annotated before the admin's ordering is applied, since the default order is by the annotation.
+        queryset = with_health_rank(with_health(self.model._default_manager.get_queryset(), timezone.now()))
+        ordering = self.get_ordering(request)
+        return queryset.order_by(*ordering) if ordering else queryset
 
     @admin.display(description="patient", ordering="patient_id")
     def patient_link(self, obj: Connection) -> str:
         url = reverse("admin:connections_patient_change", args=[obj.patient_id])
         return format_html('<a href="{}">{}</a>', url, obj.patient)
 
-    @admin.display(description="health", ordering="health")
+    @admin.display(description="health", ordering="health_rank")
     def health_column(self, obj: Connection) -> str:
-        return health_badge(obj.health)  # type: ignore[attr-defined]
+        badge = health_badge(obj.health)  # type: ignore[attr-defined]
+        if needs_reconnect(obj):
+            return format_html('{} <span class="ls-health ls-health-failing">reconnect</span>', badge)
+        return badge
+
+    @admin.display(description="fails", ordering="failure_streak")
+    def failure_streak_column(self, obj: Connection) -> int:
+        return obj.failure_streak
+
+    @admin.display(description="last success", ordering="last_success_at")
+    def last_success_column(self, obj: Connection) -> str:
+        return relative_time(obj.last_success_at)
 
     @admin.display(description="newest reading", ordering="latest_reading_at")
     def newest_reading(self, obj: Connection) -> str:
-        """The newest reading's time; "behind" when it is older than the provider's usual delay allows."""
-        shown = (
-            date_format(timezone.localtime(obj.latest_reading_at), "DATETIME_FORMAT")
-            if obj.latest_reading_at
-            else "-"
-        )
+        """The newest reading's age; "behind" when it is older than the provider's usual delay allows."""
+        shown = relative_time(obj.latest_reading_at)
         if data_behind(obj, timezone.now()):
             return format_html('{} <span class="ls-health ls-health-stale">behind</span>', shown)
         return shown
 
     @admin.display(description="last error")
     def last_error_column(self, obj: Connection) -> str:
-        return short_error(obj.last_error)
+        line = short_error(obj.last_error)
+        return format_html('<span class="ls-error" title="{}">{}</span>', line, line) if line else ""
 
     @admin.display(description="last error")
     def last_error_scrubbed(self, obj: Connection) -> str:
@@ -400,7 +438,9 @@ class ConnectionAdmin(RefusesNulMixin, admin.ModelAdmin):
         return self._bulk(request, queryset, OPS["reactivate"])
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
-        return super().changelist_view(request, {**(extra_context or {}), "health_css": HEALTH_CSS})
+        # The widest page: without the navigation sidebar every column fits a 1,400 px laptop screen.
+        extra = {"health_css": HEALTH_CSS, "is_nav_sidebar_enabled": False}
+        return super().changelist_view(request, {**extra, **(extra_context or {})})
 
     def change_view(
         self,
@@ -577,8 +617,8 @@ def daily_stats_table(patient: Patient, now: datetime) -> dict[str, Any]:
 @admin.register(Patient)
 class PatientAdmin(RefusesNulMixin, admin.ModelAdmin):
     list_display = ("id", "junction_user_id", "clerk_user_id", "time_zone", "created_at")
-    search_fields = ("junction_user_id", "clerk_user_id")
-    search_help_text = "Exact Junction user id, Clerk user id or patient id."
+    search_fields = ("^junction_user_id", "^clerk_user_id", "=id")
+    search_help_text = "The start of a Junction user id or Clerk user id, or a patient id."
     show_full_result_count = False
     ordering = ("-id",)
     fields = ("junction_user_id", "clerk_user_id", "time_zone", "created_at")
@@ -592,17 +632,6 @@ class PatientAdmin(RefusesNulMixin, admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
-
-    def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet[Patient], search_term: str
-    ) -> tuple[QuerySet[Patient], bool]:
-        term = search_term.strip()
-        if not term:
-            return queryset, False
-        q = Q(junction_user_id=term) | Q(clerk_user_id=term)
-        if is_ascii_number(term):
-            q |= Q(pk=int(term))
-        return queryset.filter(q), False
 
     def change_view(
         self,

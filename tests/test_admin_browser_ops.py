@@ -3,7 +3,9 @@ run names its failed connection (item 3), a revoked connection's reconnect link 
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +21,8 @@ from tests.ops_fixtures import PASSWORD
 from tests.test_admin_browser import _require_browser, chromium_page, ops_in_transactional_db  # noqa: F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+# LOOPSYNC_SCREENSHOTS=1: the tests also write the README's screenshots (docs/screenshots/).
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 
 
 def log_in(page: Any, base: str, next_path: str) -> None:
@@ -83,3 +87,87 @@ def test_ops_reconnects_a_revoked_connection_with_the_link_its_page_offers(
 
     connection.refresh_from_db()
     assert (connection.status, connection.status_reason) == (ConnectionStatus.ACTIVE, "")
+
+
+def make_every_state(now: Any) -> dict[str, Connection]:
+    """One connection in each state, with real-length identifiers and a long error."""
+    from tests.ops_fixtures import make_connection
+
+    long_error = "attempt 3: junction: GET /v2/timeseries/{user_id}/heartrate/grouped answered 503 " * 2
+    states = {
+        "ok": make_connection(1, last_sync_at=now - timedelta(hours=3)),
+        "stale": make_connection(2, last_sync_at=now - timedelta(days=3)),
+        "failing": make_connection(
+            3, last_sync_at=now - timedelta(hours=30), failure_streak=3, last_error=long_error
+        ),
+        "inactive": make_connection(
+            4, status=ConnectionStatus.INACTIVE, last_sync_at=now - timedelta(days=9)
+        ),
+        "revoked": make_connection(5, provider=Provider.WHOOP, last_sync_at=now - timedelta(days=1)),
+    }
+    mark_revoked(states["revoked"], "whoop: invalid_grant; " + MUST_RECONNECT)
+    from connections.models import Patient
+
+    for n, connection in enumerate(states.values()):
+        Patient.objects.filter(pk=connection.patient_id).update(
+            junction_user_id=f"{n}f9c2b7e-41d3-4c8a-9e2b-6f1d0c3a5b7{n}",
+            clerk_user_id=f"user_2pQm8ZxR4tLk9VbN3cYw{n}",
+        )
+    return states
+
+
+LAYOUT = """() => {
+  const header = (name) => document.querySelector('#result_list th.column-' + name);
+  const right = (el) => el ? el.getBoundingClientRect().right : null;
+  const visible = (el) => !!el && el.getBoundingClientRect().width > 0;
+  return {
+    viewport: window.innerWidth,
+    pageWidth: document.documentElement.scrollWidth,
+    tableRight: right(document.querySelector('#result_list')),
+    health: visible(header('health_column')) ? right(header('health_column')) : null,
+    patient: visible(header('patient_link')),
+    lastError: visible(header('last_error_column')),
+  };
+}"""
+
+
+@pytest.mark.parametrize("width", [1400, 800])
+def test_the_connection_list_fits_the_screen_worst_first_with_relative_times(
+    width: int,
+    live_server: object,
+    ops_in_transactional_db: User,  # noqa: F811
+) -> None:
+    _require_browser()
+    states = make_every_state(timezone.now())
+    base = str(live_server)  # type: ignore[attr-defined]
+
+    with chromium_page() as page:
+        page.set_viewport_size({"width": width, "height": 900})
+        log_in(page, base, "/admin/connections/connection/")
+        page.wait_for_selector("#result_list")
+        layout = page.evaluate(LAYOUT)
+        # Nothing cut off, no sideways scrolling; health always visible.
+        assert layout["pageWidth"] <= width and layout["tableRight"] <= width, layout
+        assert layout["health"] is not None and layout["health"] <= width, layout
+        assert layout["patient"], layout
+        assert layout["lastError"] == (width >= 1400), layout
+        # Worst first: failing, stale, then the inactive ones (revoked among them), ok last.
+        healths = page.locator("#result_list td.field-health_column").all_inner_texts()
+        assert [h.split()[0] for h in healths] == ["Failing", "Stale", "Inactive", "Inactive", "OK"]
+        assert "reconnect" in healths[2] + healths[3]
+        # Relative times, the exact UTC time on hover.
+        stale_time = page.locator("#result_list tr", has_text="Stale").locator(
+            "td.field-last_success_column time"
+        )
+        assert stale_time.inner_text().replace("\xa0", " ") == "3 days ago"
+        assert stale_time.get_attribute("title").endswith(" UTC")
+        # Prefix search by a Clerk user id's start.
+        page.fill("#searchbar", "user_2pQm8ZxR4tLk9VbN3cYw1")
+        page.press("#searchbar", "Enter")
+        page.wait_for_url("**q=**")
+        assert page.locator("#result_list tbody tr").count() == 1
+        assert page.locator("#result_list td.field-health_column").inner_text().startswith("Stale")
+        if os.environ.get("LOOPSYNC_SCREENSHOTS") and width == 1400:
+            page.goto(f"{base}/admin/connections/connection/")
+            page.screenshot(path=str(SCREENSHOTS / "connection-list-1400.png"), full_page=True)
+    assert states

@@ -86,3 +86,16 @@ def test_a_revoked_libre_connection_names_the_login_command(ops_user: User, froz
     page = page_for(ops_user, libre)
 
     assert 'id="ls-reconnect"' in page and f"manage.py connect_libre {libre.patient_id}" in page
+
+
+def test_relative_times_say_one_unit_with_the_exact_utc_time_in_the_title(frozen_time: datetime) -> None:
+    from datetime import timedelta
+
+    from connections.admin import relative_time
+
+    three_hours = relative_time(frozen_time - timedelta(hours=3, minutes=20), frozen_time)
+    assert ">3\xa0hours ago</time>" in three_hours
+    assert 'title="2026-03-10 08:40:00 UTC"' in three_hours
+    assert ">just now<" in relative_time(frozen_time - timedelta(seconds=20), frozen_time)
+    assert ">in 2\xa0days<" in relative_time(frozen_time + timedelta(days=2, hours=1), frozen_time)
+    assert relative_time(None, frozen_time) == "-"
