@@ -53,6 +53,7 @@ from connections.models import (
     SyncStatus,
 )
 from connections.oauth import connect_link, oauth_providers
+from connections.overview import ops_overview
 from loopsync.sentry import scrub_text
 
 RESYNC_PERMISSION = "connections.force_resync_connection"
@@ -322,15 +323,38 @@ class ConnectionAdmin(RefusesNulMixin, admin.ModelAdmin):
 
     def get_urls(self) -> list[Any]:
         info = self.opts.app_label, self.opts.model_name
-        return [
-            path(
-                f"<path:object_id>/{name}/",
-                self.admin_site.admin_view(self.operation_view),
-                {"operation": name},
-                name=f"{info[0]}_{info[1]}_{name}",
-            )
-            for name in OPS
-        ] + super().get_urls()
+        return (
+            [path("overview/", self.admin_site.admin_view(self.overview_view), name="connections_overview")]
+            + [
+                path(
+                    f"<path:object_id>/{name}/",
+                    self.admin_site.admin_view(self.operation_view),
+                    {"operation": name},
+                    name=f"{info[0]}_{info[1]}_{name}",
+                )
+                for name in OPS
+            ]
+            + super().get_urls()
+        )
+
+    def overview_view(self, request: HttpRequest) -> HttpResponse:
+        """The ops overview (linked from the admin index): open problems first, then counts and jobs."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        now = timezone.now()
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Ops overview",
+            "opts": self.opts,
+            "overview": ops_overview(now),
+            "health_order": [Health(h) for h in HEALTH_SEVERITY],
+            "now": now,
+            "grace_minutes": settings.SENTRY_CRONS_MARGIN_MINUTES,
+            "connections_url": reverse("admin:connections_connection_changelist"),
+            "jobhealth_url": reverse("admin:connections_jobhealth_changelist"),
+            "health_css": HEALTH_CSS,
+        }
+        return TemplateResponse(request, "admin/connections/overview.html", context)
 
     @method_decorator(require_POST)
     def operation_view(self, request: HttpRequest, object_id: str, operation: str) -> HttpResponse:
@@ -830,11 +854,14 @@ class JobHealthAdmin(ReadOnlyAdmin):
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
         if not self.has_view_permission(request):
             raise PermissionDenied
+        now = timezone.now()
         context = {
             **self.admin_site.each_context(request),
             "title": "Job health",
             "opts": self.opts,
-            "jobs": job_health(),
+            "jobs": job_health(now),
+            "now": now,
+            "grace_minutes": settings.SENTRY_CRONS_MARGIN_MINUTES,
             "runs_url": reverse("admin:connections_jobrun_changelist"),
             "health_css": HEALTH_CSS,
             **(extra_context or {}),
@@ -910,3 +937,7 @@ for _model, _admin in ((Success, OutcomeTaskAdmin), (Failure, NotedFailAdmin)):
     if admin.site.is_registered(_model):
         admin.site.unregister(_model)
     admin.site.register(_model, _admin)
+
+
+# The admin index opens with the ops summary (connections/templatetags/ops.py), linking the overview.
+admin.site.index_template = "admin/connections/index.html"

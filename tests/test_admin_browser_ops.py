@@ -171,3 +171,61 @@ def test_the_connection_list_fits_the_screen_worst_first_with_relative_times(
             page.goto(f"{base}/admin/connections/connection/")
             page.screenshot(path=str(SCREENSHOTS / "connection-list-1400.png"), full_page=True)
     assert states
+
+
+def test_the_overview_and_job_health_show_a_late_and_a_missed_job(
+    live_server: object,
+    ops_in_transactional_db: User,  # noqa: F811
+) -> None:
+    _require_browser()
+    import io
+
+    from django.core.management import call_command
+
+    from connections.jobhealth import last_due
+    from connections.models import JobRunStatus
+
+    now = timezone.now()
+    make_every_state(now)
+    call_command("sync_schedules", stdout=io.StringIO())
+    # The CGM job (every 30 minutes) last ran before its latest half hour: Late (grace 30 min).
+    JobRun.objects.create(
+        job="sync-cgm-readings",
+        status=JobRunStatus.SUCCESS,
+        started_at=last_due("*/30 * * * *", now) - timedelta(minutes=1),
+        finished_at=last_due("*/30 * * * *", now),
+        users_synced=2,
+    )
+    # The daily Junction job last ran two days ago: yesterday's 03:00 was missed.
+    JobRun.objects.create(
+        job="wearable-sync-daily",
+        status=JobRunStatus.PARTIAL,
+        started_at=now - timedelta(days=2),
+        finished_at=now - timedelta(days=2) + timedelta(minutes=4),
+        users_synced=2,
+        users_failed=1,
+    )
+    base = str(live_server)  # type: ignore[attr-defined]
+
+    with chromium_page() as page:
+        log_in(page, base, "/admin/")
+        page.wait_for_selector("#ls-ops-summary")
+        summary = page.inner_text("#ls-ops-summary")
+        assert "Missed" in summary and "Late" in summary and "sync-cgm-readings" in summary
+        page.click("#ls-ops-summary a:text-is('open the overview')")
+        page.wait_for_selector("#ls-problems")
+        assert page.get_attribute("#ls-job-sync-cgm-readings", "data-state") == "late"
+        assert page.get_attribute("#ls-job-wearable-sync-daily", "data-state") == "missed"
+        problems = page.locator("#ls-problems tr.ls-problem").all_inner_texts()
+        assert "wearable-sync-daily" in problems[0] and "Missed" in problems[0]
+        assert any("Failing" in p for p in problems) and any("reconnect" in p for p in problems)
+        if os.environ.get("LOOPSYNC_SCREENSHOTS"):
+            page.screenshot(path=str(SCREENSHOTS / "ops-overview.png"), full_page=True)
+
+        page.goto(f"{base}/admin/connections/jobhealth/")
+        late = page.locator("#job-sync-cgm-readings")
+        assert "Late" in late.locator("h2").inner_text()
+        schedule = late.locator("dd.ls-schedule").inner_text()
+        assert schedule.startswith("late: due") and "next due" not in schedule
+        if os.environ.get("LOOPSYNC_SCREENSHOTS"):
+            late.screenshot(path=str(SCREENSHOTS / "job-late.png"))
