@@ -238,8 +238,10 @@ class ConnectionAdmin(RefusesNulMixin, admin.ModelAdmin):
     list_select_related = ("patient",)
     show_full_result_count = False
     list_per_page = 100
-    # Open problems first: failing, stale, inactive, ok (a CASE rank, not the alphabet), newest first within.
-    ordering = ("health_rank", "-id")
+    def get_ordering(self, request: HttpRequest) -> tuple[str, ...]:
+        """Open problems first: failing, stale, inactive, ok (a CASE rank, not the alphabet), newest first
+        within. A method, since the rank is an annotation (get_queryset) the `ordering` check cannot see."""
+        return ("health_rank", "-id")
     actions = ("force_resync_selected", "deactivate_selected", "reactivate_selected")
     fields = (
         "patient",
