@@ -17,6 +17,7 @@ from django.utils import timezone
 from django_q.tasks import async_task
 
 from connections.engine import ConnectionInactive, sync_connection
+from connections.jobruns import JobSummary, log_summary
 from connections.models import (
     ACTIVE_SYNC_REQUEST_STATUSES,
     Connection,
@@ -36,6 +37,7 @@ from connections.providers.junction.client import JunctionClient
 from connections.providers.registry import PROVIDERS, open_provider
 
 logger = logging.getLogger("loopsync.actions")
+RESYNC_GROUP = "connection-resync"
 
 
 def _audit(
@@ -97,8 +99,8 @@ def _enqueue_resync(connection_id: int, request_event_id: int, trigger: str, act
         actor,
         True,
         request_event_id,
-        group="connection-resync",
-        task_name=f"connection-resync:{connection_id}",
+        group=RESYNC_GROUP,
+        task_name=f"{RESYNC_GROUP}:{connection_id}",
     )
     SyncEvent.objects.filter(pk=request_event_id).update(task_id=str(task_id or "")[:32])
 
@@ -141,6 +143,17 @@ def do_run_resync(
 
 def _finish_resync_request(requests: Any, event: SyncEvent | None, error: str) -> None:
     failed = bool(error) or event is None or event.status != SyncStatus.SUCCESS
+    log_summary(
+        JobSummary(
+            job=RESYNC_GROUP,
+            status=SyncStatus.FAILED if failed else SyncStatus.SUCCESS,
+            duration_s=(event.duration_seconds or 0.0) if event is not None else 0.0,
+            users_expected=1,
+            users_synced=int(not failed),
+            users_failed=int(failed),
+            records_stored=event.records_stored if event is not None else 0,
+        )
+    )
     requests.update(
         status=SyncStatus.FAILED if failed else SyncStatus.SUCCESS,
         finished_at=timezone.now(),
@@ -446,13 +459,17 @@ def do_manual_sync(request_id: int) -> SyncRequest | None:
             "finished_at",
         ]
     )
-    logger.info(
-        "manual sync finished",
-        extra={
-            "sync_request_id": request_id,
-            "status": request.status,
-            "records_stored": request.records_stored,
-        },
+    # A manual sync is a job of one user: the same summary line as every job.
+    log_summary(
+        JobSummary(
+            job=MANUAL_SYNC_GROUP,
+            status=request.status,
+            duration_s=(request.finished_at - started).total_seconds(),
+            users_expected=1,
+            users_synced=int(request.status == SyncRequestStatus.SUCCESS),
+            users_failed=int(request.status == SyncRequestStatus.FAILED),
+            records_stored=request.records_stored,
+        )
     )
     return request
 

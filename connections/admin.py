@@ -238,10 +238,16 @@ class ConnectionAdmin(RefusesNulMixin, admin.ModelAdmin):
     list_select_related = ("patient",)
     show_full_result_count = False
     list_per_page = 100
+
     def get_ordering(self, request: HttpRequest) -> tuple[str, ...]:
         """Open problems first: failing, stale, inactive, ok (a CASE rank, not the alphabet), newest first
-        within. A method, since the rank is an annotation (get_queryset) the `ordering` check cannot see."""
-        return ("health_rank", "-id")
+        within. A method, since the rank is an annotation (get_queryset) the `ordering` check cannot see; and
+        only for the list, since other admins' forms order their connection choices by this too, unannotated."""
+        match = getattr(request, "resolver_match", None)
+        if match is not None and match.url_name == "connections_connection_changelist":
+            return ("health_rank", "-id")
+        return ("-id",)
+
     actions = ("force_resync_selected", "deactivate_selected", "reactivate_selected")
     fields = (
         "patient",

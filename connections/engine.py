@@ -510,32 +510,5 @@ def run_sync_job(
                 progress(done, total, summary)
         result.finished_at = timezone.now()
         run.record_summary(result.as_dict())
-    log_job_summary(result)
+    # The summary line is track_job's, the same for every job (connections.jobruns.JobSummary).
     return result
-
-
-def log_job_summary(result: JobResult) -> None:
-    summary = result.as_dict()
-    level = logging.INFO if result.ok else logging.WARNING
-    logger.log(
-        level,
-        "%s finished: %d/%d users synced, %d records stored, %d errors",
-        result.job,
-        result.users_synced,
-        len(result.users),
-        result.records_stored,
-        len(result.errors),
-        extra={
-            k: summary[k]
-            for k in (
-                "job",
-                "users_total",
-                "users_synced",
-                "users_failed",
-                "records_fetched",
-                "records_stored",
-                "records_skipped",
-                "duration_s",
-            )
-        },
-    )

@@ -102,16 +102,6 @@ def sync_connection_now_task(
     )
     if event is None:
         return {"connection_id": connection_id, "status": "skipped"}
-    logger.info(
-        "connection sync finished",
-        extra={
-            "connection_id": connection_id,
-            "provider": event.provider,
-            "trigger": trigger,
-            "status": event.status,
-            "records_stored": event.records_stored,
-        },
-    )
     return {"connection_id": connection_id, "sync_event_id": event.pk, "status": event.status}
 
 
