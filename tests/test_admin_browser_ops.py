@@ -81,6 +81,8 @@ def test_ops_reconnects_a_revoked_connection_with_the_link_its_page_offers(
         assert page.is_visible("button:text-is('Reactivate')")
         link = page.input_value("#ls-reconnect-link")
         assert link.startswith(f"{base}/connect/whoop/start?token=")
+        if os.environ.get("LOOPSYNC_SCREENSHOTS"):
+            page.screenshot(path=str(SCREENSHOTS / "revoked-reconnect.png"), full_page=True)
         # The patient opens it: the sandbox's WHOOP approves at once and sends the browser back.
         page.goto(link)
         page.wait_for_load_state()
