@@ -122,6 +122,8 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 LANGUAGE_CODE = "en-us"
+# The admin shows "2026-03-10 12:00:00 UTC", not "March 10, 2026, noon" (loopsync/formats/en/formats.py).
+FORMAT_MODULE_PATH = ["loopsync.formats"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True

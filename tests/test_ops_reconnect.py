@@ -99,3 +99,9 @@ def test_relative_times_say_one_unit_with_the_exact_utc_time_in_the_title(frozen
     assert ">just now<" in relative_time(frozen_time - timedelta(seconds=20), frozen_time)
     assert ">in 2\xa0days<" in relative_time(frozen_time + timedelta(days=2, hours=1), frozen_time)
     assert relative_time(None, frozen_time) == "-"
+
+
+def test_the_admin_shows_absolute_times_with_their_zone(ops_user: User, revoked: Connection) -> None:
+    page = page_for(ops_user, revoked)
+    # last successful sync = the frozen test time (noon UTC), shown with its zone
+    assert "2026-03-10 12:00:00 UTC" in page
