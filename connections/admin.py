@@ -728,7 +728,18 @@ class SyncEventAdmin(ReadOnlyAdmin):
 
     @admin.display(description="django-q2 task")
     def task(self, obj: SyncEvent) -> str:
-        return task_link(obj.task_id)
+        if obj.task_id:
+            return task_link(obj.task_id)
+        if obj.job_run_id and obj.connection_id:
+            # A fanned-out run names each connection's task "<job>:<connection id>" (connections.tasks).
+            run = JobRun.objects.filter(pk=obj.job_run_id).values_list("job", flat=True).first()
+            name = f"{run}:{obj.connection_id}"
+            url = reverse("admin:django_q_success_changelist") + "?" + urlencode({"q": name})
+            failed = reverse("admin:django_q_failure_changelist") + "?" + urlencode({"q": name})
+            return format_html(
+                '<a href="{}">{} (successful tasks)</a> · <a href="{}">failed tasks</a>', url, name, failed
+            )
+        return "-"
 
     @admin.display(description="duration (s)")
     def duration(self, obj: SyncEvent) -> str:

@@ -220,3 +220,16 @@ def test_the_queues_successful_tasks_say_which_syncs_failed(ops_user: User, fail
     assert 'id="ls-queue-note"' in page and "listed here as a successful task" in page
     assert reverse("admin:connections_syncevent_change", args=[failed_event.pk]) in page
     assert "sync failed" in page and page.count("sync success") == 2
+
+
+def test_a_fanned_out_sync_events_page_links_its_task(ops_user: User, failed_run: Any) -> None:
+    run, failed = failed_run
+    event = SyncEvent.objects.get(connection=failed, job_run=run)
+    client = client_for(ops_user)
+
+    page = client.get(reverse("admin:connections_syncevent_change", args=[event.pk])).content.decode()
+    name = f"{run.job}:{failed.pk}"
+    assert f"?q={name.replace(':', '%3A')}" in page
+
+    tasks = client.get(reverse("admin:django_q_success_changelist"), {"q": name}).content.decode()
+    assert tasks.count('class="field-outcome"') == 1 and "sync failed" in tasks
