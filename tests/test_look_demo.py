@@ -115,3 +115,31 @@ def test_seed_ops_demo_refuses_outside_local_work(settings: Any) -> None:
     settings.SANDBOX_ENABLED = False
     with pytest.raises(CommandError, match="DEBUG=true"):
         call_command("seed_ops_demo", stdout=io.StringIO())
+
+
+def test_the_demos_sandbox_connections_are_connected_again_to_a_new_sandbox(
+    clean_sandbox: SandboxServer, direct_config: DirectProvidersConfig
+) -> None:
+    from connections.models import ProviderCredential
+    from connections.sandbox_setup import SandboxAt, connect_sandbox_user, reconnect_known_sandbox_users
+    from tests.direct_helpers import sync
+
+    whoop = connect_sandbox_user(clean_sandbox, direct_config, Provider.WHOOP, 1)
+    dexcom = connect_sandbox_user(clean_sandbox, direct_config, Provider.DEXCOM, 2)
+    # Tokens the running sandbox never issued (`make demo`'s own sandbox did, and has gone).
+    for credential in ProviderCredential.objects.filter(connection__in=[whoop, dexcom]):
+        credential.access_token = credential.refresh_token = "issued-by-another-sandbox"
+        credential.save()
+    connections = Connection.objects.count()
+    refused = sync(whoop, direct_config, sleep=lambda _: None)
+    assert refused.status == "failed"  # what the demo's first scheduled run would have found
+
+    served = SandboxAt(clean_sandbox.base_url, users=len(clean_sandbox.libre.users), seed=7)
+    assert reconnect_known_sandbox_users(served, direct_config) == 2
+
+    assert Connection.objects.count() == connections  # nothing new, the same patients
+    for connection in (whoop, dexcom):
+        connection.refresh_from_db()
+        assert connection.status == "active"
+        summary = sync(connection, direct_config)
+        assert summary.status == "success", summary.errors

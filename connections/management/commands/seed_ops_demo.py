@@ -1,5 +1,7 @@
 """`manage.py seed_ops_demo`: the demo superuser, and one connection in each state the admin shows (failing,
-stale, revoked, inactive), so `make look` shows every state. Idempotent: run again, it resets the same rows."""
+stale, revoked, inactive), so `make look` shows every state. Idempotent: run again, it resets the same rows.
+With SANDBOX_URL (`make look`) it also connects the demo's WHOOP/Dexcom/Libre sandbox accounts again to that
+sandbox, which does not know the tokens `make demo`'s sandbox issued."""
 
 from __future__ import annotations
 
@@ -59,6 +61,11 @@ class Command(BaseCommand):
             for external_id, provider, state in STATES:
                 self._seed(external_id, provider, state, now)
         self.stdout.write(f"demo states: {', '.join(state for _, _, state in STATES)} (one connection each)")
+        if settings.SANDBOX_URL:
+            from connections.sandbox_setup import SandboxAt, reconnect_known_sandbox_users
+
+            count = reconnect_known_sandbox_users(SandboxAt(settings.SANDBOX_URL), settings.DIRECT_PROVIDERS)
+            self.stdout.write(f"sandbox connections reconnected to {settings.SANDBOX_URL}: {count}")
         self.stdout.write(
             f"admin: {options['base_url'].rstrip('/')}/admin/  user {DEMO_USERNAME}  password {password}"
         )
