@@ -30,13 +30,15 @@ from connections.tokens import MUST_RECONNECT
 DEMO_USERNAME = "admin"
 DEMO_PASSWORD = "loopsync-demo"  # noqa: S105 - a local demo login, printed by design; refused outside DEBUG
 
-# (patient's Junction-style id, provider, state): the ids are not sandbox accounts, so a Force resync of the
-# failing one fails again, as it would for a real user Junction no longer knows.
+# (patient's external id, provider, state). Direct providers without credentials: the scheduled jobs select
+# only connections with credentials and `make demo` only the sandbox's accounts, so these never fail a demo
+# run (a Junction one would: that job syncs every active Junction connection), and a Force resync of the failing
+# one fails again, as it would for a patient whose grant is gone.
 STATES = (
-    ("demo-failing-7c1e", Provider.JUNCTION, "failing"),
-    ("demo-stale-3b9a", Provider.JUNCTION, "stale"),
+    ("demo-failing-7c1e", Provider.DEXCOM, "failing"),
+    ("demo-stale-3b9a", Provider.WHOOP, "stale"),
     ("demo-revoked-5d2f", Provider.WHOOP, "revoked"),
-    ("demo-inactive-8e4c", Provider.DEXCOM, "inactive"),
+    ("demo-inactive-8e4c", Provider.LIBRE, "inactive"),
 )
 
 
@@ -84,7 +86,7 @@ class Command(BaseCommand):
         }
         error = ""
         if state == "failing":
-            error = "attempt 3: junction: GET /v2/summary/sleep/{user_id} answered 503"
+            error = "attempt 3: dexcom: GET /v3/users/self/egvs answered 503"
             values.update(failure_streak=3, last_error=error, last_success_at=now - timedelta(days=2))
         elif state == "stale":
             values.update(last_success_at=now - timedelta(days=3), last_attempt_at=now - timedelta(days=3))
