@@ -143,3 +143,19 @@ def test_the_demos_sandbox_connections_are_connected_again_to_a_new_sandbox(
         assert connection.status == "active"
         summary = sync(connection, direct_config)
         assert summary.status == "success", summary.errors
+
+
+def test_the_seeded_states_never_fail_a_demo_job_run(
+    settings: Any, junction_config: JunctionSyncConfig, direct_config: DirectProvidersConfig
+) -> None:
+    from tests.direct_helpers import CGM_JOB, WHOOP_JOB, run_direct_job, run_wearable_sync_job
+
+    settings.SANDBOX_ENABLED = True
+    call_command("seed_ops_demo", stdout=io.StringIO())
+
+    assert run_wearable_sync_job(junction_config).ok
+    for job in (WHOOP_JOB, CGM_JOB):
+        result = run_direct_job(job, direct_config)
+        assert result.ok and not result.users, (
+            job
+        )  # no sandbox account connected: nothing, and nothing failed
