@@ -15,7 +15,7 @@ PIP_INSTALL := $(PY) -m pip install --disable-pip-version-check --progress-bar o
 TEST_PG_URL ?= postgres://postgres@127.0.0.1:5432/loopsync
 DEMO_ENV := DEBUG=true LOG_LEVEL=warning
 
-.PHONY: demo test test-postgres test-embedded db-stop lint format bench bench-cgm sandbox migrate clean
+.PHONY: demo look test test-postgres test-embedded db-stop lint format bench bench-cgm sandbox migrate clean
 
 $(PY):
 	@echo "== creating $(VENV) with $(PYTHON) =="
@@ -44,6 +44,13 @@ demo: migrate
 	# Direct providers: connect sandbox WHOOP, Dexcom and Libre users (real OAuth / login flows), run both jobs.
 	$(DEMO_ENV) $(PY) manage.py run_job sync-whoop-data --sandbox --sandbox-users 5
 	$(DEMO_ENV) $(PY) manage.py run_job sync-cgm-readings --sandbox --sandbox-users 5
+
+## look: the demo in a browser: the sandbox, the django-q2 worker and the web server together (Ctrl-C stops all
+## three), on the embedded PostgreSQL or DATABASE_URL; seeds a failing, a stale, a revoked and an inactive
+## connection and the demo superuser, and prints its login. Providers point at the sandbox (SANDBOX_URL).
+## LOOK_PORT (8000) and SANDBOX_PORT (8765) move them.
+look: migrate
+	@PY=$(PY) scripts/look.sh
 
 ## test: the suite on TEST_PG_URL's PostgreSQL when reachable, else on the embedded server
 test: $(DEV_STAMP)

@@ -8,14 +8,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 from django_q.tasks import async_task
 
 from connections.engine import ConnectionInactive, sync_connection
+from connections.jobruns import JobSummary, log_summary
 from connections.models import (
     ACTIVE_SYNC_REQUEST_STATUSES,
     Connection,
@@ -37,19 +39,29 @@ from connections.providers.registry import PROVIDERS, open_provider
 from connections.sync_errors import sync_error_code
 
 logger = logging.getLogger("loopsync.actions")
+RESYNC_GROUP = "connection-resync"
 
 
-def _audit(connection: Connection, *, kind: str, actor: str, trigger: str, note: str = "") -> SyncEvent:
+def _audit(
+    connection: Connection,
+    *,
+    kind: str,
+    actor: str,
+    trigger: str,
+    note: str = "",
+    status: str = SyncStatus.SUCCESS,
+) -> SyncEvent:
+    """The audit row of a staff action: done at once (success), or queued and finished later."""
     now = timezone.now()
     return SyncEvent.objects.create(
         connection=connection,
         patient_id=connection.patient_id,
         provider=connection.provider,
         trigger=trigger,
-        status=SyncStatus.SUCCESS,
+        status=status,
         kind=kind,
         started_at=now,
-        finished_at=now,
+        finished_at=now if status == SyncStatus.SUCCESS else None,
         actor=actor[:150],
         note=note[:500],
     )
@@ -60,27 +72,97 @@ def do_request_resync(
 ) -> SyncEvent | None:
     """Queue a forced sync of one connection (fingerprints ignored) and record who asked.
 
-    Returns the audit event, or None when the connection is inactive (reactivate it first). The task is
-    queued on commit: a rolled-back request never syncs, and the worker always finds the audit row.
-    Two requests in a row queue two syncs; the second stores nothing new (the sync is idempotent).
+    Returns the audit event, or None when the connection is inactive (reactivate it first). The audit row
+    says what is true: queued now, running once a worker takes it, then the result of the sync it caused
+    (`result_event`, the engine's own SyncEvent). The task is queued on commit: a rolled-back request never
+    syncs, and the worker always finds the audit row. Two requests in a row queue two syncs; the second
+    stores nothing new (the sync is idempotent).
     """
     with transaction.atomic():
         if not Connection.objects.filter(pk=connection.pk, status=ConnectionStatus.ACTIVE).exists():
             return None
-        event = _audit(connection, kind=SyncEventKind.RESYNC_REQUESTED, actor=actor, trigger=trigger)
-        connection_id = connection.pk
-        transaction.on_commit(
-            lambda: async_task(
-                "connections.tasks.sync_connection_now_task",
-                connection_id,
-                trigger,
-                actor,
-                True,
-                group="connection-resync",
-                task_name=f"connection-resync:{connection_id}",
-            )
+        event = _audit(
+            connection,
+            kind=SyncEventKind.RESYNC_REQUESTED,
+            actor=actor,
+            trigger=trigger,
+            status=SyncStatus.QUEUED,
         )
+        connection_id, event_id = connection.pk, event.pk
+        transaction.on_commit(lambda: _enqueue_resync(connection_id, event_id, trigger, actor))
     return event
+
+
+def _enqueue_resync(connection_id: int, request_event_id: int, trigger: str, actor: str) -> None:
+    task_id = async_task(
+        "connections.tasks.sync_connection_now_task",
+        connection_id,
+        trigger,
+        actor,
+        True,
+        request_event_id,
+        group=RESYNC_GROUP,
+        task_name=f"{RESYNC_GROUP}:{connection_id}",
+    )
+    SyncEvent.objects.filter(pk=request_event_id).update(task_id=str(task_id or "")[:32])
+
+
+def do_run_resync(
+    connection_id: int,
+    *,
+    trigger: str = SyncTrigger.ADMIN,
+    actor: str = "",
+    force: bool = True,
+    request_event_id: int | None = None,
+) -> SyncEvent | None:
+    """Run a queued Force resync and move its audit row: queued → running → the sync's result.
+
+    Returns the sync run's event (None when there was nothing to sync). A database failure leaves the row
+    running and goes up: the queue delivers the task again, and the next delivery finishes the row.
+    """
+    requests = SyncEvent.objects.filter(pk=request_event_id, kind=SyncEventKind.RESYNC_REQUESTED)
+    if request_event_id is not None:
+        requests.filter(status=SyncStatus.QUEUED).update(status=SyncStatus.RUNNING)
+    event: SyncEvent | None = None
+    error = ""
+    try:
+        connection = Connection.objects.select_related("patient").filter(pk=connection_id).first()
+        if connection is None:
+            error = "the connection no longer exists"
+        else:
+            event = sync_connection(connection, trigger=trigger, actor=actor, force=force)
+    except ConnectionInactive:
+        error = "the connection was deactivated before the sync ran"
+    except DatabaseError:
+        raise
+    except Exception as exc:
+        error = f"internal error: {type(exc).__name__}"
+        _finish_resync_request(requests, event, error)
+        raise
+    _finish_resync_request(requests, event, error)
+    return event
+
+
+def _finish_resync_request(requests: Any, event: SyncEvent | None, error: str) -> None:
+    failed = bool(error) or event is None or event.status != SyncStatus.SUCCESS
+    log_summary(
+        JobSummary(
+            job=RESYNC_GROUP,
+            status=SyncStatus.FAILED if failed else SyncStatus.SUCCESS,
+            duration_s=(event.duration_seconds or 0.0) if event is not None else 0.0,
+            users_expected=1,
+            users_synced=int(not failed),
+            users_failed=int(failed),
+            records_stored=event.records_stored if event is not None else 0,
+        )
+    )
+    requests.update(
+        status=SyncStatus.FAILED if failed else SyncStatus.SUCCESS,
+        finished_at=timezone.now(),
+        result_event=event,
+        error=(error or (event.error if event is not None else ""))[:2000],
+        records_stored=event.records_stored if event is not None else 0,
+    )
 
 
 def do_deactivate_connection(
@@ -387,13 +469,17 @@ def do_manual_sync(request_id: int) -> SyncRequest | None:
             "finished_at",
         ]
     )
-    logger.info(
-        "manual sync finished",
-        extra={
-            "sync_request_id": request_id,
-            "status": request.status,
-            "records_stored": request.records_stored,
-        },
+    # A manual sync is a job of one user: the same summary line as every job.
+    log_summary(
+        JobSummary(
+            job=MANUAL_SYNC_GROUP,
+            status=request.status,
+            duration_s=(request.finished_at - started).total_seconds(),
+            users_expected=1,
+            users_synced=int(request.status == SyncRequestStatus.SUCCESS),
+            users_failed=int(request.status == SyncRequestStatus.FAILED),
+            records_stored=request.records_stored,
+        )
     )
     return request
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote, urlencode
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.options import IncorrectLookupParameters
@@ -21,23 +23,37 @@ from django.contrib.admin.utils import unquote
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import Avg, Max, Min, Q, QuerySet
+from django.db.models import Avg, Case, IntegerField, Max, Min, QuerySet, Value, When
 from django.db.models.functions import TruncHour
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.decorators import method_decorator
-from django.utils.formats import date_format
 from django.utils.functional import cached_property
 from django.utils.html import format_html
+from django.utils.timesince import timesince, timeuntil
 from django.views.decorators.http import require_POST
+from django_q import admin as q_admin
+from django_q.models import Failure, Success, Task
 
 from connections import actions
 from connections.charts import Bucket, time_series_svg
-from connections.health import Health, data_behind, health_of, health_q, with_health
+from connections.health import Health, data_behind, health_of, health_q, needs_reconnect, with_health
 from connections.jobhealth import job_health
-from connections.models import Connection, JobHealth, JobRun, Patient, SyncEvent
+from connections.models import (
+    Connection,
+    JobHealth,
+    JobRun,
+    Patient,
+    Provider,
+    SyncEvent,
+    SyncEventKind,
+    SyncRequest,
+    SyncStatus,
+)
+from connections.oauth import connect_link, oauth_providers
+from connections.overview import ops_overview
 from loopsync.sentry import scrub_text
 
 RESYNC_PERMISSION = "connections.force_resync_connection"
@@ -67,9 +83,34 @@ def short_error(text: str) -> str:
     return line if len(line) <= ERROR_PREVIEW else line[: ERROR_PREVIEW - 1] + "…"
 
 
-def is_ascii_number(term: str) -> bool:
-    """Whether a search term can be an id: str.isdigit() is also true of "²" or "٣", which int() refuses."""
-    return term.isascii() and term.isdigit()
+def relative_time(when: datetime | None, now: datetime | None = None) -> str:
+    """ "3 hours ago" (one unit, short), the exact UTC time in the title: the age is what ops compare at a glance."""
+    if when is None:
+        return "-"
+    now = now or timezone.now()
+    exact = when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if abs((now - when).total_seconds()) < 60:
+        text = "just now"
+    elif when <= now:
+        text = f"{timesince(when, now, depth=1)} ago"
+    else:
+        text = f"in {timeuntil(when, now, depth=1)}"
+    return format_html('<time datetime="{}" title="{}">{}</time>', when.isoformat(), exact, text)
+
+
+# Worst first: what the list's default order and its health column sort by.
+HEALTH_SEVERITY = (Health.FAILING, Health.STALE, Health.INACTIVE, Health.OK)
+
+
+def with_health_rank(queryset: QuerySet[Connection]) -> QuerySet[Connection]:
+    """`health_rank` from the `health` annotation (with_health): failing 0, stale 1, inactive 2, ok 3."""
+    return queryset.annotate(
+        health_rank=Case(
+            *(When(health=str(state), then=Value(rank)) for rank, state in enumerate(HEALTH_SEVERITY)),
+            default=Value(len(HEALTH_SEVERITY)),
+            output_field=IntegerField(),
+        )
+    )
 
 
 class RefusesNulMixin:
@@ -89,7 +130,17 @@ HEALTH_CSS = """
 .ls-health-failing{background:#c53030}.ls-health-inactive{background:#718096}
 .ls-chart{display:block;margin:8px 0 16px;max-width:100%;height:auto}
 table.ls-table{width:100%;margin-bottom:16px}table.ls-table td,table.ls-table th{padding:4px 8px}
+#result_list td,#result_list th{white-space:nowrap}
+#result_list .field-last_error_column .ls-error{display:inline-block;max-width:26em;overflow:hidden;
+text-overflow:ellipsis;vertical-align:bottom}
+@media (max-width:1500px){#result_list .field-last_error_column .ls-error{max-width:18em}}
+@media (max-width:1100px){#result_list .column-last_error_column,#result_list .field-last_error_column,
+#result_list .column-failure_streak_column,#result_list .field-failure_streak_column{display:none}}
+@media (max-width:900px){#result_list .column-newest_reading,#result_list .field-newest_reading,
+#result_list .column-provider,#result_list .field-provider{display:none}}
 .ls-ops-form{display:inline}.ls-ops-form button{cursor:pointer}
+.ls-status{font-weight:600}.ls-status-success{color:#2f855a}.ls-status-failed{color:#c53030}
+.ls-status-partial{color:#b7791f}.ls-status-running,.ls-status-queued{color:#2b6cb0}
 """
 
 
@@ -120,6 +171,8 @@ class ConnectionOp:
     applies: Callable[[Connection], bool]
     asks_reason: bool = False
     danger: bool = False
+    # What the message says once it ran: a resync is only queued then, its result comes later.
+    done: str = "done"
 
 
 def _resync(connection: Connection, actor: str, reason: str) -> bool:
@@ -138,7 +191,12 @@ def _reactivate(connection: Connection, actor: str, reason: str) -> bool:
 
 OPS: dict[str, ConnectionOp] = {
     "resync": ConnectionOp(
-        "resync", "Force resync", RESYNC_PERMISSION, _resync, lambda c: c.status == "active"
+        "resync",
+        "Force resync",
+        RESYNC_PERMISSION,
+        _resync,
+        lambda c: c.status == "active",
+        done="queued",
     ),
     "deactivate": ConnectionOp(
         "deactivate",
@@ -157,25 +215,39 @@ OPS: dict[str, ConnectionOp] = {
 
 @admin.register(Connection)
 class ConnectionAdmin(RefusesNulMixin, admin.ModelAdmin):
+    # Health second, so it stays on screen whatever the width; the responsive CSS (CONNECTION_LIST_CSS) drops
+    # the least needed columns first on narrow screens.
     list_display = (
         "id",
+        "health_column",
         "patient_link",
         "provider",
-        "status",
-        "health_column",
-        "failure_streak",
-        "last_error_column",
-        "last_success_at",
+        "failure_streak_column",
+        "last_success_column",
         "newest_reading",
+        "last_error_column",
     )
     list_display_links = ("id",)
     list_filter = (HealthFilter, "provider", "status")
-    search_fields = ("patient__junction_user_id", "patient__clerk_user_id")
-    search_help_text = "Exact Junction user id, Clerk user id, patient id or connection id."
+    # Prefixes (istartswith): the start of a Junction or Clerk user id, of a connection id; a patient id exactly.
+    search_fields = ("^patient__junction_user_id", "^patient__clerk_user_id", "^id", "=patient__id")
+    search_help_text = (
+        "The start of a Junction user id, Clerk user id or connection id; or a patient id. "
+        "Times are relative; hover one for the exact UTC time."
+    )
     list_select_related = ("patient",)
     show_full_result_count = False
     list_per_page = 100
-    ordering = ("-id",)
+
+    def get_ordering(self, request: HttpRequest) -> tuple[str, ...]:
+        """Open problems first: failing, stale, inactive, ok (a CASE rank, not the alphabet), newest first
+        within. A method, since the rank is an annotation (get_queryset) the `ordering` check cannot see; and
+        only for the list, since other admins' forms order their connection choices by this too, unannotated."""
+        match = getattr(request, "resolver_match", None)
+        if match is not None and match.url_name == "connections_connection_changelist":
+            return ("health_rank", "-id")
+        return ("-id",)
+
     actions = ("force_resync_selected", "deactivate_selected", "reactivate_selected")
     fields = (
         "patient",
@@ -213,44 +285,43 @@ class ConnectionAdmin(RefusesNulMixin, admin.ModelAdmin):
         return request.user.has_perm(DEACTIVATE_PERMISSION)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Connection]:
-        return with_health(super().get_queryset(request), timezone.now())
-
-    def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet[Connection], search_term: str
-    ) -> tuple[QuerySet[Connection], bool]:
-        """Exact identifiers only: the unique indexes answer at once, and no patient is found by a fragment."""
-        term = search_term.strip()
-        if not term:
-            return queryset, False
-        q = Q(patient__junction_user_id=term) | Q(patient__clerk_user_id=term)
-        if is_ascii_number(term):
-            q |= Q(patient_id=int(term)) | Q(pk=int(term))
-        return queryset.filter(q), False
+        # Annotated before the admin's ordering is applied, since the default order is by the annotation.
+        queryset = with_health_rank(with_health(self.model._default_manager.get_queryset(), timezone.now()))
+        ordering = self.get_ordering(request)
+        return queryset.order_by(*ordering) if ordering else queryset
 
     @admin.display(description="patient", ordering="patient_id")
     def patient_link(self, obj: Connection) -> str:
         url = reverse("admin:connections_patient_change", args=[obj.patient_id])
         return format_html('<a href="{}">{}</a>', url, obj.patient)
 
-    @admin.display(description="health", ordering="health")
+    @admin.display(description="health", ordering="health_rank")
     def health_column(self, obj: Connection) -> str:
-        return health_badge(obj.health)  # type: ignore[attr-defined]
+        badge = health_badge(obj.health)  # type: ignore[attr-defined]
+        if needs_reconnect(obj):
+            return format_html('{} <span class="ls-health ls-health-failing">reconnect</span>', badge)
+        return badge
+
+    @admin.display(description="fails", ordering="failure_streak")
+    def failure_streak_column(self, obj: Connection) -> int:
+        return obj.failure_streak
+
+    @admin.display(description="last success", ordering="last_success_at")
+    def last_success_column(self, obj: Connection) -> str:
+        return relative_time(obj.last_success_at)
 
     @admin.display(description="newest reading", ordering="latest_reading_at")
     def newest_reading(self, obj: Connection) -> str:
-        """The newest reading's time; "behind" when it is older than the provider's usual delay allows."""
-        shown = (
-            date_format(timezone.localtime(obj.latest_reading_at), "DATETIME_FORMAT")
-            if obj.latest_reading_at
-            else "-"
-        )
+        """The newest reading's age; "behind" when it is older than the provider's usual delay allows."""
+        shown = relative_time(obj.latest_reading_at)
         if data_behind(obj, timezone.now()):
             return format_html('{} <span class="ls-health ls-health-stale">behind</span>', shown)
         return shown
 
     @admin.display(description="last error")
     def last_error_column(self, obj: Connection) -> str:
-        return short_error(obj.last_error)
+        line = short_error(obj.last_error)
+        return format_html('<span class="ls-error" title="{}">{}</span>', line, line) if line else ""
 
     @admin.display(description="last error")
     def last_error_scrubbed(self, obj: Connection) -> str:
@@ -260,15 +331,38 @@ class ConnectionAdmin(RefusesNulMixin, admin.ModelAdmin):
 
     def get_urls(self) -> list[Any]:
         info = self.opts.app_label, self.opts.model_name
-        return [
-            path(
-                f"<path:object_id>/{name}/",
-                self.admin_site.admin_view(self.operation_view),
-                {"operation": name},
-                name=f"{info[0]}_{info[1]}_{name}",
-            )
-            for name in OPS
-        ] + super().get_urls()
+        return (
+            [path("overview/", self.admin_site.admin_view(self.overview_view), name="connections_overview")]
+            + [
+                path(
+                    f"<path:object_id>/{name}/",
+                    self.admin_site.admin_view(self.operation_view),
+                    {"operation": name},
+                    name=f"{info[0]}_{info[1]}_{name}",
+                )
+                for name in OPS
+            ]
+            + super().get_urls()
+        )
+
+    def overview_view(self, request: HttpRequest) -> HttpResponse:
+        """The ops overview (linked from the admin index): open problems first, then counts and jobs."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        now = timezone.now()
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Ops overview",
+            "opts": self.opts,
+            "overview": ops_overview(now),
+            "health_order": [Health(h) for h in HEALTH_SEVERITY],
+            "now": now,
+            "grace_minutes": settings.SENTRY_CRONS_MARGIN_MINUTES,
+            "connections_url": reverse("admin:connections_connection_changelist"),
+            "jobhealth_url": reverse("admin:connections_jobhealth_changelist"),
+            "health_css": HEALTH_CSS,
+        }
+        return TemplateResponse(request, "admin/connections/overview.html", context)
 
     @method_decorator(require_POST)
     def operation_view(self, request: HttpRequest, object_id: str, operation: str) -> HttpResponse:
@@ -289,8 +383,15 @@ class ConnectionAdmin(RefusesNulMixin, admin.ModelAdmin):
         if request.POST.get("confirm") != "yes":
             return self._confirmation(request, op, [connection], action_url=request.path)
         done = op.run(connection, request.user.get_username(), request.POST.get("reason", "").strip())
-        if done:
-            self.message_user(request, f"{op.verb}: done for {connection}.", messages.SUCCESS)
+        if done and op.done == "queued":
+            self.message_user(
+                request,
+                f"{op.verb}: queued for {connection}. Its row under Recent sync events shows queued, "
+                "then running, then the result of the sync.",
+                messages.INFO,
+            )
+        elif done:
+            self.message_user(request, f"{op.verb}: {op.done} for {connection}.", messages.SUCCESS)
         else:
             self.message_user(request, f"{op.verb}: nothing to do for {connection}.", messages.WARNING)
         return HttpResponseRedirect(change_url)
@@ -350,7 +451,7 @@ class ConnectionAdmin(RefusesNulMixin, admin.ModelAdmin):
         touched = sum(1 for c in applicable if op.run(c, actor, reason))
         self.message_user(
             request,
-            f"{op.verb}: {touched} connection(s) touched"
+            f"{op.verb}: {touched} connection(s) {'queued' if op.done == 'queued' else 'touched'}"
             + (f", {len(connections) - touched} left as they were." if len(connections) > touched else "."),
             messages.SUCCESS if touched else messages.WARNING,
         )
@@ -369,7 +470,9 @@ class ConnectionAdmin(RefusesNulMixin, admin.ModelAdmin):
         return self._bulk(request, queryset, OPS["reactivate"])
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
-        return super().changelist_view(request, {**(extra_context or {}), "health_css": HEALTH_CSS})
+        # The widest page: without the navigation sidebar every column fits a 1,400 px laptop screen.
+        extra = {"health_css": HEALTH_CSS, "is_nav_sidebar_enabled": False}
+        return super().changelist_view(request, {**extra, **(extra_context or {})})
 
     def change_view(
         self,
@@ -392,11 +495,51 @@ class ConnectionAdmin(RefusesNulMixin, admin.ModelAdmin):
                     for name, op in OPS.items()
                     if user.has_perm(op.permission) and op.applies(connection)
                 ],
-                recent_events=SyncEvent.objects.filter(connection=connection).order_by("-started_at")[:20],
+                recent_events=SyncEvent.objects.filter(connection=connection)
+                .select_related("result_event")
+                .order_by("-started_at")[:20],
+                pending_resync=SyncEvent.objects.filter(
+                    connection=connection,
+                    kind=SyncEventKind.RESYNC_REQUESTED,
+                    status__in=(SyncStatus.QUEUED, SyncStatus.RUNNING),
+                )
+                .order_by("-started_at")
+                .first(),
                 events_url=reverse("admin:connections_syncevent_changelist")
                 + f"?connection__id__exact={connection.pk}",
+                reconnect=reconnect_offer(request, connection),
             )
         return super().change_view(request, object_id, form_url, {**extra, **(extra_context or {})})
+
+
+def reconnect_offer(request: HttpRequest, connection: Connection) -> dict[str, Any] | None:
+    """What fixes a connection whose credentials were refused: the patient signs in again. OAuth providers get
+    the signed connect link (connections.oauth.connect_link, as `manage.py connect_link` prints it) to copy or
+    send; a login provider the command that reconnects it. Ops only: the link connects an account to the patient.
+    """
+    if not needs_reconnect(connection) or not request.user.has_perm(DEACTIVATE_PERMISSION):
+        return None
+    offer: dict[str, Any] = {
+        "provider": connection.get_provider_display(),
+        "ttl_minutes": settings.OAUTH_STATE_TTL_SECONDS // 60,
+    }
+    if connection.provider in oauth_providers():
+        link = connect_link(connection.patient, connection.provider, request.build_absolute_uri("/"))
+        subject = f"Please reconnect {offer['provider']}"
+        body = (
+            f"Your {offer['provider']} connection stopped working. Open this link to sign in again "
+            f"(valid for {offer['ttl_minutes']} minutes):\n\n{link}\n"
+        )
+        offer.update(
+            link=link, mailto="mailto:?" + urlencode({"subject": subject, "body": body}, quote_via=quote)
+        )
+    elif connection.provider == Provider.LIBRE:
+        offer["command"] = f"python manage.py connect_libre {connection.patient_id} --email FOLLOWER_EMAIL"
+    else:
+        offer["note"] = (
+            f"The patient reconnects {offer['provider']} in the app (the provider's own link flow)."
+        )
+    return offer
 
 
 # --- Patients ---------------------------------------------------------------------------------------------
@@ -506,8 +649,8 @@ def daily_stats_table(patient: Patient, now: datetime) -> dict[str, Any]:
 @admin.register(Patient)
 class PatientAdmin(RefusesNulMixin, admin.ModelAdmin):
     list_display = ("id", "junction_user_id", "clerk_user_id", "time_zone", "created_at")
-    search_fields = ("junction_user_id", "clerk_user_id")
-    search_help_text = "Exact Junction user id, Clerk user id or patient id."
+    search_fields = ("^junction_user_id", "^clerk_user_id", "=id")
+    search_help_text = "The start of a Junction user id or Clerk user id, or a patient id."
     show_full_result_count = False
     ordering = ("-id",)
     fields = ("junction_user_id", "clerk_user_id", "time_zone", "created_at")
@@ -521,17 +664,6 @@ class PatientAdmin(RefusesNulMixin, admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
-
-    def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet[Patient], search_term: str
-    ) -> tuple[QuerySet[Patient], bool]:
-        term = search_term.strip()
-        if not term:
-            return queryset, False
-        q = Q(junction_user_id=term) | Q(clerk_user_id=term)
-        if is_ascii_number(term):
-            q |= Q(pk=int(term))
-        return queryset.filter(q), False
 
     def change_view(
         self,
@@ -589,10 +721,25 @@ class SyncEventAdmin(ReadOnlyAdmin):
     list_per_page = 100
     ordering = ("-started_at",)
     exclude = ("error",)
-    readonly_fields = ("error_scrubbed",)
+    readonly_fields = ("error_scrubbed", "task")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[SyncEvent]:
         return super().get_queryset(request).defer("error")
+
+    @admin.display(description="django-q2 task")
+    def task(self, obj: SyncEvent) -> str:
+        if obj.task_id:
+            return task_link(obj.task_id)
+        if obj.job_run_id and obj.connection_id:
+            # A fanned-out run names each connection's task "<job>:<connection id>" (connections.tasks).
+            run = JobRun.objects.filter(pk=obj.job_run_id).values_list("job", flat=True).first()
+            name = f"{run}:{obj.connection_id}"
+            url = reverse("admin:django_q_success_changelist") + "?" + urlencode({"q": name})
+            failed = reverse("admin:django_q_failure_changelist") + "?" + urlencode({"q": name})
+            return format_html(
+                '<a href="{}">{} (successful tasks)</a> · <a href="{}">failed tasks</a>', url, name, failed
+            )
+        return "-"
 
     @admin.display(description="duration (s)")
     def duration(self, obj: SyncEvent) -> str:
@@ -611,6 +758,25 @@ class SyncEventAdmin(ReadOnlyAdmin):
 # --- Jobs ---------------------------------------------------------------------------------------------------
 
 
+RUN_EVENTS_SHOWN = 200
+
+
+def events_of_run(run: JobRun) -> QuerySet[SyncEvent]:
+    """The sync events a run covered, failed first (so "1 failed" names its connection), then newest."""
+    return (
+        SyncEvent.objects.filter(job_run=run)
+        .defer("error")
+        .annotate(
+            failed_first=Case(
+                When(status=SyncStatus.FAILED, then=Value(0)),
+                When(status=SyncStatus.RUNNING, then=Value(1)),
+                default=Value(2),
+            )
+        )
+        .order_by("failed_first", "-started_at")
+    )
+
+
 @admin.register(JobRun)
 class JobRunAdmin(ReadOnlyAdmin):
     list_display = (
@@ -621,7 +787,7 @@ class JobRunAdmin(ReadOnlyAdmin):
         "duration",
         "users_expected",
         "users_synced",
-        "users_failed",
+        "failed_link",
         "users_skipped",
         "records_stored",
     )
@@ -629,11 +795,70 @@ class JobRunAdmin(ReadOnlyAdmin):
     paginator = CappedCountPaginator
     show_full_result_count = False
     ordering = ("-started_at",)
+    change_form_template = "admin/connections/jobrun/change_form.html"
 
     @admin.display(description="duration (s)")
     def duration(self, obj: JobRun) -> str:
         seconds = obj.duration_seconds
         return "" if seconds is None else f"{seconds:.1f}"
+
+    @admin.display(description="users failed", ordering="users_failed")
+    def failed_link(self, obj: JobRun) -> str:
+        if not obj.users_failed:
+            return "0"
+        url = reverse("admin:connections_jobrun_change", args=[obj.pk]) + "#run-sync-events"
+        return format_html('<a href="{}" class="ls-status-failed">{} failed</a>', url, obj.users_failed)
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> Any:
+        run = self.get_object(request, unquote(object_id))
+        extra: dict[str, Any] = {"health_css": HEALTH_CSS}
+        if run is not None:
+            events = events_of_run(run).select_related("connection")
+            extra.update(
+                run_events=events[:RUN_EVENTS_SHOWN],
+                run_events_more=max(events.count() - RUN_EVENTS_SHOWN, 0),
+                run_events_url=reverse("admin:connections_syncevent_changelist")
+                + f"?job_run__id__exact={run.pk}",
+                run_tasks_url=reverse("admin:django_q_success_changelist") + f"?group__exact={run.job}",
+            )
+        return super().change_view(request, object_id, form_url, {**extra, **(extra_context or {})})
+
+
+@admin.register(SyncRequest)
+class SyncRequestAdmin(ReadOnlyAdmin):
+    """Manual syncs the consumer app asked for (POST …/wearables/sync): read-only, filtered by status and
+    source; each links its connection and the sync event it ran."""
+
+    list_display = (
+        "id",
+        "created_at",
+        "patient_id",
+        "source",
+        "status",
+        "connection",
+        "sync_event",
+        "junction_refresh",
+        "records_stored",
+        "error_preview",
+        "finished_at",
+    )
+    list_filter = ("status", "source", ("created_at", admin.DateFieldListFilter))
+    list_select_related = ("connection",)
+    paginator = CappedCountPaginator
+    show_full_result_count = False
+    list_per_page = 100
+    ordering = ("-created_at",)
+    exclude = ("idempotency_key",)
+
+    @admin.display(description="error")
+    def error_preview(self, obj: SyncRequest) -> str:
+        return short_error(obj.error)
 
 
 @admin.register(JobHealth)
@@ -648,13 +873,90 @@ class JobHealthAdmin(ReadOnlyAdmin):
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
         if not self.has_view_permission(request):
             raise PermissionDenied
+        now = timezone.now()
         context = {
             **self.admin_site.each_context(request),
             "title": "Job health",
             "opts": self.opts,
-            "jobs": job_health(),
+            "jobs": job_health(now),
+            "now": now,
+            "grace_minutes": settings.SENTRY_CRONS_MARGIN_MINUTES,
             "runs_url": reverse("admin:connections_jobrun_changelist"),
             "health_css": HEALTH_CSS,
             **(extra_context or {}),
         }
         return TemplateResponse(request, "admin/connections/jobhealth/dashboard.html", context)
+
+
+# --- django-q2's queue pages: the truth about a sync lives in our rows ----------------------------------------
+
+
+def task_link(task_id: str) -> str:
+    """A link to the django-q2 task that ran a queued request, on whichever of its pages it is."""
+    if not task_id:
+        return "-"
+    task = Task.objects.filter(pk=task_id).values("success").first()
+    if task is None:
+        return "not run yet (or no longer kept: Q_CLUSTER save_limit)"
+    page = "success" if task["success"] else "failure"
+    return format_html(
+        '<a href="{}">{}</a>', reverse(f"admin:django_q_{page}_change", args=[task_id]), task_id
+    )
+
+
+QUEUE_NOTE = (
+    "Our code owns the retries of a provider failure: a sync that failed still ends its task normally, so it "
+    "is listed here as a successful task. The outcome column says what the sync did, and links its sync event "
+    "or job run; failed syncs are under Sync events (status Failed) and on each job run's page."
+)
+FAILURE_NOTE = (
+    "A task listed here crashed (the database or the queue failed under it) and is delivered again, at most "
+    "Q_CLUSTER max_attempts times. A provider failure is not a failed task: see Sync events (status Failed)."
+)
+
+
+def task_outcome(result: object) -> str:
+    """What one of our tasks' returned summary says happened: the sync's own status, linked."""
+    if not isinstance(result, dict) or "status" not in result and "job_run_id" not in result:
+        return "-"
+    status = str(result.get("status", ""))
+    css = {"success": "success", "failed": "failed"}.get(status, "queued")
+    if result.get("sync_event_id"):
+        url = reverse("admin:connections_syncevent_change", args=[result["sync_event_id"]])
+        return format_html('<a href="{}" class="ls-status ls-status-{}">sync {}</a>', url, css, status)
+    if result.get("job_run_id"):
+        url = reverse("admin:connections_jobrun_change", args=[result["job_run_id"]])
+        return format_html('<a href="{}">job run {}</a>', url, result["job_run_id"])
+    return format_html('<span class="ls-status ls-status-{}">{}</span>', css, status or "-")
+
+
+class QueueNoteMixin:
+    queue_note = ""
+    change_list_template = "admin/connections/queue_change_list.html"
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        extra = {"queue_note": self.queue_note, "health_css": HEALTH_CSS, **(extra_context or {})}
+        return super().changelist_view(request, extra)  # type: ignore[misc]
+
+
+class OutcomeTaskAdmin(QueueNoteMixin, q_admin.TaskAdmin):
+    queue_note = QUEUE_NOTE
+    list_display = (*q_admin.TaskAdmin.list_display, "outcome")
+
+    @admin.display(description="outcome (our code)")
+    def outcome(self, obj: Success) -> str:
+        return task_outcome(obj.result)
+
+
+class NotedFailAdmin(QueueNoteMixin, q_admin.FailAdmin):
+    queue_note = FAILURE_NOTE
+
+
+for _model, _admin in ((Success, OutcomeTaskAdmin), (Failure, NotedFailAdmin)):
+    if admin.site.is_registered(_model):
+        admin.site.unregister(_model)
+    admin.site.register(_model, _admin)
+
+
+# The admin index opens with the ops summary (connections/templatetags/ops.py), linking the overview.
+admin.site.index_template = "admin/connections/index.html"

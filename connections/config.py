@@ -192,3 +192,43 @@ def field_encryption_keys(raw: list[str], *, debug: bool) -> list[str]:
 
 # Development only (DEBUG on and no FIELD_ENCRYPTION_KEYS): anything encrypted with it is readable by anyone.
 DEV_FIELD_ENCRYPTION_KEY = "ZGV2LW9ubHktbm90LXNlY3JldC1sb29wc3luYy1rZXk="
+
+
+def pointed_at_sandbox(
+    url: str, junction: JunctionSyncConfig, direct: DirectProvidersConfig
+) -> tuple[JunctionSyncConfig, DirectProvidersConfig]:
+    """SANDBOX_URL (`make look`): every provider host replaced by the sandbox served at `url`, with the
+    sandbox's published development credentials, so a Force resync of a demo connection never reaches a
+    real provider. Refuses to leave any provider URL pointing elsewhere (a provider added later included)."""
+    from sandbox.dexcom import DEFAULT_CLIENT_ID as DEXCOM_ID
+    from sandbox.dexcom import DEFAULT_CLIENT_SECRET as DEXCOM_SECRET
+    from sandbox.dexcom import DexcomSandbox
+    from sandbox.junction import DEFAULT_API_KEY, JunctionSandbox
+    from sandbox.libre import LibreSandbox
+    from sandbox.whoop import DEFAULT_CLIENT_ID as WHOOP_ID
+    from sandbox.whoop import DEFAULT_CLIENT_SECRET as WHOOP_SECRET
+    from sandbox.whoop import WhoopSandbox
+
+    url = url.rstrip("/")
+    junction = junction.replace(
+        base_url_override=url + JunctionSandbox.prefix, api_key=DEFAULT_API_KEY, environment="sandbox"
+    )
+    direct = direct.replace(
+        whoop_api_url=url + WhoopSandbox.prefix,
+        whoop_client_id=WHOOP_ID,
+        whoop_client_secret=WHOOP_SECRET,
+        dexcom_api_url=url + DexcomSandbox.prefix,
+        dexcom_client_id=DEXCOM_ID,
+        dexcom_client_secret=DEXCOM_SECRET,
+        libre_api_url=url + LibreSandbox.prefix,
+        libre_regional_url_template=url + LibreSandbox.prefix + "/api-{region}",
+    )
+    hosts = {"JUNCTION_BASE_URL": junction.base_url} | {
+        f.name.upper(): getattr(direct, f.name)
+        for f in dataclasses.fields(direct)
+        if f.name.endswith(("_url", "_url_template"))
+    }
+    elsewhere = sorted(name for name, value in hosts.items() if not value.startswith(url + "/"))
+    if elsewhere:
+        raise ImproperlyConfigured(f"SANDBOX_URL is set but {', '.join(elsewhere)} would not use the sandbox")
+    return junction, direct

@@ -268,6 +268,7 @@ def sync_connection(
     force: bool = False,
     provider: SyncProvider | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    job_run_id: int | None = None,
 ) -> SyncEvent:
     """Sync one connection of any provider and return the finished SyncEvent it wrote.
 
@@ -280,7 +281,7 @@ def sync_connection(
     with ExitStack() as stack:
         if provider is None:
             provider = stack.enter_context(open_provider(connection.provider))
-        return _sync_with(connection, provider, trigger, actor, window, force, sleep)[0]
+        return _sync_with(connection, provider, trigger, actor, window, force, sleep, job_run_id)[0]
 
 
 def close_interrupted_events(now: datetime | None = None, *, connection_id: int | None = None) -> int:
@@ -327,6 +328,7 @@ def _sync_with(
     window: tuple[datetime, datetime] | None,
     force: bool,
     sleep: Callable[[float], None],
+    job_run_id: int | None = None,
 ) -> tuple[SyncEvent, UserSyncSummary]:
     started = time.monotonic()
     close_interrupted_events(connection_id=connection.pk)
@@ -337,6 +339,7 @@ def _sync_with(
         trigger=trigger,
         actor=actor[:150],
         started_at=timezone.now(),
+        job_run_id=job_run_id,
     )
     summary = UserSyncSummary(user_id=provider.user_label(connection))
     refresher = provider.refresher()
@@ -448,6 +451,7 @@ def sync_summary(
     actor: str = "",
     force: bool = False,
     sleep: Callable[[float], None] = time.sleep,
+    job_run_id: int | None = None,
 ) -> UserSyncSummary:
     """One connection of a job run: its summary, "skipped" when inactive, "failed" when the sync crashed."""
     if connection.status != ConnectionStatus.ACTIVE:
@@ -455,7 +459,7 @@ def sync_summary(
             user_id=provider.user_label(connection), status="skipped", errors=["connection is inactive"]
         )
     try:
-        return _sync_with(connection, provider, trigger, actor, None, force, sleep)[1]
+        return _sync_with(connection, provider, trigger, actor, None, force, sleep, job_run_id)[1]
     except Exception as exc:  # noqa: BLE001 - one user's bug must not stop the others
         logger.exception("user sync crashed", extra={"connection_id": connection.pk})
         crashed = UserSyncSummary(user_id=provider.user_label(connection), status="failed")
@@ -500,7 +504,9 @@ def run_sync_job(
         total = len(work)
 
         def one(item: tuple[Connection, SyncProvider]) -> UserSyncSummary:
-            return sync_summary(item[0], item[1], trigger=trigger, force=force, sleep=sleep)
+            return sync_summary(
+                item[0], item[1], trigger=trigger, force=force, sleep=sleep, job_run_id=run.id
+            )
 
         if concurrency <= 1:
             summaries = map(one, work)
@@ -520,32 +526,5 @@ def run_sync_job(
                 progress(done, total, summary)
         result.finished_at = timezone.now()
         run.record_summary(result.as_dict())
-    log_job_summary(result)
+    # The summary line is track_job's, the same for every job (connections.jobruns.JobSummary).
     return result
-
-
-def log_job_summary(result: JobResult) -> None:
-    summary = result.as_dict()
-    level = logging.INFO if result.ok else logging.WARNING
-    logger.log(
-        level,
-        "%s finished: %d/%d users synced, %d records stored, %d errors",
-        result.job,
-        result.users_synced,
-        len(result.users),
-        result.records_stored,
-        len(result.errors),
-        extra={
-            k: summary[k]
-            for k in (
-                "job",
-                "users_total",
-                "users_synced",
-                "users_failed",
-                "records_fetched",
-                "records_stored",
-                "records_skipped",
-                "duration_s",
-            )
-        },
-    )

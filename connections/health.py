@@ -113,3 +113,13 @@ def data_behind(connection: Connection, now: datetime) -> bool:
     allowed = registered.data_delay + registered.cadence.stale_after
     newest = connection.latest_reading_at
     return newest is None or newest < now - allowed
+
+
+def needs_reconnect(connection: Connection) -> bool:
+    """The provider refused the connection's credentials (revoked, or a refresh lost in doubt that keeps
+    failing): only the patient signing in again fixes it, not a reactivation."""
+    from connections.tokens import MUST_RECONNECT
+
+    if connection.status != ConnectionStatus.ACTIVE:
+        return MUST_RECONNECT in connection.status_reason
+    return connection.failure_streak > 0 and MUST_RECONNECT in connection.last_error

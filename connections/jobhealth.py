@@ -1,6 +1,8 @@
 """The job health page's numbers, from JobRun rows and django-q2's schedules.
 
-Per job: last run and status, duration median and 95th percentile over 7 days, failure rate over 24 hours
+Per job: whether it ran when its cron said (on time / running / Late / Missed, like healthchecks.io: a run is
+expected at each cron time; none since then is Late within the grace, Missed past it; the grace is Sentry Crons'
+`checkin_margin`, SENTRY_CRONS_MARGIN_MINUTES, so the admin and Sentry agree), last run and status, duration median and 95th percentile over 7 days, failure rate over 24 hours
 and 7 days (a run fails when its entry point raised or any user failed: status failed or partial), next
 run, records stored, and per-day users synced and failed over 30 days. A handful of queries per job,
 whatever the number of runs: durations of 7 days (at most a few thousand rows for a 5-minute job) are
@@ -13,6 +15,8 @@ import math
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
+from croniter import croniter
+from django.conf import settings
 from django.db.models import Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
@@ -25,6 +29,65 @@ from loopsync.schedules import PREFIX, all_schedules
 
 FAILED_STATUSES = (JobRunStatus.FAILED, JobRunStatus.PARTIAL)
 CHART_DAYS = 30
+
+
+class ScheduleState:
+    """Did the job run when its cron said? (The last run's own outcome is its status, shown beside.)"""
+
+    ON_TIME = "on_time"
+    RUNNING = "running"
+    LATE = "late"
+    MISSED = "missed"
+    NOT_SCHEDULED = "not_scheduled"  # no django-q2 schedule: the worker will never start it
+    NEVER_RUN = "never_run"
+
+    LABELS = {
+        ON_TIME: "On time",
+        RUNNING: "Running",
+        LATE: "Late",
+        MISSED: "Missed",
+        NOT_SCHEDULED: "Not scheduled",
+        NEVER_RUN: "Not run yet",
+    }
+    # Worst first, for the overview's "open problems first".
+    SEVERITY = (MISSED, NOT_SCHEDULED, LATE, NEVER_RUN, RUNNING, ON_TIME)
+
+
+def grace() -> timedelta:
+    return timedelta(minutes=settings.SENTRY_CRONS_MARGIN_MINUTES)
+
+
+def last_due(cron: str, now: datetime) -> datetime:
+    """The latest time at or before `now` at which the cron expected a run (UTC)."""
+    return croniter(cron, now + timedelta(microseconds=1)).get_prev(datetime)
+
+
+def next_due(cron: str, now: datetime) -> datetime:
+    return croniter(cron, now).get_next(datetime)
+
+
+def schedule_state(
+    cron: str, last_run: JobRun | None, now: datetime, *, scheduled: bool = True
+) -> tuple[str, datetime]:
+    """(state, the cron time it is judged against).
+
+    The first cron time after the last run's start is the one owed: not yet come, the job is on time (or
+    running); come and gone without a run, it is Late within the grace and Missed past it, however many later
+    times have passed since (a stopped worker stays Missed, it does not turn Late again at the next half hour).
+    A job that never ran is judged from its next time: nothing is owed before the first run (as Sentry Crons,
+    which knows a monitor from its first check-in). Any run answers, whoever started it.
+    """
+    if not scheduled:
+        return ScheduleState.NOT_SCHEDULED, last_due(cron, now)
+    if last_run is None:
+        return ScheduleState.NEVER_RUN, next_due(cron, now)
+    owed = next_due(cron, last_run.started_at)
+    if owed > now:
+        running = last_run.status == JobRunStatus.RUNNING
+        return (ScheduleState.RUNNING if running else ScheduleState.ON_TIME), owed
+    if now - owed <= grace():
+        return ScheduleState.LATE, owed
+    return ScheduleState.MISSED, owed
 
 
 @dataclass
@@ -43,6 +106,20 @@ class JobHealthRow:
     records_stored_7d: int = 0
     chart: SafeString | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    # Late / Missed: from the cron, not from django-q2's next_run (which stays in the past while no worker runs).
+    state: str = ScheduleState.ON_TIME
+    due_at: datetime | None = None
+    missed_after: datetime | None = None
+    next_due: datetime | None = None
+
+    @property
+    def state_label(self) -> str:
+        return ScheduleState.LABELS[self.state]
+
+    @property
+    def problem(self) -> bool:
+        failed = self.last_run is not None and self.last_run.status in FAILED_STATUSES
+        return self.state in (ScheduleState.LATE, ScheduleState.MISSED, ScheduleState.NOT_SCHEDULED) or failed
 
 
 def percentile(values: list[float], pct: float) -> float | None:
@@ -70,10 +147,15 @@ def job_health(now: datetime | None = None) -> list[JobHealthRow]:
     next_runs = dict(
         Schedule.objects.filter(name__in=[PREFIX + n for n in names]).values_list("name", "next_run")
     )
-    return [_row(name, declared.get(name), next_runs.get(PREFIX + name), now) for name in names]
+    return [
+        _row(name, declared.get(name), next_runs.get(PREFIX + name), PREFIX + name in next_runs, now)
+        for name in names
+    ]
 
 
-def _row(name: str, declared: object, next_run: datetime | None, now: datetime) -> JobHealthRow:
+def _row(
+    name: str, declared: object, next_run: datetime | None, scheduled: bool, now: datetime
+) -> JobHealthRow:
     row = JobHealthRow(
         name=name,
         description=getattr(declared, "description", ""),
@@ -96,6 +178,12 @@ def _row(name: str, declared: object, next_run: datetime | None, now: datetime) 
     row.failure_rate_7d = _failure_rate([status for _, _, status, _ in week])
     row.records_stored_7d = sum(r for _, _, _, r in week)
     row.chart = _chart(runs, now)
+    if row.cron:
+        row.state, row.due_at = schedule_state(row.cron, row.last_run, now, scheduled=scheduled)
+        row.missed_after = row.due_at + grace()
+        row.next_due = next_due(row.cron, now)
+        if row.state in (ScheduleState.LATE, ScheduleState.MISSED):
+            row.next_run = None  # django-q2's next_run is in the past: never shown as if it were to come
     return row
 
 

@@ -30,6 +30,7 @@ import functools
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
@@ -67,6 +68,45 @@ def monitor_config(job: str) -> dict[str, Any] | None:
         "failure_issue_threshold": 1,
         "recovery_threshold": 1,
     }
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """The one summary every job gives, logged (`log_summary`) and printed by the commands (`line()`):
+
+    <job> finished: <status>, <synced>/<expected> users synced, <failed> failed, <skipped> skipped,
+    <records> records stored in <seconds> s
+    """
+
+    job: str
+    status: str
+    duration_s: float
+    users_expected: int = 0
+    users_synced: int = 0
+    users_failed: int = 0
+    users_skipped: int = 0
+    records_stored: int = 0
+    job_run_id: int | None = None
+
+    def line(self) -> str:
+        return (
+            f"{self.job} finished: {self.status}, {self.users_synced}/{self.users_expected} users synced, "
+            f"{self.users_failed} failed, {self.users_skipped} skipped, {self.records_stored} records stored "
+            f"in {self.duration_s:.1f} s"
+        )
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "job": self.job,
+            "job_run_id": self.job_run_id,
+            "status": self.status,
+            "duration_s": round(self.duration_s, 3),
+            "users_expected": self.users_expected,
+            "users_synced": self.users_synced,
+            "users_failed": self.users_failed,
+            "users_skipped": self.users_skipped,
+            "records_stored": self.records_stored,
+        }
 
 
 class TrackedRun:
@@ -203,6 +243,7 @@ def _finish(job_run_id: int, *, error: str = "", now: datetime | None = None) ->
     )
     if claimed != 1:
         return
+    run.status, run.finished_at = status, finished_at
     duration = (finished_at - run.started_at).total_seconds()
     if run.sentry_check_in_id:
         capture_checkin(
@@ -211,27 +252,31 @@ def _finish(job_run_id: int, *, error: str = "", now: datetime | None = None) ->
             status=MonitorStatus.OK if status == JobRunStatus.SUCCESS else MonitorStatus.ERROR,
             duration=duration,
         )
+    log_summary(run_summary(run))
+
+
+def run_summary(run: JobRun) -> JobSummary:
+    """A finished run's summary (its duration from its own start and finish)."""
+    duration = (run.finished_at - run.started_at).total_seconds() if run.finished_at else 0.0
+    return JobSummary(
+        job=run.job,
+        status=run.status,
+        duration_s=duration,
+        users_expected=run.users_expected or run.users_synced + run.users_failed + run.users_skipped,
+        users_synced=run.users_synced,
+        users_failed=run.users_failed,
+        users_skipped=run.users_skipped,
+        records_stored=run.records_stored,
+        job_run_id=run.pk,
+    )
+
+
+def log_summary(summary: JobSummary) -> None:
+    """THE summary log line of a job, whichever job and however started: one format, one set of fields."""
     logger.log(
-        logging.INFO if status == JobRunStatus.SUCCESS else logging.WARNING,
-        "%s finished: %s, %d/%d users synced, %d failed, %d records stored in %.1f s",
-        run.job,
-        status,
-        run.users_synced,
-        run.users_expected or run.users_synced + run.users_failed + run.users_skipped,
-        run.users_failed,
-        run.records_stored,
-        duration,
-        extra={
-            "job": run.job,
-            "job_run_id": run.pk,
-            "status": status,
-            "duration_s": round(duration, 3),
-            "users_expected": run.users_expected,
-            "users_synced": run.users_synced,
-            "users_failed": run.users_failed,
-            "users_skipped": run.users_skipped,
-            "records_stored": run.records_stored,
-        },
+        logging.INFO if summary.status == JobRunStatus.SUCCESS else logging.WARNING,
+        summary.line(),
+        extra=summary.fields(),
     )
 
 

@@ -147,6 +147,8 @@ class SyncTrigger(models.TextChoices):
 
 
 class SyncStatus(models.TextChoices):
+    # An ops request (Force resync) waiting for a worker; it moves to running, then to its sync's result.
+    QUEUED = "queued", "Queued"
     RUNNING = "running", "Running"
     SUCCESS = "success", "Success"
     FAILED = "failed", "Failed"
@@ -186,6 +188,16 @@ class SyncEvent(models.Model):
     kind = models.CharField(max_length=20, choices=SyncEventKind.choices, default=SyncEventKind.SYNC)
     # The reason staff gave for an action; never PHI by policy (the admin form says so).
     note = models.CharField(max_length=500, blank=True, default="")
+    # A Force resync request: the sync run it caused (its status is this request's result).
+    result_event = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    # The job run this sync belongs to (a scheduled fan-out, run_job, sync_wearables); none for manual syncs.
+    job_run = models.ForeignKey(
+        "JobRun", on_delete=models.SET_NULL, null=True, blank=True, related_name="sync_events"
+    )
+    # The django-q2 task that runs a queued request (Force resync), to find it on the queue's pages.
+    task_id = models.CharField(max_length=32, blank=True, default="")
 
     class Meta:
         db_table = "wearable_sync"
@@ -332,6 +344,12 @@ class JobRun(models.Model):
     def __str__(self) -> str:
         return f"{self.job} run {self.pk} ({self.status})"
 
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
 
 class JobRunUnit(models.Model):
     """One unit (a connection) of a fan-out run that has reported: a task the queue delivers twice (a lost
@@ -348,12 +366,6 @@ class JobRunUnit(models.Model):
 
     def __str__(self) -> str:
         return f"unit {self.unit} of run {self.job_run_id} ({self.outcome})"
-
-    @property
-    def duration_seconds(self) -> float | None:
-        if self.finished_at is None:
-            return None
-        return (self.finished_at - self.started_at).total_seconds()
 
 
 class JobHealth(JobRun):

@@ -18,11 +18,13 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.core import signing
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
+from django.urls import reverse
 from django.utils import timezone
 
 from connections.config import DirectProvidersConfig
@@ -73,6 +75,15 @@ def oauth_client(provider: str, config: DirectProvidersConfig | None = None) -> 
 def connect_token_for(patient: Patient) -> str:
     """A short-lived signed link parameter naming the patient (until Clerk sessions identify them)."""
     return signing.TimestampSigner(salt=CONNECT_TOKEN_SALT).sign(str(patient.pk))
+
+
+def connect_link(patient: Patient, provider: str, base_url: str) -> str:
+    """The signed link that starts connecting (or reconnecting) `provider` for `patient`, valid
+    OAUTH_STATE_TTL_SECONDS: `manage.py connect_link` prints it, a revoked connection's admin page offers it."""
+    if provider not in oauth_providers():
+        raise OAuthFlowError(f"{provider!r} does not connect through OAuth")
+    path = reverse("connect-start", args=[provider])
+    return f"{base_url.rstrip('/')}{path}?{urlencode({'token': connect_token_for(patient)})}"
 
 
 def patient_from_connect_token(token: str) -> Patient:

@@ -94,3 +94,44 @@ def sandbox_job_setup(sandbox: SandboxServer, job: str) -> tuple[dict[str, Any],
                 sandbox, config, (provider.key,), len(sandbox.libre.users)
             )
     return configs, connection_ids
+
+
+class SandboxAt:
+    """A sandbox that another process serves at `base_url` (`make look`), seen as the providers' sandbox hooks
+    see a SandboxServer: the same seed and user count give the same accounts (ids, logins), so the demo's
+    sandbox connections can be connected again to it."""
+
+    def __init__(self, base_url: str, *, users: int = 20, seed: int = 42) -> None:
+        from sandbox.dexcom import DexcomSandbox
+        from sandbox.libre import LibreSandbox
+        from sandbox.whoop import WhoopSandbox
+
+        self.base_url = base_url.rstrip("/")
+        self.whoop = WhoopSandbox(users=users, seed=seed)
+        self.dexcom = DexcomSandbox(users=users, seed=seed)
+        self.libre = LibreSandbox(users=users, seed=seed)
+        self.users = users
+
+
+def reconnect_known_sandbox_users(sandbox: Any, config: Any) -> int:
+    """Connect again, through the real flows, every direct connection of a sandbox account: a sandbox started
+    anew does not know the tokens an earlier one issued, and without this the first sync would find them
+    refused and mark the connections revoked. Creates nothing new. Returns how many were reconnected."""
+    reconnected = 0
+    for key, registered in PROVIDERS.items():
+        if registered.connect is ConnectMethod.AGGREGATOR:
+            continue
+        with open_provider(key, config) as provider:
+            for index in range(1, sandbox.users + 1):
+                credential = (
+                    ProviderCredential.objects.select_related("connection__patient")
+                    .filter(
+                        connection__provider=key,
+                        external_user_id=provider.sandbox_external_id(sandbox, index),
+                    )
+                    .first()
+                )
+                if credential is not None:
+                    provider.connect_sandbox_user(sandbox, index, credential.connection.patient)
+                    reconnected += 1
+    return reconnected

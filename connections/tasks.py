@@ -70,7 +70,7 @@ def sync_connection_task(
             outcome = UNIT_SKIPPED
             return {"connection_id": connection_id, "status": "gone"}
         try:
-            event = sync_connection(connection, trigger=trigger)
+            event = sync_connection(connection, trigger=trigger, job_run_id=job_run_id)
         except ConnectionInactive:
             outcome = UNIT_SKIPPED
             return {"connection_id": connection_id, "status": "skipped"}
@@ -86,26 +86,22 @@ def sync_connection_task(
 
 
 def sync_connection_now_task(
-    connection_id: int, trigger: str = SyncTrigger.ADMIN, actor: str = "", force: bool = True
+    connection_id: int,
+    trigger: str = SyncTrigger.ADMIN,
+    actor: str = "",
+    force: bool = True,
+    request_event_id: int | None = None,
 ) -> dict[str, Any]:
-    """One connection now, whatever its provider: the admin's Force resync queues this."""
-    connection = Connection.objects.select_related("patient").filter(pk=connection_id).first()
-    if connection is None:
-        return {"connection_id": connection_id, "status": "gone"}
-    try:
-        event = sync_connection(connection, trigger=trigger, actor=actor, force=force)
-    except ConnectionInactive:
-        return {"connection_id": connection_id, "status": "skipped"}
-    logger.info(
-        "connection sync finished",
-        extra={
-            "connection_id": connection_id,
-            "provider": connection.provider,
-            "trigger": trigger,
-            "status": event.status,
-            "records_stored": event.records_stored,
-        },
+    """One connection now, whatever its provider: the admin's Force resync queues this.
+
+    The returned status is the sync's own (django-q2 lists the task as successful whenever it returned)."""
+    from connections.actions import do_run_resync
+
+    event = do_run_resync(
+        connection_id, trigger=trigger, actor=actor, force=force, request_event_id=request_event_id
     )
+    if event is None:
+        return {"connection_id": connection_id, "status": "skipped"}
     return {"connection_id": connection_id, "sync_event_id": event.pk, "status": event.status}
 
 

@@ -34,6 +34,8 @@ from connections.providers.contract import CredentialsRefused
 from connections.providers.oauth2 import TokenSet
 
 logger = logging.getLogger("loopsync.tokens")
+# Ends every reason a refused grant leaves on a connection: the admin offers a reconnect link where it reads it.
+MUST_RECONNECT = "the patient must reconnect"
 
 # A callable that spends a refresh token (or logs in again) and returns the new token set.
 Refresher = Callable[[ProviderCredential], TokenSet]
@@ -158,14 +160,14 @@ def _refresh_locked(
         raise RefreshInDoubt(
             connection.provider,
             f"credentials refused ({detail}) after a refresh whose answer was lost; "
-            "if it keeps failing the patient must reconnect",
+            f"if it keeps failing {MUST_RECONNECT}",
             status=grant_error.status if grant_error else None,
         )
-    reason = f"{grant_error}; the patient must reconnect"
+    reason = f"{grant_error}; {MUST_RECONNECT}"
     mark_revoked(connection, reason, trigger=trigger)
     raise ConnectionRevoked(
         connection.provider,
-        f"credentials refused ({detail}); connection marked inactive, the patient must reconnect",
+        f"credentials refused ({detail}); connection marked inactive, {MUST_RECONNECT}",
         status=grant_error.status if grant_error else None,
     )
 

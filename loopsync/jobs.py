@@ -44,16 +44,16 @@ def aggregate_wearable_data(sandbox: SandboxServer | None, *, full: bool = False
     with track_job("aggregate-wearable-data", scheduled=False) as run:
         summary = run_aggregation(full=full).as_dict()
         run.record_summary(summary)
-    return summary
+    return {"job_run_id": run.id, **summary}
 
 
 def cleanup_wearable_data(sandbox: SandboxServer | None, *, dry_run: bool = False) -> dict[str, Any]:
     from connections.jobruns import track_job
     from readings.retention import run_cleanup
 
-    with track_job("cleanup-wearable-data", scheduled=False):
+    with track_job("cleanup-wearable-data", scheduled=False) as run:
         result = run_cleanup(dry_run=dry_run)
-    return {**result.as_dict(), "report_lines": result.table_lines()}
+    return {"job_run_id": run.id, **result.as_dict(), "report_lines": result.table_lines()}
 
 
 READINGS_JOBS: dict[str, JobRunner] = {

@@ -12,7 +12,12 @@ import dj_database_url
 from corsheaders.defaults import default_headers
 from django.core.exceptions import ImproperlyConfigured
 
-from connections.config import DirectProvidersConfig, JunctionSyncConfig, field_encryption_keys
+from connections.config import (
+    DirectProvidersConfig,
+    JunctionSyncConfig,
+    field_encryption_keys,
+    pointed_at_sandbox,
+)
 from loopsync import embedded_db
 from loopsync.env import env_bool, env_choice, env_float, env_int, env_list, env_origins, env_str
 
@@ -121,6 +126,8 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 LANGUAGE_CODE = "en-us"
+# The admin shows "2026-03-10 12:00:00 UTC", not "March 10, 2026, noon" (loopsync/formats/en/formats.py).
+FORMAT_MODULE_PATH = ["loopsync.formats"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
@@ -161,6 +168,15 @@ SYNC_RETRY_BASE_SECONDS = env_float("SYNC_RETRY_BASE_SECONDS", 2.0)
 # DEXCOM_API_URL, DEXCOM_REDIRECT_URI, LIBRE_API_URL, LIBRE_REGIONAL_URL_TEMPLATE, LIBRE_VERSION, LIBRE_PRODUCT,
 # WHOOP_SYNC_INITIAL_DAYS, CGM_SYNC_OVERLAP_MINUTES, CGM_SYNC_INITIAL_DAYS.
 DIRECT_PROVIDERS = DirectProvidersConfig.from_env()
+# `make look`: the URL of a running sandbox; every provider host and credential then points at it, so nothing
+# done in the demo (a Force resync) reaches a real provider. Only where the sandbox may run.
+SANDBOX_URL = env_str("SANDBOX_URL").rstrip("/")
+if SANDBOX_URL:
+    if not SANDBOX_ENABLED:
+        raise ImproperlyConfigured(
+            "SANDBOX_URL is for local work: set DEBUG=true or SANDBOX_ENABLED=true, or unset it"
+        )
+    JUNCTION_SYNC, DIRECT_PROVIDERS = pointed_at_sandbox(SANDBOX_URL, JUNCTION_SYNC, DIRECT_PROVIDERS)
 # Fernet keys for credentials at rest, comma-separated: the first encrypts, all decrypt (rotation).
 FIELD_ENCRYPTION_KEYS = field_encryption_keys(env_list("FIELD_ENCRYPTION_KEYS"), debug=DEBUG)
 # Seconds an OAuth state (and a patient's signed connect link) stays valid.

@@ -73,6 +73,7 @@ def ops_in_transactional_db() -> User:
     # A transactional test starts from flushed tables: recreate the groups the data migration makes.
     migration = importlib.import_module("connections.migrations.0004_ops_groups_latest_reading")
     migration.create_groups(apps, None)
+    importlib.import_module("connections.migrations.0011_ops17_ops_trace").grant_views(apps, None)
     return make_staff("olivia-ops", "ops")
 
 
@@ -117,14 +118,19 @@ def test_ops_filters_failing_connections_and_forces_a_resync(
         page.click("#ls-confirm-submit")
 
         page.wait_for_selector(".messagelist")
-        assert "Force resync: done" in page.inner_text(".messagelist")
+        assert "Force resync: queued" in page.inner_text(".messagelist")
         events = page.inner_text("#recent-sync-events")
         assert "Resync requested" in events and "olivia-ops" in events
         assert "Sync run" in events and "Success" in events
+        # The request's row carries its result and links the sync run it caused.
+        request_row = page.locator("#recent-sync-events tr.ls-event-resync_requested")
+        assert request_row.get_attribute("data-status") == "success"
+        assert request_row.locator("a.ls-result-event").count() == 1
 
     requested = SyncEvent.objects.get(kind=SyncEventKind.RESYNC_REQUESTED)
     assert (requested.connection_id, requested.actor) == (failing.pk, "olivia-ops")
     run = SyncEvent.objects.get(kind=SyncEventKind.SYNC, connection=failing)
+    assert (requested.status, requested.result_event_id) == (SyncStatus.SUCCESS, run.pk)
     assert (run.trigger, run.actor, run.status) == (SyncTrigger.ADMIN, "olivia-ops", SyncStatus.SUCCESS)
     assert Connection.objects.get(pk=failing.pk).failure_streak == 0
     assert not SyncEvent.objects.filter(connection=healthy).exists()

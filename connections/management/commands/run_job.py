@@ -6,6 +6,8 @@ import orjson
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from connections.jobruns import run_summary
+from connections.models import JobRun
 from loopsync.jobs import JOB_OPTIONS, all_jobs
 
 
@@ -49,6 +51,10 @@ class Command(BaseCommand):
         if options["json"]:
             self.stdout.write(orjson.dumps(summary, default=str).decode())
         else:
+            if summary.get("job_run_id"):
+                # The same line every job logs and prints (connections.jobruns.JobSummary), then the details.
+                run = JobRun.objects.get(pk=summary["job_run_id"])
+                self.stdout.write(run_summary(run).line())
             for key, value in summary.items():
                 if key not in ("users", "removals"):
                     self.stdout.write(f"{key}: {value}")

@@ -96,11 +96,12 @@ class Command(BaseCommand):
         sys.stderr.flush()
 
     def _print_summary(self, result: JobResult) -> None:
+        from connections.jobruns import run_summary
+        from connections.models import JobRun
+
         data = result.as_dict()
-        self.stdout.write(
-            f"\n{result.job}: {data['users_synced']}/{data['users_total']} users synced in "
-            f"{data['duration_s']}s"
-        )
+        # The same line every job logs and prints (connections.jobruns.JobSummary), then the per-user table.
+        self.stdout.write("\n" + run_summary(JobRun.objects.get(pk=result.job_run_id)).line())
         self.stdout.write(
             f"{'user':<38} {'status':<8} {'fetched':>9} {'stored':>9} {'skipped':>8} {'tries':>5}"
         )
