@@ -73,7 +73,7 @@ def ops_in_transactional_db() -> User:
     # A transactional test starts from flushed tables: recreate the groups the data migration makes.
     migration = importlib.import_module("connections.migrations.0004_ops_groups_latest_reading")
     migration.create_groups(apps, None)
-    importlib.import_module("connections.migrations.0011_ops17_ops_trace").grant_views(apps, None)
+    importlib.import_module("connections.migrations.0012_ops_trace").grant_views(apps, None)
     return make_staff("olivia-ops", "ops")
 
 

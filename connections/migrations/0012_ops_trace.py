@@ -28,7 +28,7 @@ def grant_views(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('connections', '0010_connection_last_success'),
+        ('connections', '0011_sync_error_codes'),
         ('auth', '0012_alter_user_first_name_max_length'),
     ]
 
