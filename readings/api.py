@@ -300,6 +300,12 @@ class GlucoseOut(serializers.Serializer):
     trend = serializers.CharField()
     trend_rate = serializers.FloatField(allow_null=True)
     device = serializers.CharField()
+    range_flag = serializers.ChoiceField(
+        choices=["above", "below"],
+        allow_null=True,
+        help_text="`above`/`below`: beyond the sensor's reporting range (Dexcom HIGH/LOW); value_mg_dl is then "
+        "the sensor's limit (400 or 40 mg/dL), a bound rather than a measurement. null for an ordinary reading.",
+    )
 
 
 def _page_of(name: str, item: type[serializers.Serializer]) -> type[serializers.Serializer]:
@@ -430,6 +436,7 @@ class GlucoseView(PatientAPIView):
             "trend",
             "trend_rate",
             "device",
+            "range_flag",
         ),
     )
 

@@ -63,6 +63,11 @@ class GlucoseReading(models.Model):
     trend = models.CharField(max_length=32, blank=True, default="")
     trend_rate = models.FloatField(null=True, blank=True)
     device = models.CharField(max_length=64, blank=True, default="")
+    # Beyond the sensor's reporting range ("above"/"below"): value_mg_dl is then the sensor's limit, a bound,
+    # not a measurement. NULL for an ordinary reading.
+    range_flag = models.CharField(
+        max_length=8, null=True, blank=True, choices=[("above", "above range"), ("below", "below range")]
+    )
     connection = models.ForeignKey(
         Connection,
         on_delete=models.DO_NOTHING,
