@@ -19,6 +19,7 @@ from django.db import connection as db
 
 from connections.providers.contract import GlucoseRow, WearableRow, full_glucose_row
 from readings.dirty import mark_dirty
+from readings.glucose_metrics import refresh_glucose_days
 
 GLUCOSE_METRIC = "glucose"
 
@@ -50,6 +51,9 @@ def store_batch(
         return StoreResult()
     result = _store_postgres(patient_id, time_zone, readings, glucose, connection_id)
     refresh_daily_stats(patient_id, time_zone, result.touched)
+    refresh_glucose_days(
+        patient_id, time_zone, {day for metric, day in result.touched if metric == GLUCOSE_METRIC}
+    )
     # aggregate-wearable-data recomputes these days' rolling averages (and the 29 days after them).
     mark_dirty(patient_id, result.touched)
     return result
