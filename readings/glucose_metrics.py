@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -373,13 +373,16 @@ def gri_zone(value: float) -> str:
     return "E"
 
 
-def window_minutes(start: date, end: date, time_zone: str) -> float:
-    """Minutes from the start of local day `start` to the end of local day `end` (DST-aware)."""
+def window_minutes(start: date, end: date, time_zone: str, until: datetime | None = None) -> float:
+    """Minutes from the start of local day `start` to the end of local day `end` (DST-aware), or to `until`
+    when that is sooner (today's window is measured up to now)."""
     from readings.store import local_day_bounds
 
     tz = ZoneInfo(time_zone)
     lo, _ = local_day_bounds(start, tz)
     _, hi = local_day_bounds(end, tz)
+    if until is not None:
+        hi = max(lo, min(hi, until))
     return (hi - lo).total_seconds() / 60.0
 
 
@@ -470,7 +473,12 @@ def day_rows(patient_id: int, start: date, end: date) -> dict[date, dict[str, An
 
 
 def window_metrics(
-    patient_id: int, time_zone: str, end: date, days: int, rows: dict[date, dict[str, Any]] | None = None
+    patient_id: int,
+    time_zone: str,
+    end: date,
+    days: int,
+    rows: dict[date, dict[str, Any]] | None = None,
+    until: datetime | None = None,
 ) -> GlucoseMetrics:
     """The metrics of the `days` local days ending on `end` (inclusive)."""
     start = end - timedelta(days=days - 1)
@@ -480,7 +488,7 @@ def window_metrics(
     for day, row in sorted(rows.items()):
         if start <= day <= end:
             sums.add_row(row)
-    return metrics_from_sums(sums, start, end, window_minutes(start, end, time_zone))
+    return metrics_from_sums(sums, start, end, window_minutes(start, end, time_zone, until))
 
 
 CHANGE_FIELDS = (
@@ -507,10 +515,15 @@ class Summary:
     change: dict[str, float | None]
 
 
-def summary(patient_id: int, time_zone: str, end: date, days: int) -> Summary:
-    """One window and the previous window of the same length, from one read of the day rows."""
-    rows = day_rows(patient_id, end - timedelta(days=2 * days - 1), end)
-    current = window_metrics(patient_id, time_zone, end, days, rows)
+def _summary_from_rows(
+    patient_id: int,
+    time_zone: str,
+    end: date,
+    days: int,
+    rows: dict[date, dict[str, Any]],
+    until: datetime | None,
+) -> Summary:
+    current = window_metrics(patient_id, time_zone, end, days, rows, until)
     previous = window_metrics(patient_id, time_zone, end - timedelta(days=days), days, rows)
     change = {}
     for name in CHANGE_FIELDS:
@@ -519,24 +532,24 @@ def summary(patient_id: int, time_zone: str, end: date, days: int) -> Summary:
     return Summary(current, previous, change)
 
 
+def summary(patient_id: int, time_zone: str, end: date, days: int, until: datetime | None = None) -> Summary:
+    """One window and the previous window of the same length, from one read of the day rows. `until` (now)
+    ends the current window's time early when `end` is today."""
+    rows = day_rows(patient_id, end - timedelta(days=2 * days - 1), end)
+    return _summary_from_rows(patient_id, time_zone, end, days, rows, until)
+
+
 def rolling(
-    patient_id: int, time_zone: str, end: date, windows: Sequence[int] = WINDOWS
+    patient_id: int,
+    time_zone: str,
+    end: date,
+    windows: Sequence[int] = WINDOWS,
+    until: datetime | None = None,
 ) -> dict[int, Summary]:
-    """The 7/14/30/90-day windows ending on `end`, each with its change against the previous period."""
-    longest = max(windows)
-    rows = day_rows(patient_id, end - timedelta(days=2 * longest - 1), end)
-    out = {}
-    for days in windows:
-        current = window_metrics(patient_id, time_zone, end, days, rows)
-        previous = window_metrics(patient_id, time_zone, end - timedelta(days=days), days, rows)
-        change = {
-            name: None
-            if getattr(current, name) is None or getattr(previous, name) is None
-            else getattr(current, name) - getattr(previous, name)
-            for name in CHANGE_FIELDS
-        }
-        out[days] = Summary(current, previous, change)
-    return out
+    """The 7/14/30/90-day windows ending on `end`, each with its change against the previous period, from
+    one read of the day rows."""
+    rows = day_rows(patient_id, end - timedelta(days=2 * max(windows) - 1), end)
+    return {days: _summary_from_rows(patient_id, time_zone, end, days, rows, until) for days in windows}
 
 
 # --- Consensus targets ---------------------------------------------------------------------------------------

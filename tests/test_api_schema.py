@@ -51,6 +51,8 @@ def test_the_schema_generates_without_warnings_and_covers_every_route(tmp_path) 
         "/api/patient-graph/wearables/daily-stats",
         "/api/patient-graph/wearables/readings",
         "/api/patient-graph/wearables/glucose",
+        "/api/patient-graph/wearables/glucose/summary",
+        "/api/patient-graph/wearables/glucose/agp",
         "/api/patient-graph/service/ingest",
     }
     for path, operations in schema["paths"].items():

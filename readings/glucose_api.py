@@ -1,0 +1,296 @@
+"""Read API of the consensus CGM metrics and the AGP (readings/glucose_metrics.py), scoped to the caller like
+the other read routes: `GET .../glucose/summary` and `GET .../glucose/agp`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from connections.api.base import ERRORS, PatientAPIView
+from readings import glucose_metrics as gm
+from readings.api import BAD_REQUEST, _bad, parse_day, reject_unknown_parameters
+
+MAX_DAYS = 90
+DEFAULT_DAYS = 14
+
+
+def parse_days(request: Request, default: int = DEFAULT_DAYS) -> int:
+    raw = request.query_params.get("days")
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _bad("days", f"must be a whole number from 1 to {MAX_DAYS}") from None
+    if not 1 <= value <= MAX_DAYS:
+        raise _bad("days", f"must be from 1 to {MAX_DAYS}")
+    return value
+
+
+def local_today(time_zone: str) -> date:
+    return timezone.now().astimezone(ZoneInfo(time_zone)).date()
+
+
+def period_end(request: Request, time_zone: str) -> tuple[date, datetime]:
+    """The window's last local day (`end`, default today) and the instant it is measured to (now, if sooner)."""
+    today = local_today(time_zone)
+    end = parse_day(request, "end") or today
+    if end > today:
+        raise _bad("end", "must not be after the patient's today")
+    return end, timezone.now()
+
+
+def _metrics_for(patient_id: int, time_zone: str, end: date, days: int, now: datetime) -> gm.Summary:
+    return gm.summary(patient_id, time_zone, end, days, until=now)
+
+
+class MetricsOut(serializers.Serializer):
+    start = serializers.DateField(help_text="First local day of the period.")
+    end = serializers.DateField(help_text="Last local day of the period (inclusive).")
+    days = serializers.IntegerField()
+    days_worn = serializers.IntegerField(help_text="Days with at least one reading.")
+    readings = serializers.IntegerField()
+    readings_above_range = serializers.IntegerField(help_text="Readings beyond the sensor's upper limit.")
+    readings_below_range = serializers.IntegerField(help_text="Readings beyond the sensor's lower limit.")
+    active_percent = serializers.FloatField(
+        allow_null=True, help_text="% of the period the CGM was active (time-weighted readings)."
+    )
+    mean_mg_dl = serializers.FloatField(allow_null=True)
+    sd_mg_dl = serializers.FloatField(allow_null=True)
+    cv_percent = serializers.FloatField(allow_null=True, help_text="SD / mean x 100; target at most 36%.")
+    gmi_percent = serializers.FloatField(
+        allow_null=True,
+        help_text="3.31 + 0.02392 x mean mg/dL; null below 70% active (see gmi_absent_reason).",
+    )
+    gmi_absent_reason = serializers.CharField(allow_null=True)
+    very_low_percent = serializers.FloatField(allow_null=True, help_text="% of time below 54 mg/dL.")
+    low_percent = serializers.FloatField(allow_null=True, help_text="% of time 54 to 69 mg/dL.")
+    target_percent = serializers.FloatField(allow_null=True, help_text="% of time 70 to 180 mg/dL (TIR).")
+    high_percent = serializers.FloatField(allow_null=True, help_text="% of time 181 to 250 mg/dL.")
+    very_high_percent = serializers.FloatField(allow_null=True, help_text="% of time above 250 mg/dL.")
+    tight_percent = serializers.FloatField(allow_null=True, help_text="% of time 70 to 140 mg/dL (TITR).")
+    below_70_percent = serializers.FloatField(allow_null=True, help_text="% of time below 70 mg/dL (TBR).")
+    above_180_percent = serializers.FloatField(allow_null=True, help_text="% of time above 180 mg/dL (TAR).")
+    gri = serializers.FloatField(allow_null=True, help_text="Glycemia risk index, 0 to 100.")
+    gri_zone = serializers.CharField(allow_null=True, help_text="A (0-20) to E (81-100).")
+    hypo_episodes = serializers.IntegerField(help_text="Runs below 70 mg/dL of at least 15 minutes.")
+    severe_hypo_episodes = serializers.IntegerField(help_text="Runs below 54 mg/dL of at least 15 minutes.")
+    hyper_episodes = serializers.IntegerField(help_text="Runs above 180 mg/dL of at least 15 minutes.")
+    severe_hyper_episodes = serializers.IntegerField(help_text="Runs above 250 mg/dL of at least 15 minutes.")
+    min_mg_dl = serializers.FloatField(allow_null=True)
+    max_mg_dl = serializers.FloatField(allow_null=True)
+
+
+class TargetOut(serializers.Serializer):
+    metric = serializers.CharField(help_text="The field of `metrics` the target is about.")
+    label = serializers.CharField()
+    comparison = serializers.ChoiceField(choices=["<", "<=", ">", ">="])
+    threshold = serializers.FloatField()
+    value = serializers.FloatField(allow_null=True)
+    met = serializers.BooleanField(allow_null=True, help_text="null when the value is absent.")
+
+
+class SummaryOut(serializers.Serializer):
+    unit = serializers.CharField(help_text="Always mg/dL.")
+    metrics = MetricsOut()
+    targets = TargetOut(many=True, help_text="Consensus targets for adults with type 1 or type 2 diabetes.")
+    previous = MetricsOut(help_text="The period of the same length just before.")
+    change = serializers.DictField(
+        child=serializers.FloatField(allow_null=True), help_text="metrics minus previous, per metric."
+    )
+
+
+class AgpSlotOut(serializers.Serializer):
+    slot = serializers.IntegerField(help_text="0 to 95: the 15-minute slot of the local day.")
+    time = serializers.CharField(help_text="HH:MM local time at the slot's start.")
+    readings = serializers.IntegerField()
+    p5 = serializers.FloatField()
+    p25 = serializers.FloatField()
+    p50 = serializers.FloatField()
+    p75 = serializers.FloatField()
+    p95 = serializers.FloatField()
+
+
+class AgpOut(serializers.Serializer):
+    unit = serializers.CharField()
+    start = serializers.DateField()
+    end = serializers.DateField()
+    days = serializers.IntegerField()
+    slot_minutes = serializers.IntegerField()
+    target_low = serializers.FloatField()
+    target_high = serializers.FloatField()
+    slots = AgpSlotOut(many=True, help_text="Slots without readings are left out.")
+
+
+_PERIOD_PARAMS = [
+    OpenApiParameter(
+        "days",
+        {"type": "integer", "minimum": 1, "maximum": MAX_DAYS},
+        required=False,
+        description=f"Length of the period in local days, 1 to {MAX_DAYS}; default {DEFAULT_DAYS}.",
+    ),
+    OpenApiParameter(
+        "end",
+        str,
+        required=False,
+        description="Last local day of the period (YYYY-MM-DD, inclusive); default the patient's today.",
+    ),
+]
+
+_EXAMPLE_METRICS = {
+    "start": "2026-02-25",
+    "end": "2026-03-10",
+    "days": 14,
+    "days_worn": 14,
+    "readings": 3960,
+    "readings_above_range": 2,
+    "readings_below_range": 0,
+    "active_percent": 98.2,
+    "mean_mg_dl": 151.3,
+    "sd_mg_dl": 48.1,
+    "cv_percent": 31.8,
+    "gmi_percent": 6.93,
+    "gmi_absent_reason": None,
+    "very_low_percent": 0.4,
+    "low_percent": 2.1,
+    "target_percent": 71.5,
+    "high_percent": 19.0,
+    "very_high_percent": 7.0,
+    "tight_percent": 44.2,
+    "below_70_percent": 2.5,
+    "above_180_percent": 26.0,
+    "gri": 33.5,
+    "gri_zone": "B",
+    "hypo_episodes": 3,
+    "severe_hypo_episodes": 1,
+    "hyper_episodes": 21,
+    "severe_hyper_episodes": 6,
+    "min_mg_dl": 48.0,
+    "max_mg_dl": 400.0,
+}
+_SUMMARY_EXAMPLE = {
+    "unit": "mg/dL",
+    "metrics": _EXAMPLE_METRICS,
+    "targets": [
+        {
+            "metric": "target_percent",
+            "label": "Time in range 70-180 mg/dL above 70%",
+            "comparison": ">",
+            "threshold": 70.0,
+            "value": 71.5,
+            "met": True,
+        }
+    ],
+    "previous": {**_EXAMPLE_METRICS, "start": "2026-02-11", "end": "2026-02-24"},
+    "change": {"mean_mg_dl": -4.2, "target_percent": 3.1},
+}
+
+
+class GlucoseSummaryView(PatientAPIView):
+    @extend_schema(
+        operation_id="wearables_glucose_summary",
+        summary="Consensus CGM metrics of a period, with the consensus targets and whether each is met",
+        description=(
+            "Time in ranges, mean, SD, CV, GMI, GRI, episodes and % time active over `days` local days ending "
+            "on `end`, and the change against the period of the same length before it. Time-weighted: each "
+            "reading stands for the time until the next one, capped at the sensor's interval (5 minutes). "
+            "Readings beyond the sensor's range count at its limit in their band."
+        ),
+        parameters=_PERIOD_PARAMS,
+        responses={200: SummaryOut, 400: BAD_REQUEST, **ERRORS},
+        examples=[OpenApiExample("14 days", value=_SUMMARY_EXAMPLE, response_only=True)],
+        tags=["read"],
+    )
+    def get(self, request: Request) -> Response:
+        reject_unknown_parameters(request, frozenset({"days", "end"}))
+        patient = self.patient(request)
+        days = parse_days(request)
+        end, now = period_end(request, patient.time_zone)
+        result = _metrics_for(patient.pk, patient.time_zone, end, days, now)
+        return Response(summary_body(result))
+
+
+def summary_body(result: gm.Summary) -> dict[str, Any]:
+    return {
+        "unit": "mg/dL",
+        "metrics": result.current.as_dict(),
+        "targets": gm.targets_for(result.current),
+        "previous": result.previous.as_dict(),
+        "change": result.change,
+    }
+
+
+class GlucoseAgpView(PatientAPIView):
+    @extend_schema(
+        operation_id="wearables_glucose_agp",
+        summary="Ambulatory glucose profile: percentiles per 15-minute slot of the local day",
+        description=(
+            "All local days of the period folded onto one day: the 5th, 25th, 50th, 75th and 95th percentiles "
+            "(PostgreSQL percentile_cont, interpolated) of the readings in each 15-minute slot."
+        ),
+        parameters=_PERIOD_PARAMS,
+        responses={200: AgpOut, 400: BAD_REQUEST, **ERRORS},
+        examples=[
+            OpenApiExample(
+                "14 days",
+                response_only=True,
+                value={
+                    "unit": "mg/dL",
+                    "start": "2026-02-25",
+                    "end": "2026-03-10",
+                    "days": 14,
+                    "slot_minutes": 15,
+                    "target_low": 70.0,
+                    "target_high": 180.0,
+                    "slots": [
+                        {
+                            "slot": 0,
+                            "time": "00:00",
+                            "readings": 42,
+                            "p5": 88.0,
+                            "p25": 104.5,
+                            "p50": 118.0,
+                            "p75": 131.0,
+                            "p95": 162.4,
+                        }
+                    ],
+                },
+            )
+        ],
+        tags=["read"],
+    )
+    def get(self, request: Request) -> Response:
+        reject_unknown_parameters(request, frozenset({"days", "end"}))
+        patient = self.patient(request)
+        days = parse_days(request)
+        end, _ = period_end(request, patient.time_zone)
+        return Response(agp_body(patient.pk, patient.time_zone, end, days))
+
+
+def agp_body(patient_id: int, time_zone: str, end: date, days: int) -> dict[str, Any]:
+    slots = gm.agp(patient_id, time_zone, end, days)
+    return {
+        "unit": "mg/dL",
+        "start": (end - timedelta(days=days - 1)).isoformat(),
+        "end": end.isoformat(),
+        "days": days,
+        "slot_minutes": gm.AGP_SLOT_MINUTES,
+        "target_low": gm.LOW,
+        "target_high": gm.HIGH,
+        "slots": [
+            {
+                "slot": s.slot,
+                "time": f"{s.minute // 60:02d}:{s.minute % 60:02d}",
+                **{k: v for k, v in asdict(s).items() if k not in ("slot", "minute")},
+            }
+            for s in slots
+        ],
+    }
