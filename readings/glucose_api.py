@@ -8,13 +8,21 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from django.http import HttpResponse
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
+from connections.api.authentication import IsPatientGraphService, PatientGraphKeyAuthentication
 from connections.api.base import ERRORS, PatientAPIView
+from connections.api.errors import APIError
+from connections.api.serializers import ErrorSerializer
+from connections.models import Patient
+from readings import fhir
 from readings import glucose_metrics as gm
 from readings.api import BAD_REQUEST, _bad, parse_day, reject_unknown_parameters
 
@@ -294,3 +302,133 @@ def agp_body(patient_id: int, time_zone: str, end: date, days: int) -> dict[str,
             for s in slots
         ],
     }
+
+
+# --- FHIR export (service API) ----------------------------------------------------------------------------------
+
+FHIR_PARAMS = frozenset(
+    {"patient_id", "junction_user_id", "clerk_user_id", "start", "end", "readings", "subject"}
+)
+SERVICE_ERRORS = {
+    401: OpenApiResponse(ErrorSerializer, description="Missing or wrong PATIENT_GRAPH_API_KEY."),
+    404: OpenApiResponse(ErrorSerializer, description="No such patient."),
+}
+
+
+def service_patient(request: Request) -> Patient:
+    """The patient named by `patient_id`, `junction_user_id` or `clerk_user_id` (exactly one)."""
+    given = [
+        name for name in ("patient_id", "junction_user_id", "clerk_user_id") if name in request.query_params
+    ]
+    if len(given) != 1:
+        raise _bad("patient_id", "send exactly one of patient_id, junction_user_id, clerk_user_id")
+    name = given[0]
+    raw = request.query_params[name]
+    if name == "patient_id":
+        if not raw.isdigit() or not 0 < int(raw) < 2**63:
+            raise _bad("patient_id", "must be a positive integer")
+        patient = Patient.objects.filter(pk=int(raw)).first()
+    else:
+        if not 0 < len(raw) <= 64 or "\x00" in raw:
+            raise _bad(name, "must be a string of 1 to 64 characters")
+        patient = Patient.objects.filter(**{name: raw}).first()
+    if patient is None:
+        raise APIError(404, "not_found", "No such patient.")
+    return patient
+
+
+class FhirCgmView(APIView):
+    authentication_classes = [PatientGraphKeyAuthentication]
+    permission_classes = [IsPatientGraphService]
+
+    @extend_schema(
+        operation_id="patient_graph_fhir_cgm",
+        summary="FHIR R4 transaction Bundle of a CGM period (HL7 FHIR CGM IG 1.0.0)",
+        description=(
+            "The CGM Summary Observation (LOINC 107931-8) with its members (mean glucose, times in ranges with "
+            "five components in % to two decimals, GMI, CV, days of wear, sensor active %), a CGM Device per "
+            "sensor source and, with `readings=true`, every reading as a CGM Sensor Reading (99504-3, mg/dL). "
+            "Each entry is a conditional create on a deterministic identifier (`ifNoneExist`), so submitting "
+            "the same period twice creates nothing new. `manage.py export_fhir_cgm` writes the same bundle."
+        ),
+        parameters=[
+            OpenApiParameter("patient_id", int, required=False, description="This deployment's patient id."),
+            OpenApiParameter("junction_user_id", str, required=False, description="Or the Junction user id."),
+            OpenApiParameter("clerk_user_id", str, required=False, description="Or the Clerk user id."),
+            OpenApiParameter("start", str, required=False, description="First local day (YYYY-MM-DD)."),
+            OpenApiParameter(
+                "end",
+                str,
+                required=False,
+                description="Last local day (YYYY-MM-DD, inclusive); default today.",
+            ),
+            OpenApiParameter(
+                "readings",
+                {"type": "string", "enum": ["true", "false"]},
+                required=False,
+                description="Include every reading as a CGM Sensor Reading; default false.",
+            ),
+            OpenApiParameter(
+                "subject",
+                str,
+                required=False,
+                description="The receiving system's reference to the patient (e.g. Patient/123); default a "
+                "logical reference by identifier (urn:loopsync:patient).",
+            ),
+        ],
+        responses={
+            (200, "application/fhir+json"): OpenApiResponse(
+                OpenApiTypes.OBJECT,
+                description="A FHIR R4 Bundle of type transaction.",
+                examples=[
+                    OpenApiExample(
+                        "summary only",
+                        value={
+                            "resourceType": "Bundle",
+                            "type": "transaction",
+                            "timestamp": "2026-03-10T12:00:00Z",
+                            "entry": [
+                                {
+                                    "fullUrl": "urn:uuid:8c5e0f1a-0d7b-5b1e-9a55-1f0b2c3d4e5f",
+                                    "resource": {
+                                        "resourceType": "Observation",
+                                        "code": {"text": "CGM summary"},
+                                    },
+                                    "request": {
+                                        "method": "POST",
+                                        "url": "Observation",
+                                        "ifNoneExist": "identifier=urn:loopsync:cgm|7:2026-02-25:2026-03-10:summary",
+                                    },
+                                }
+                            ],
+                        },
+                    )
+                ],
+            ),
+            400: BAD_REQUEST,
+            **SERVICE_ERRORS,
+        },
+        tags=["patient-graph service"],
+    )
+    def get(self, request: Request) -> HttpResponse:
+        reject_unknown_parameters(request, FHIR_PARAMS)
+        patient = service_patient(request)
+        _, today = fhir.default_period(patient.time_zone)
+        end = parse_day(request, "end") or today
+        start = parse_day(request, "start") or end - timedelta(days=DEFAULT_DAYS - 1)
+        if start > end:
+            raise _bad("start", "must not be after end")
+        if (end - start).days + 1 > MAX_DAYS:
+            raise _bad("end", f"the period is limited to {MAX_DAYS} days")
+        if end > today:
+            raise _bad("end", "must not be after the patient's today")
+        flag = request.query_params.get("readings", "false")
+        if flag not in ("true", "false"):
+            raise _bad("readings", "must be true or false")
+        subject = request.query_params.get("subject")
+        if subject is not None and not (0 < len(subject) <= 200 and "\x00" not in subject):
+            raise _bad("subject", "must be a reference of 1 to 200 characters")
+        bundle = fhir.cgm_bundle(
+            patient.pk, patient.time_zone, start, end, include_readings=flag == "true", subject=subject
+        )
+        return HttpResponse(fhir.render(bundle), content_type="application/fhir+json")

@@ -16,4 +16,5 @@ urlpatterns = [
         name="api-glucose-summary",
     ),
     path("patient-graph/wearables/glucose/agp", glucose_api.GlucoseAgpView.as_view(), name="api-glucose-agp"),
+    path("patient-graph/service/fhir/cgm", glucose_api.FhirCgmView.as_view(), name="api-service-fhir-cgm"),
 ]
