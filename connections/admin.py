@@ -39,6 +39,7 @@ from connections.health import Health, data_behind, health_of, health_q, with_he
 from connections.jobhealth import job_health
 from connections.models import Connection, JobHealth, JobRun, Patient, SyncEvent
 from loopsync.sentry import scrub_text
+from readings.agp_report import agp_report_context, with_glucose_14d
 
 RESYNC_PERMISSION = "connections.force_resync_connection"
 DEACTIVATE_PERMISSION = "connections.deactivate_connection"
@@ -155,6 +156,10 @@ OPS: dict[str, ConnectionOp] = {
 }
 
 
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}%"
+
+
 @admin.register(Connection)
 class ConnectionAdmin(RefusesNulMixin, admin.ModelAdmin):
     list_display = (
@@ -167,6 +172,9 @@ class ConnectionAdmin(RefusesNulMixin, admin.ModelAdmin):
         "last_error_column",
         "last_success_at",
         "newest_reading",
+        "tir_14d",
+        "tbr_14d",
+        "active_14d",
     )
     list_display_links = ("id",)
     list_filter = (HealthFilter, "provider", "status")
@@ -213,7 +221,21 @@ class ConnectionAdmin(RefusesNulMixin, admin.ModelAdmin):
         return request.user.has_perm(DEACTIVATE_PERMISSION)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Connection]:
-        return with_health(super().get_queryset(request), timezone.now())
+        now = timezone.now()
+        return with_glucose_14d(with_health(super().get_queryset(request), now), now.date())
+
+    # Triage by glucose (issue 15): the patient's last 14 days, from readings.agp_report's annotations.
+    @admin.display(description="TIR 14d", ordering="glucose_tir_14d")
+    def tir_14d(self, obj: Connection) -> str:
+        return _percent(obj.glucose_tir_14d)  # type: ignore[attr-defined]
+
+    @admin.display(description="TBR<70 14d", ordering="-glucose_tbr_14d")
+    def tbr_14d(self, obj: Connection) -> str:
+        return _percent(obj.glucose_tbr_14d)  # type: ignore[attr-defined]
+
+    @admin.display(description="CGM active 14d", ordering="glucose_active_14d")
+    def active_14d(self, obj: Connection) -> str:
+        return _percent(obj.glucose_active_14d)  # type: ignore[attr-defined]
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Connection], search_term: str
@@ -533,6 +555,29 @@ class PatientAdmin(RefusesNulMixin, admin.ModelAdmin):
             q |= Q(pk=int(term))
         return queryset.filter(q), False
 
+    def get_urls(self) -> list[Any]:
+        agp = path(
+            "<path:object_id>/agp/",
+            self.admin_site.admin_view(self.agp_view),
+            name="connections_patient_agp",
+        )
+        return [agp, *super().get_urls()]
+
+    def agp_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The printable AGP report (?days=7|14|30|90)."""
+        patient = self.get_object(request, unquote(object_id))
+        if patient is None or not self.has_view_permission(request, patient):
+            raise Http404
+        raw = request.GET.get("days", "14")
+        days = int(raw) if raw in ("7", "14", "30", "90") else 14
+        context = {
+            "patient": patient,
+            "back_url": reverse("admin:connections_patient_change", args=[patient.pk]),
+            "day_choices": (7, 14, 30, 90),
+            **agp_report_context(patient.pk, patient.time_zone, timezone.now(), days),
+        }
+        return TemplateResponse(request, "admin/readings/agp_print.html", context)
+
     def change_view(
         self,
         request: HttpRequest,
@@ -546,6 +591,8 @@ class PatientAdmin(RefusesNulMixin, admin.ModelAdmin):
             now = timezone.now()
             extra.update(patient_charts(patient, now))
             extra.update(daily_stats_table(patient, now))
+            extra.update(agp_report_context(patient.pk, patient.time_zone, now))
+            extra["agp_print_url"] = reverse("admin:connections_patient_agp", args=[patient.pk])
             extra["recent_events"] = SyncEvent.objects.filter(patient=patient).order_by("-started_at")[:20]
             extra["events_url"] = (
                 reverse("admin:connections_syncevent_changelist") + f"?patient__id__exact={patient.pk}"
