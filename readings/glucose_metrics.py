@@ -20,7 +20,8 @@ Bands (mg/dL): very low < 54, low 54 to < 70, target 70 to 180, high > 180 to 25
 
 Episodes: a run of consecutive readings below 70 (hypo), below 54 (level 2 hypo), above 180 (hyper) or above
 250 (level 2 hyper) lasting at least 15 minutes (the sum of its readings' minutes; a gap over two intervals
-ends the run). Counted on the local day the run starts; runs are followed one day past the days recomputed.
+ends the run). Counted on the local day the run starts; runs are followed 12 hours (`CONTEXT`) past the days
+recomputed, so a run crossing midnight is cut 12 hours into the next day.
 
 Which readings count is `counted_glucose_sql()`: today every row of patient_glucose_readings; source
 resolution (issue 13) replaces that one function.
@@ -29,7 +30,7 @@ resolution (issue 13) replaces that one function.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -41,6 +42,9 @@ from django.db import connection as db
 DEFAULT_INTERVAL_MINUTES = 5.0
 SOURCE_INTERVAL_MINUTES: dict[str, float] = {}
 EPISODE_MINUTES = 15.0
+# How far before and after the recomputed days readings are read: a run crossing midnight is followed this far
+# (a longer one is cut there), and a change this close to a day's edge recomputes the neighbouring day too.
+CONTEXT = timedelta(hours=12)
 VERY_LOW, LOW, HIGH, VERY_HIGH, TIGHT_HIGH = 54.0, 70.0, 180.0, 250.0, 140.0
 # GMI needs this much sensor wear in the window (consensus; Tidepool does the same).
 GMI_MIN_ACTIVE_PERCENT = 70.0
@@ -91,19 +95,18 @@ def counted_glucose_sql() -> str:
 _PG_DAYS = """
 WITH targets AS ({targets}),
 spans AS (
-    SELECT patient_id, min(lo) - interval '1 day' AS lo, max(hi) + interval '1 day' AS hi
+    SELECT patient_id, min(lo) - interval '{margin}' AS lo, max(hi) + interval '{margin}' AS hi
     FROM targets GROUP BY patient_id
 ),
-seq AS (
-    SELECT c.patient_id, c.measured_at AS t, c.value_mg_dl AS g, c.range_flag, c.interval_minutes AS cap,
-           extract(epoch FROM lead(c.measured_at) OVER w - c.measured_at) / 60.0 AS gap_next,
-           extract(epoch FROM c.measured_at - lag(c.measured_at) OVER w) / 60.0 AS gap_prev
+weighted AS (
+    SELECT c.patient_id, c.source, c.measured_at AS t, c.value_mg_dl AS g, c.range_flag, c.interval_minutes AS cap,
+           least(coalesce(extract(epoch FROM lead(c.measured_at) OVER w - c.measured_at) / 60.0, c.interval_minutes),
+                 c.interval_minutes) AS w,
+           extract(epoch FROM c.measured_at - lag(c.measured_at) OVER w) / 60.0 AS gap_prev,
+           lag(c.value_mg_dl) OVER w AS g_prev
     FROM spans s
     JOIN ({counted}) c ON c.patient_id = s.patient_id AND c.measured_at >= s.lo AND c.measured_at < s.hi
     WINDOW w AS (PARTITION BY c.patient_id ORDER BY c.measured_at, c.source)
-),
-weighted AS (
-    SELECT patient_id, t, g, range_flag, cap, gap_prev, least(coalesce(gap_next, cap), cap) AS w FROM seq
 ),
 daily AS (
     SELECT k.patient_id, k.day, count(*) AS readings,
@@ -120,25 +123,30 @@ daily AS (
     FROM targets k JOIN weighted x ON x.patient_id = k.patient_id AND x.t >= k.lo AND x.t < k.hi
     GROUP BY k.patient_id, k.day
 ),
-flags AS (
-    SELECT x.patient_id, x.t, x.w, x.gap_prev, x.cap, b.kind,
-           CASE b.kind WHEN 1 THEN x.g < 70 WHEN 2 THEN x.g < 54 WHEN 3 THEN x.g > 180 ELSE x.g > 250 END AS inside
-    FROM weighted x CROSS JOIN (VALUES (1), (2), (3), (4)) AS b(kind)
-),
-starts AS (
-    SELECT patient_id, t, w, kind, inside,
-           CASE WHEN inside AND (NOT coalesce(lag(inside) OVER k, false) OR gap_prev > 2 * cap)
-                THEN 1 ELSE 0 END AS starts
-    FROM flags WINDOW k AS (PARTITION BY patient_id, kind ORDER BY t)
-),
+-- Runs of the four episode kinds in one pass: a run starts at a reading inside the band whose previous
+-- reading was outside it or more than two intervals before.
 runs AS (
-    SELECT patient_id, t, w, kind, inside,
-           sum(starts) OVER (PARTITION BY patient_id, kind ORDER BY t ROWS UNBOUNDED PRECEDING) AS run
-    FROM starts
+    SELECT patient_id, t, w, g,
+           sum(CASE WHEN g < 70 AND (g_prev IS NULL OR g_prev >= 70 OR gap_prev > 2 * cap) THEN 1 ELSE 0 END)
+               OVER r AS r1,
+           sum(CASE WHEN g < 54 AND (g_prev IS NULL OR g_prev >= 54 OR gap_prev > 2 * cap) THEN 1 ELSE 0 END)
+               OVER r AS r2,
+           sum(CASE WHEN g > 180 AND (g_prev IS NULL OR g_prev <= 180 OR gap_prev > 2 * cap) THEN 1 ELSE 0 END)
+               OVER r AS r3,
+           sum(CASE WHEN g > 250 AND (g_prev IS NULL OR g_prev <= 250 OR gap_prev > 2 * cap) THEN 1 ELSE 0 END)
+               OVER r AS r4
+    FROM weighted
+    WINDOW r AS (PARTITION BY patient_id ORDER BY t, source ROWS UNBOUNDED PRECEDING)
 ),
 episodes AS (
-    SELECT patient_id, kind, min(t) AS start FROM runs WHERE inside
-    GROUP BY patient_id, kind, run HAVING sum(w) >= {episode_minutes}
+    SELECT patient_id, 1 AS kind, min(t) AS start FROM runs WHERE g < 70
+    GROUP BY patient_id, r1 HAVING sum(w) >= {episode_minutes}
+    UNION ALL
+    SELECT patient_id, 2, min(t) FROM runs WHERE g < 54 GROUP BY patient_id, r2 HAVING sum(w) >= {episode_minutes}
+    UNION ALL
+    SELECT patient_id, 3, min(t) FROM runs WHERE g > 180 GROUP BY patient_id, r3 HAVING sum(w) >= {episode_minutes}
+    UNION ALL
+    SELECT patient_id, 4, min(t) FROM runs WHERE g > 250 GROUP BY patient_id, r4 HAVING sum(w) >= {episode_minutes}
 ),
 counts AS (
     SELECT k.patient_id, k.day,
@@ -217,31 +225,41 @@ def _days_sql(targets: str) -> str:
         targets=targets.replace("{counted}", counted_glucose_sql()),
         counted=counted_glucose_sql(),
         episode_minutes=EPISODE_MINUTES,
+        margin=f"{int(CONTEXT.total_seconds())} seconds",
     )
 
 
-def refresh_glucose_days(patient_id: int, time_zone: str, days: Iterable[date]) -> int:
-    """Recompute the given local days and their neighbours (inside the horizon) from the counted readings.
+def refresh_glucose_days(
+    patient_id: int, time_zone: str, changed: dict[date, tuple[datetime, datetime]]
+) -> int:
+    """Recompute the local days whose readings changed (with the first and last changed instant of each),
+    and a neighbouring day when a change falls within CONTEXT of their common midnight (the last reading's
+    minutes and runs crossing midnight); neighbours before the horizon are left alone.
 
-    Called by readings.store in the ingest's transaction, for the glucose days a batch changed.
+    Called by readings.store in the ingest's transaction.
     """
     from readings.aggregate import first_complete_day
+    from readings.store import local_day_bounds
 
-    touched = set(days)
-    if not touched:
+    if not changed:
         return 0
+    from django.utils import timezone
+
+    tz = ZoneInfo(time_zone)
     first = first_complete_day()
-    wanted = sorted(
-        {
-            d + timedelta(days=n)
-            for d in touched
-            for n in (-1, 0, 1)
-            if n == 0 or d + timedelta(days=n) >= first
-        }
-    )
+    now = timezone.now()
+    wanted: set[date] = set()
+    for day, (earliest, latest) in changed.items():
+        wanted.add(day)
+        start, end = local_day_bounds(day, tz)
+        if earliest - start < CONTEXT and day - timedelta(days=1) >= first:
+            wanted.add(day - timedelta(days=1))
+        # The next day only when it has begun: live data (the common case) recomputes its own day alone.
+        if end - latest <= CONTEXT and end <= now:
+            wanted.add(day + timedelta(days=1))
     with db.cursor() as cursor:
         cursor.execute(
-            _days_sql(_ONE_PATIENT_TARGETS), {"patient": patient_id, "tz": time_zone, "days": wanted}
+            _days_sql(_ONE_PATIENT_TARGETS), {"patient": patient_id, "tz": time_zone, "days": sorted(wanted)}
         )
         return cursor.rowcount
 
@@ -489,6 +507,37 @@ def window_metrics(
         if start <= day <= end:
             sums.add_row(row)
     return metrics_from_sums(sums, start, end, window_minutes(start, end, time_zone, until))
+
+
+_BULK_SUMS = (
+    "SELECT d.patient_id, p.time_zone, count(*) FILTER (WHERE d.readings > 0), "
+    + ", ".join(f"sum(d.{c})" for c in DAY_COLUMNS)
+    + ", min(d.min_mg_dl), max(d.max_mg_dl) FROM patient_glucose_daily d JOIN patients p ON p.id = d.patient_id "
+    "WHERE d.day BETWEEN %(start)s AND %(end)s {only} GROUP BY d.patient_id, p.time_zone"
+)
+
+
+def bulk_window_metrics(
+    end: date, days: int, patient_ids: Sequence[int] | None = None, until: datetime | None = None
+) -> dict[int, GlucoseMetrics]:
+    """The `days`-day window ending on `end` for many patients at once: one GROUP BY over their day rows."""
+    start = end - timedelta(days=days - 1)
+    only = "AND d.patient_id = ANY(%(patients)s)" if patient_ids is not None else ""
+    minutes: dict[str, float] = {}
+    out = {}
+    with db.cursor() as cursor:
+        cursor.execute(
+            _BULK_SUMS.replace("{only}", only),
+            {"start": start, "end": end, "patients": list(patient_ids or [])},
+        )
+        for patient_id, time_zone, worn, *totals in cursor.fetchall():
+            sums = DaySums(days_worn=worn, min_mg_dl=totals[-2], max_mg_dl=totals[-1])
+            for name, value in zip(DAY_COLUMNS, totals[:-2], strict=True):
+                setattr(sums, name, value)
+            if time_zone not in minutes:
+                minutes[time_zone] = window_minutes(start, end, time_zone, until)
+            out[patient_id] = metrics_from_sums(sums, start, end, minutes[time_zone])
+    return out
 
 
 CHANGE_FIELDS = (

@@ -32,6 +32,8 @@ class StoreResult:
     readings_written: int = 0
     glucose_written: int = 0
     touched: TouchedDays = field(default_factory=set)
+    # Per local day with changed glucose: the first and last changed instant (readings/glucose_metrics.py).
+    glucose_changed: dict[date, tuple[datetime, datetime]] = field(default_factory=dict)
 
     @property
     def written(self) -> int:
@@ -51,9 +53,7 @@ def store_batch(
         return StoreResult()
     result = _store_postgres(patient_id, time_zone, readings, glucose, connection_id)
     refresh_daily_stats(patient_id, time_zone, result.touched)
-    refresh_glucose_days(
-        patient_id, time_zone, {day for metric, day in result.touched if metric == GLUCOSE_METRIC}
-    )
+    refresh_glucose_days(patient_id, time_zone, result.glucose_changed)
     # aggregate-wearable-data recomputes these days' rolling averages (and the 29 days after them).
     mark_dirty(patient_id, result.touched)
     return result
@@ -109,7 +109,7 @@ WITH changed AS (
                               EXCLUDED.range_flag)
     RETURNING measured_at
 )
-SELECT (measured_at AT TIME ZONE %(tz)s)::date, count(*) FROM changed GROUP BY 1
+SELECT (measured_at AT TIME ZONE %(tz)s)::date, count(*), min(measured_at), max(measured_at) FROM changed GROUP BY 1
 """
 
 
@@ -148,9 +148,10 @@ def _store_postgres(
                 for row in glucose:
                     copy.write_row(full_glucose_row(row))
             pg.execute(_PG_MERGE_GLUCOSE, params)
-            for day, count in pg.fetchall():
+            for day, count, earliest, latest in pg.fetchall():
                 result.touched.add((GLUCOSE_METRIC, day))
                 result.glucose_written += count
+                result.glucose_changed[day] = (earliest, latest)
         # ON COMMIT DELETE ROWS empties the stages at commit; empty them now too so a second batch in the
         # same transaction never re-merges the first one.
         pg.execute("TRUNCATE stage_wearable, stage_glucose")

@@ -371,3 +371,19 @@ def test_window_sums_equal_a_rescan(patient: Patient) -> None:
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
     assert m.mean_mg_dl == pytest.approx(mean) and m.sd_mg_dl == pytest.approx(sd)
     assert m.target_percent == pytest.approx(100 * sum(70 <= v <= 180 for v in values) / len(values))
+
+
+def test_bulk_and_rolling_windows_agree_with_the_single_window(patient: Patient) -> None:
+    other = Patient.objects.create(time_zone="Asia/Kathmandu")
+    store(patient, [row(5 * i - 2880, 60 + (i * 53) % 300) for i in range(4 * 288)])
+    store(other, [row(5 * i - 2880, 90 + (i * 29) % 200) for i in range(3 * 288)])
+
+    bulk = gm.bulk_window_metrics(DAY + timedelta(days=1), 7)
+    rolling = gm.rolling(patient.pk, "UTC", DAY + timedelta(days=1), windows=(7, 14))
+
+    for p in (patient, other):
+        single = gm.window_metrics(p.pk, p.time_zone, DAY + timedelta(days=1), 7)
+        assert bulk[p.pk].as_dict() == pytest.approx(single.as_dict())
+    assert rolling[7].current.as_dict() == pytest.approx(bulk[patient.pk].as_dict())
+    assert rolling[14].current.days == 14 and rolling[14].current.readings == 4 * 288
+    assert rolling[7].previous.readings == 0 and rolling[7].change["mean_mg_dl"] is None
