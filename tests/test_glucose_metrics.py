@@ -338,6 +338,11 @@ class IncrementalEqualsRecomputation(TestCase):
             expected = oracle(list(everything.items()), zone)
             assert_days_equal(stored_days(patient), expected)
 
+            # The aggregate job recomputes the days its marks name (and their neighbours).
+            GlucoseDay.objects.filter(patient=patient).delete()
+            run_aggregation()
+            assert_days_equal(stored_days(patient), expected)
+
             gm.rebuild_glucose_days([patient.pk])
             assert_days_equal(stored_days(patient), expected)
             run_aggregation(full=True)
