@@ -22,6 +22,7 @@ from connections.models import (
     ConnectionStatus,
     Patient,
     Provider,
+    SyncErrorCode,
     SyncEvent,
     SyncEventKind,
     SyncRequest,
@@ -33,6 +34,7 @@ from connections.providers.base import ProviderError, ProviderRateLimited, Retry
 from connections.providers.contract import ConnectMethod
 from connections.providers.junction.client import JunctionClient
 from connections.providers.registry import PROVIDERS, open_provider
+from connections.sync_errors import sync_error_code
 
 logger = logging.getLogger("loopsync.actions")
 
@@ -105,6 +107,7 @@ def do_reactivate_connection(connection: Connection, *, actor: str, trigger: str
                 status_reason="",
                 failure_streak=0,
                 last_error="",
+                last_error_code="",
                 updated_at=timezone.now(),
             )
         )
@@ -261,7 +264,10 @@ def request_manual_sync(
                 return ManualSyncOutcome(active, created=False)
             # Its task was lost (a worker died before taking it): fail it so this request can run.
             SyncRequest.objects.filter(pk=active.pk, status__in=ACTIVE_SYNC_REQUEST_STATUSES).update(
-                status=SyncRequestStatus.FAILED, finished_at=now, error="abandoned: the sync never finished"
+                status=SyncRequestStatus.FAILED,
+                finished_at=now,
+                error="abandoned: the sync never finished",
+                error_code=SyncErrorCode.INTERRUPTED,
             )
         recent = list(
             SyncRequest.objects.filter(patient=patient, created_at__gt=now - MANUAL_SYNC_WINDOW)
@@ -341,19 +347,20 @@ def do_manual_sync(request_id: int) -> SyncRequest | None:
         return request  # delivered twice, or already taken over: the first delivery owns it
     connection = request.connection
     event: SyncEvent | None = None
-    error = ""
+    error, code = "", ""
+    inactive = "the connection was removed or deactivated", SyncErrorCode.CONNECTION_INACTIVE
     try:
         if connection is None or connection.status != ConnectionStatus.ACTIVE:
-            error = "the connection was removed or deactivated"
+            error, code = inactive
         elif connection.provider == Provider.JUNCTION:
-            event, request.junction_refresh, error = _manual_junction_sync(request, connection)
+            event, request.junction_refresh, error, code = _manual_junction_sync(request, connection)
         else:
             event = sync_connection(connection, trigger=SyncTrigger.MANUAL, actor="patient")
     except ConnectionInactive:
-        error = "the connection was removed or deactivated"
+        error, code = inactive
     except Exception as exc:  # noqa: BLE001 - the request must end failed, never stay running
         logger.exception("manual sync crashed", extra={"sync_request_id": request_id})
-        error = f"internal error: {type(exc).__name__}"
+        error, code = f"internal error: {type(exc).__name__}", sync_error_code(exc)
     request.finished_at = timezone.now()
     if event is not None:
         # The event the engine wrote for this very sync (two manual syncs can never swap events).
@@ -363,8 +370,10 @@ def do_manual_sync(request_id: int) -> SyncRequest | None:
         request.records_skipped = event.records_skipped
         if event.status != SyncStatus.SUCCESS:
             error = error or event.error.replace("\n", "; ") or event.status
+            code = code or event.error_code or SyncErrorCode.INTERNAL_ERROR
     request.status = SyncRequestStatus.FAILED if error else SyncRequestStatus.SUCCESS
     request.error = error[:2000]
+    request.error_code = code if error else ""
     request.save(
         update_fields=[
             "status",
@@ -374,6 +383,7 @@ def do_manual_sync(request_id: int) -> SyncRequest | None:
             "records_skipped",
             "sync_event",
             "error",
+            "error_code",
             "finished_at",
         ]
     )
@@ -388,20 +398,28 @@ def do_manual_sync(request_id: int) -> SyncRequest | None:
     return request
 
 
-def _manual_junction_sync(request: SyncRequest, connection: Connection) -> tuple[SyncEvent | None, str, str]:
-    """(event, refresh outcome, error) of a Junction source: refresh the user, then sync its window."""
+def _manual_junction_sync(
+    request: SyncRequest, connection: Connection
+) -> tuple[SyncEvent | None, str, str, str]:
+    """(event, refresh outcome, error, error code) of a Junction source: refresh the user, then sync its
+    window."""
     user_id = connection.patient.junction_user_id or ""
     with open_provider(Provider.JUNCTION) as junction:
         client = junction.client  # type: ignore[attr-defined]
         try:
             connected = {str(p.get("slug")) for p in client.connected_providers(user_id)}
         except ProviderError as exc:
-            return None, "", str(exc)
+            return None, "", str(exc), sync_error_code(exc)
         cache.set(
             junction_sources_cache_key(connection.pk), sorted(connected), JUNCTION_SOURCES_CACHE_SECONDS
         )
         if request.source not in connected:
-            return None, "", f"{request.source} is not connected through Junction"
+            return (
+                None,
+                "",
+                f"{request.source} is not connected through Junction",
+                SyncErrorCode.SOURCE_NOT_CONNECTED,
+            )
         # Junction allows 8 refreshes an hour per user: a 429 means a recent refresh already pulled, so the
         # sync goes on and fetches what Junction has.
         try:
@@ -413,4 +431,4 @@ def _manual_junction_sync(request: SyncRequest, connection: Connection) -> tuple
             logger.warning("junction refresh failed", extra={"error": str(exc)})
             refresh = "failed"
         event = sync_connection(connection, trigger=SyncTrigger.MANUAL, actor="patient", provider=junction)
-    return event, refresh, ""
+    return event, refresh, "", ""

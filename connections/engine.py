@@ -39,6 +39,7 @@ from django.utils import timezone
 from connections.models import (
     Connection,
     ConnectionStatus,
+    SyncErrorCode,
     SyncEvent,
     SyncEventKind,
     SyncStatus,
@@ -53,6 +54,7 @@ from connections.providers.contract import (
     latest_plausible,
 )
 from connections.providers.registry import open_provider, provider_jobs
+from connections.sync_errors import sync_error_code
 from connections.tokens import TokenSession
 from loopsync.sentry import capture_sync_failure
 from readings.writers import ReadingsWriter
@@ -74,11 +76,18 @@ class UserSyncSummary:
     records_skipped: int = 0
     attempts: int = 0
     errors: list[str] = field(default_factory=list)
+    # The last failure's stable code (SyncErrorCode), set only by fail().
+    error_code: str = ""
     unchanged_days: int = 0
     duration_s: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def fail(self, exc: BaseException, message: str) -> None:
+        """Record a failure: its scrubbed message (ops) and its stable code (the API), classified here only."""
+        self.errors.append(message)
+        self.error_code = sync_error_code(exc)
 
 
 @dataclass
@@ -193,7 +202,7 @@ def store_batch_and_cursor(
         locked.last_attempt_at = now
         if complete:
             locked.failure_streak = 0
-            locked.last_error = ""
+            locked.last_error = locked.last_error_code = ""
             locked.last_success_at = now
         locked.save(
             update_fields=[
@@ -203,6 +212,7 @@ def store_batch_and_cursor(
                 "last_attempt_at",
                 "failure_streak",
                 "last_error",
+                "last_error_code",
                 "updated_at",
             ]
         )
@@ -230,7 +240,7 @@ def run_with_retries(
         try:
             return attempt()
         except (ProviderError, InvalidPayload) as exc:
-            summary.errors.append(f"attempt {number}: {exc}")
+            summary.fail(exc, f"attempt {number}: {exc}")
             retryable = isinstance(exc, InvalidPayload) or exc.retryable
             retry_after = getattr(exc, "retry_after", None)
             if retry_after is not None and retry_after > MAX_RETRY_AFTER_SECONDS:
@@ -293,12 +303,17 @@ def close_interrupted_events(now: datetime | None = None, *, connection_id: int 
         if not closed:
             return 0
         reason = "interrupted: the worker stopped before the sync finished"
+        code = SyncErrorCode.INTERRUPTED
         SyncEvent.objects.filter(pk__in=[pk for pk, _ in closed]).update(
-            status=SyncStatus.FAILED, finished_at=now, error=reason
+            status=SyncStatus.FAILED, finished_at=now, error=reason, error_code=code
         )
         for connection in {c for _, c in closed if c is not None}:
             Connection.objects.filter(pk=connection).update(
-                failure_streak=F("failure_streak") + 1, last_error=reason, last_attempt_at=now, updated_at=now
+                failure_streak=F("failure_streak") + 1,
+                last_error=reason,
+                last_error_code=code,
+                last_attempt_at=now,
+                updated_at=now,
             )
     logger.warning("interrupted sync events closed", extra={"sync_events": len(closed)})
     return len(closed)
@@ -353,7 +368,7 @@ def _sync_with(
     except Exception as exc:
         # A bug must not leave the event running: it is finished as failed, then the error goes on up.
         summary.status = "failed"
-        summary.errors.append(f"internal error: {type(exc).__name__}")
+        summary.fail(exc, f"internal error: {type(exc).__name__}")
         _finish_event(event, connection, summary, batch, started)
         raise
     if stored is not None and batch is not None:
@@ -380,6 +395,7 @@ def _finish_event(
     event.records_stored = summary.records_stored
     event.records_skipped = summary.records_skipped
     event.error = "\n".join(summary.errors)[:2000]
+    event.error_code = summary.error_code if summary.status == "failed" else ""
     if batch is not None:
         event.window_start, event.window_end = batch.window_start, batch.window_end
     event.save(
@@ -391,6 +407,7 @@ def _finish_event(
             "records_stored",
             "records_skipped",
             "error",
+            "error_code",
             "window_start",
             "window_end",
         ]
@@ -406,6 +423,7 @@ def _finish_event(
             last_attempt_at=now,
             failure_streak=F("failure_streak") + 1,
             last_error=(summary.errors[-1] if summary.errors else "")[:2000],
+            last_error_code=summary.error_code,
             updated_at=now,
         )
     logger.info(
@@ -440,11 +458,9 @@ def sync_summary(
         return _sync_with(connection, provider, trigger, actor, None, force, sleep)[1]
     except Exception as exc:  # noqa: BLE001 - one user's bug must not stop the others
         logger.exception("user sync crashed", extra={"connection_id": connection.pk})
-        return UserSyncSummary(
-            user_id=provider.user_label(connection),
-            status="failed",
-            errors=[f"internal error: {type(exc).__name__}"],
-        )
+        crashed = UserSyncSummary(user_id=provider.user_label(connection), status="failed")
+        crashed.fail(exc, f"internal error: {type(exc).__name__}")
+        return crashed
 
 
 # --- Jobs ----------------------------------------------------------------------------------------------------

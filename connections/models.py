@@ -57,6 +57,41 @@ class ConnectionStatus(models.TextChoices):
     INACTIVE = "inactive", "Inactive"
 
 
+class SyncErrorCode(models.TextChoices):
+    """Why a sync failed, stable for API clients (never renamed; new codes added at the end); the label is the
+    human message the API shows. Set by the engine's one classifier, connections/sync_errors.py."""
+
+    PROVIDER_UNAVAILABLE = (
+        "provider_unavailable",
+        "The provider did not answer (a server error or a network failure); the next sync tries again.",
+    )
+    TIMEOUT = "timeout", "The provider took too long to answer; the next sync tries again."
+    RATE_LIMITED = "rate_limited", "The provider asked us to slow down; the next sync tries again."
+    CREDENTIALS_REVOKED = (
+        "credentials_revoked",
+        "The provider no longer accepts this connection's authorization; the patient must reconnect.",
+    )
+    PROVIDER_REJECTED_REQUEST = (
+        "provider_rejected_request",
+        "The provider refused the request; retrying will not help until it is fixed on our side.",
+    )
+    PROVIDER_USER_NOT_FOUND = (
+        "provider_user_not_found",
+        "The provider does not know this user (the account was deleted or disconnected there).",
+    )
+    INVALID_PROVIDER_DATA = (
+        "invalid_provider_data",
+        "The provider answered with data its API does not document; the next sync tries again.",
+    )
+    CONNECTION_INACTIVE = "connection_inactive", "The connection was removed or deactivated."
+    SOURCE_NOT_CONNECTED = "source_not_connected", "The source is not connected through Junction."
+    INTERRUPTED = (
+        "interrupted",
+        "The sync stopped before it finished (its worker stopped); it is tried again.",
+    )
+    INTERNAL_ERROR = "internal_error", "An internal error stopped the sync; it is reported to the team."
+
+
 class Connection(models.Model):
     """A patient's link to one provider; `last_sync_at` is the sync cursor for it."""
 
@@ -75,6 +110,8 @@ class Connection(models.Model):
     failure_streak = models.PositiveIntegerField(default=0)
     # Scrubbed: an error class and status code, never a token, a reading or a response body.
     last_error = models.TextField(blank=True, default="")
+    # last_error's stable code (SyncErrorCode), for the API; empty after a successful sync.
+    last_error_code = models.CharField(max_length=32, blank=True, default="", choices=SyncErrorCode.choices)
     status_reason = models.TextField(blank=True, default="")
     # The newest measured_at stored from this connection, kept by readings.store in the storing transaction:
     # the admin shows it for 100,000 connections without a max() over tens of millions of readings.
@@ -142,6 +179,7 @@ class SyncEvent(models.Model):
     records_stored = models.PositiveIntegerField(default=0)
     records_skipped = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True, default="")
+    error_code = models.CharField(max_length=32, blank=True, default="", choices=SyncErrorCode.choices)
     # Who acted, for manual and admin triggers (a staff username or "patient"); empty for schedules.
     actor = models.CharField(max_length=150, blank=True, default="")
     # A sync run, or an ops action (resync requested, deactivated, reactivated) recorded with its actor.
@@ -362,6 +400,8 @@ class SyncRequest(models.Model):
     records_skipped = models.PositiveIntegerField(default=0)
     # Scrubbed like SyncEvent.error: an error class and a status code, never a token or a reading.
     error = models.TextField(blank=True, default="")
+    # Why it failed, for the API (SyncErrorCode; its label is the message the API shows).
+    error_code = models.CharField(max_length=32, blank=True, default="", choices=SyncErrorCode.choices)
     # Python-side default so the hourly limit and tests share one clock.
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)

@@ -60,6 +60,10 @@ MIDDLEWARE = [
     # CORS for /api/ only: above everything that can answer (WhiteNoise, CommonMiddleware, DRF's 401), so a
     # browser's preflight gets its 200 and headers without authentication.
     "corsheaders.middleware.CorsMiddleware",
+    # Under /api/, an error answered without a problem body (no route: Django's 404; an unhandled exception:
+    # its 500, already logged and reported) becomes RFC 9457 problem details. Below CORS, which then adds its
+    # headers to that body too.
+    "connections.api.errors.ProblemDetailsMiddleware",
     # Static files (admin CSS, Swagger UI) from gunicorn itself: DEBUG off serves none otherwise. Above the rest
     # so a static request skips sessions and CSRF.
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -298,7 +302,8 @@ REST_FRAMEWORK |= {
     "EXCEPTION_HANDLER": "connections.api.errors.api_exception_handler",
     # Both APIs speak JSON only; form parsers would also appear in the schema as accepted bodies.
     "DEFAULT_PARSER_CLASSES": ["connections.api.jsoncodec.ORJSONParser"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # drf-spectacular's, adding the problem responses every operation can answer with (connections/api/openapi.py).
+    "DEFAULT_SCHEMA_CLASS": "connections.api.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
 }
 SPECTACULAR_SETTINGS = {
@@ -311,4 +316,15 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Errors are RFC 9457 problem details; each code and sync error code is one named, documented enum.
+    "ENUM_NAME_OVERRIDES": {
+        "ProblemCode": "connections.api.errors.PROBLEM_CHOICES",
+        "SyncErrorCode": "connections.models.SyncErrorCode",
+        "SyncRequestStatus": "connections.models.SyncRequestStatus",
+    },
+    # The metric and source enums come from the provider registry when the schema is generated.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "connections.api.openapi.registry_enums",
+    ],
 }

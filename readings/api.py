@@ -21,14 +21,15 @@ import orjson
 from django.core.exceptions import ImproperlyConfigured
 from django.db.models import DateField, DateTimeField, Model, QuerySet
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from connections.api.base import ERRORS, PatientAPIView
+from connections.api.base import ERRORS, PatientAPIView, problem
 from connections.api.errors import APIError
-from connections.api.serializers import ErrorSerializer
+from connections.api.openapi import DAILY_METRIC, METRIC, enum_field, enum_ref
+from connections.api.serializers import DailyMetricField
 from connections.providers.registry import PROVIDERS
 from readings.models import DailyStat, GlucoseReading, WearableReading
 from readings.store import local_day_bounds
@@ -68,7 +69,7 @@ SUPPORTED = f"from {EARLIEST_DAY.isoformat()} to {LATEST_DAY.isoformat()}"
 
 
 def _bad(param: str, why: str) -> APIError:
-    return APIError(400, "invalid_parameter", f"{param}: {why}", {param: [why]})
+    return APIError("invalid_parameter", f"{param}: {why}", errors={param: why})
 
 
 def reject_unknown_parameters(request: Request, allowed: frozenset[str]) -> None:
@@ -91,10 +92,10 @@ def parse_metric(request: Request, accepted: frozenset[str], *, required: bool =
         return None
     if raw not in accepted:
         raise APIError(
-            400,
             "invalid_parameter",
             f"metric: {raw[:40]!r} is not a known metric; accepted: {', '.join(sorted(accepted))}",
-            {"metric": ["unknown metric"], "accepted_metrics": sorted(accepted)},
+            errors={"metric": "unknown metric"},
+            accepted_metrics=sorted(accepted),
         )
     return raw
 
@@ -269,37 +270,64 @@ class KeysetQuery:
 # --- Serializers (the schema; rows come from values(), not through these) ------------------------------------
 
 
+@enum_field(METRIC)
+class MetricField(serializers.CharField):
+    """A wearable metric (the schema's `Metric` enum, derived from the provider registry)."""
+
+
+# Stored as the provider sent it (a Junction provider slug, or a direct provider's key): an open set, so a
+# string, not the `Source` enum of the sources a patient can ask to sync.
+READING_SOURCE = (
+    "The provider that measured it, as it names itself (a Junction provider slug such as oura, or whoop, "
+    "dexcom, libre); new providers may appear."
+)
+
+
 class DailyStatOut(serializers.Serializer):
-    metric = serializers.CharField()
+    metric = DailyMetricField(help_text="The metric.")
     day = serializers.DateField(help_text="The patient-local day.")
-    avg = serializers.FloatField()
-    min = serializers.FloatField()
-    max = serializers.FloatField()
-    sum = serializers.FloatField()
-    count = serializers.IntegerField()
-    avg_7d = serializers.FloatField(allow_null=True)
-    avg_30d = serializers.FloatField(allow_null=True)
+    avg = serializers.FloatField(
+        help_text="Mean of the day's readings (all sources, deduplicated by priority)."
+    )
+    min = serializers.FloatField(help_text="Smallest reading of the day.")
+    max = serializers.FloatField(help_text="Largest reading of the day.")
+    sum = serializers.FloatField(help_text="Sum of the day's readings (steps, calories: the day's total).")
+    count = serializers.IntegerField(help_text="How many readings the day has.")
+    avg_7d = serializers.FloatField(
+        allow_null=True,
+        help_text="Mean of the daily averages of the 7 days ending this day; null until computed.",
+    )
+    avg_30d = serializers.FloatField(
+        allow_null=True,
+        help_text="Mean of the daily averages of the 30 days ending this day; null until computed.",
+    )
 
 
 class ReadingOut(serializers.Serializer):
-    metric = serializers.CharField()
-    source = serializers.CharField()
-    source_type = serializers.CharField()
-    measured_at = serializers.DateTimeField()
-    end_at = serializers.DateTimeField(allow_null=True)
-    value = serializers.FloatField()
-    unit = serializers.CharField()
+    metric = MetricField(help_text="The metric.")
+    source = serializers.CharField(help_text=READING_SOURCE)
+    source_type = serializers.CharField(
+        help_text="The kind of device (ring, watch, phone, ...); may be empty."
+    )
+    measured_at = serializers.DateTimeField(help_text="When it was measured (UTC); a span's start.")
+    end_at = serializers.DateTimeField(
+        allow_null=True, help_text="A span's end (sleep, workouts); else null."
+    )
+    value = serializers.FloatField(help_text="The value, in `unit`.")
+    unit = serializers.CharField(help_text="The value's unit (bpm, count, s, kcal, %, ...).")
 
 
 class GlucoseOut(serializers.Serializer):
-    source = serializers.CharField()
-    measured_at = serializers.DateTimeField()
-    value_mg_dl = serializers.FloatField()
-    original_value = serializers.FloatField()
-    original_unit = serializers.CharField()
-    trend = serializers.CharField()
-    trend_rate = serializers.FloatField(allow_null=True)
-    device = serializers.CharField()
+    source = serializers.CharField(help_text=READING_SOURCE)
+    measured_at = serializers.DateTimeField(help_text="When it was measured (UTC).")
+    value_mg_dl = serializers.FloatField(help_text="The glucose value in mg/dL.")
+    original_value = serializers.FloatField(
+        help_text="The value as the provider sent it, in `original_unit`."
+    )
+    original_unit = serializers.CharField(help_text="The provider's unit: mg/dL or mmol/L.")
+    trend = serializers.CharField(help_text="The trend arrow as the provider names it; may be empty.")
+    trend_rate = serializers.FloatField(allow_null=True, help_text="Rate of change in mg/dL/min, when sent.")
+    device = serializers.CharField(help_text="The sensor or device, when known; may be empty.")
     range_flag = serializers.ChoiceField(
         choices=["above", "below"],
         allow_null=True,
@@ -313,11 +341,14 @@ def _page_of(name: str, item: type[serializers.Serializer]) -> type[serializers.
         name,
         (serializers.Serializer,),
         {
-            "results": item(many=True),
+            "results": item(many=True, help_text="This page's rows, in key order."),
             "next_cursor": serializers.CharField(
-                allow_null=True, help_text="Pass as `cursor` for the next page."
+                allow_null=True, help_text="Pass as `cursor` for the next page; null on the last page."
             ),
-            "next": serializers.URLField(allow_null=True),
+            "next": serializers.URLField(
+                allow_null=True,
+                help_text="The next page's full URL (this query with that cursor); null on the last.",
+            ),
         },
     )
 
@@ -326,8 +357,69 @@ DailyStatPage = _page_of("DailyStatPage", DailyStatOut)
 ReadingPage = _page_of("ReadingPage", ReadingOut)
 GlucosePage = _page_of("GlucosePage", GlucoseOut)
 
-BAD_REQUEST = OpenApiResponse(
-    ErrorSerializer, description="A parameter is wrong; the message says which and why."
+BAD_REQUEST = problem(
+    "A parameter is wrong; `detail` and `errors` say which and why.",
+    "invalid_parameter",
+    detail="start: must be a date as YYYY-MM-DD",
+    errors=[{"field": "start", "message": "must be a date as YYYY-MM-DD"}],
+)
+
+
+def _page_example(name: str, path: str, row: dict[str, Any]) -> OpenApiExample:
+    cursor = "WyJoZWFydF9yYXRlIiwiMjAyNi0wMy0wOSJd"
+    return OpenApiExample(
+        name,
+        value={
+            "results": [row],
+            "next_cursor": cursor,
+            "next": f"https://loopsync.example/api/patient-graph/wearables/{path}?page_size=1&cursor={cursor}",
+        },
+        response_only=True,
+        status_codes=["200"],
+    )
+
+
+DAILY_STATS_EXAMPLE = _page_example(
+    "A page of daily statistics",
+    "daily-stats",
+    {
+        "metric": "heart_rate",
+        "day": "2026-03-09",
+        "avg": 61.4,
+        "min": 48.0,
+        "max": 131.0,
+        "sum": 88416.0,
+        "count": 1440,
+        "avg_7d": 60.9,
+        "avg_30d": 61.7,
+    },
+)
+READINGS_EXAMPLE = _page_example(
+    "A page of readings",
+    "readings",
+    {
+        "metric": "heart_rate",
+        "source": "oura",
+        "source_type": "ring",
+        "measured_at": "2026-03-09T08:00:00Z",
+        "end_at": None,
+        "value": 58.0,
+        "unit": "bpm",
+    },
+)
+GLUCOSE_EXAMPLE = _page_example(
+    "A page of glucose readings",
+    "glucose",
+    {
+        "source": "dexcom",
+        "measured_at": "2026-03-09T08:05:00Z",
+        "value_mg_dl": 104.0,
+        "original_value": 104.0,
+        "original_unit": "mg/dL",
+        "trend": "flat",
+        "trend_rate": 0.3,
+        "device": "G7",
+    },
 )
 
 
@@ -372,11 +464,15 @@ class DailyStatsView(PatientAPIView):
         summary="Daily statistics per metric and patient-local day",
         parameters=[
             OpenApiParameter(
-                "metric", str, required=False, description="One metric; all metrics if omitted."
+                "metric",
+                enum_ref(DAILY_METRIC),
+                required=False,
+                description="One metric; all metrics if omitted.",
             ),
             *_params(False, True, DEFAULT_PAGE, MAX_PAGE),
         ],
-        responses={200: DailyStatPage, 400: BAD_REQUEST, **ERRORS},
+        responses={200: DailyStatPage, **BAD_REQUEST, **ERRORS},
+        examples=[DAILY_STATS_EXAMPLE],
         tags=["read"],
     )
     def get(self, request: Request) -> Response:
@@ -406,11 +502,12 @@ class ReadingsView(PatientAPIView):
         summary="Raw wearable readings of one metric (ordered by source, then time)",
         parameters=[
             OpenApiParameter(
-                "metric", str, required=True, description="e.g. heart_rate, steps, sleep_duration."
+                "metric", enum_ref(METRIC), required=True, description="The metric, e.g. heart_rate, steps."
             ),
             *_params(True, False, DEFAULT_PAGE, MAX_PAGE),
         ],
-        responses={200: ReadingPage, 400: BAD_REQUEST, **ERRORS},
+        responses={200: ReadingPage, **BAD_REQUEST, **ERRORS},
+        examples=[READINGS_EXAMPLE],
         tags=["read"],
     )
     def get(self, request: Request) -> Response:
@@ -444,7 +541,8 @@ class GlucoseView(PatientAPIView):
         operation_id="wearables_glucose_list",
         summary="Glucose readings in mg/dL (ordered by source, then time)",
         parameters=_params(False, False, DEFAULT_PAGE, MAX_PAGE),
-        responses={200: GlucosePage, 400: BAD_REQUEST, **ERRORS},
+        responses={200: GlucosePage, **BAD_REQUEST, **ERRORS},
+        examples=[GLUCOSE_EXAMPLE],
         tags=["read"],
     )
     def get(self, request: Request) -> Response:

@@ -18,9 +18,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from connections.api.authentication import IsPatientGraphService, PatientGraphKeyAuthentication
-from connections.api.base import ERRORS, PatientAPIView
+from connections.api.base import ERRORS, PatientAPIView, problem
 from connections.api.errors import APIError
-from connections.api.serializers import ErrorSerializer
 from connections.models import Patient
 from readings import fhir
 from readings import glucose_metrics as gm
@@ -63,22 +62,22 @@ def _metrics_for(patient_id: int, time_zone: str, end: date, days: int, now: dat
 class MetricsOut(serializers.Serializer):
     start = serializers.DateField(help_text="First local day of the period.")
     end = serializers.DateField(help_text="Last local day of the period (inclusive).")
-    days = serializers.IntegerField()
+    days = serializers.IntegerField(help_text="Number of local days in the period.")
     days_worn = serializers.IntegerField(help_text="Days with at least one reading.")
-    readings = serializers.IntegerField()
+    readings = serializers.IntegerField(help_text="Glucose readings in the period.")
     readings_above_range = serializers.IntegerField(help_text="Readings beyond the sensor's upper limit.")
     readings_below_range = serializers.IntegerField(help_text="Readings beyond the sensor's lower limit.")
     active_percent = serializers.FloatField(
         allow_null=True, help_text="% of the period the CGM was active (time-weighted readings)."
     )
-    mean_mg_dl = serializers.FloatField(allow_null=True)
-    sd_mg_dl = serializers.FloatField(allow_null=True)
+    mean_mg_dl = serializers.FloatField(allow_null=True, help_text="Time-weighted mean glucose, mg/dL.")
+    sd_mg_dl = serializers.FloatField(allow_null=True, help_text="Time-weighted standard deviation, mg/dL.")
     cv_percent = serializers.FloatField(allow_null=True, help_text="SD / mean x 100; target at most 36%.")
     gmi_percent = serializers.FloatField(
         allow_null=True,
         help_text="3.31 + 0.02392 x mean mg/dL; null below 70% active (see gmi_absent_reason).",
     )
-    gmi_absent_reason = serializers.CharField(allow_null=True)
+    gmi_absent_reason = serializers.CharField(allow_null=True, help_text="Why the GMI is null; else null.")
     very_low_percent = serializers.FloatField(allow_null=True, help_text="% of time below 54 mg/dL.")
     low_percent = serializers.FloatField(allow_null=True, help_text="% of time 54 to 69 mg/dL.")
     target_percent = serializers.FloatField(allow_null=True, help_text="% of time 70 to 180 mg/dL (TIR).")
@@ -93,22 +92,24 @@ class MetricsOut(serializers.Serializer):
     severe_hypo_episodes = serializers.IntegerField(help_text="Runs below 54 mg/dL of at least 15 minutes.")
     hyper_episodes = serializers.IntegerField(help_text="Runs above 180 mg/dL of at least 15 minutes.")
     severe_hyper_episodes = serializers.IntegerField(help_text="Runs above 250 mg/dL of at least 15 minutes.")
-    min_mg_dl = serializers.FloatField(allow_null=True)
-    max_mg_dl = serializers.FloatField(allow_null=True)
+    min_mg_dl = serializers.FloatField(allow_null=True, help_text="Lowest reading, mg/dL.")
+    max_mg_dl = serializers.FloatField(allow_null=True, help_text="Highest reading, mg/dL.")
 
 
 class TargetOut(serializers.Serializer):
     metric = serializers.CharField(help_text="The field of `metrics` the target is about.")
-    label = serializers.CharField()
-    comparison = serializers.ChoiceField(choices=["<", "<=", ">", ">="])
-    threshold = serializers.FloatField()
-    value = serializers.FloatField(allow_null=True)
+    label = serializers.CharField(help_text="The target in words.")
+    comparison = serializers.ChoiceField(
+        choices=["<", "<=", ">", ">="], help_text="How the value must compare with the threshold."
+    )
+    threshold = serializers.FloatField(help_text="The target's threshold, in %.")
+    value = serializers.FloatField(allow_null=True, help_text="The period's value of `metric`.")
     met = serializers.BooleanField(allow_null=True, help_text="null when the value is absent.")
 
 
 class SummaryOut(serializers.Serializer):
     unit = serializers.CharField(help_text="Always mg/dL.")
-    metrics = MetricsOut()
+    metrics = MetricsOut(help_text="The period's consensus metrics.")
     targets = TargetOut(many=True, help_text="Consensus targets for adults with type 1 or type 2 diabetes.")
     previous = MetricsOut(help_text="The period of the same length just before.")
     change = serializers.DictField(
@@ -119,22 +120,22 @@ class SummaryOut(serializers.Serializer):
 class AgpSlotOut(serializers.Serializer):
     slot = serializers.IntegerField(help_text="0 to 95: the 15-minute slot of the local day.")
     time = serializers.CharField(help_text="HH:MM local time at the slot's start.")
-    readings = serializers.IntegerField()
-    p5 = serializers.FloatField()
-    p25 = serializers.FloatField()
-    p50 = serializers.FloatField()
-    p75 = serializers.FloatField()
-    p95 = serializers.FloatField()
+    readings = serializers.IntegerField(help_text="Readings in this slot over the period.")
+    p5 = serializers.FloatField(help_text="5th percentile, mg/dL.")
+    p25 = serializers.FloatField(help_text="25th percentile, mg/dL.")
+    p50 = serializers.FloatField(help_text="Median, mg/dL.")
+    p75 = serializers.FloatField(help_text="75th percentile, mg/dL.")
+    p95 = serializers.FloatField(help_text="95th percentile, mg/dL.")
 
 
 class AgpOut(serializers.Serializer):
-    unit = serializers.CharField()
-    start = serializers.DateField()
-    end = serializers.DateField()
-    days = serializers.IntegerField()
-    slot_minutes = serializers.IntegerField()
-    target_low = serializers.FloatField()
-    target_high = serializers.FloatField()
+    unit = serializers.CharField(help_text="Always mg/dL.")
+    start = serializers.DateField(help_text="First local day of the period.")
+    end = serializers.DateField(help_text="Last local day of the period (inclusive).")
+    days = serializers.IntegerField(help_text="Number of local days in the period.")
+    slot_minutes = serializers.IntegerField(help_text="Length of a slot: 15.")
+    target_low = serializers.FloatField(help_text="Lower end of the target range, mg/dL (70).")
+    target_high = serializers.FloatField(help_text="Upper end of the target range, mg/dL (180).")
     slots = AgpSlotOut(many=True, help_text="Slots without readings are left out.")
 
 
@@ -213,7 +214,7 @@ class GlucoseSummaryView(PatientAPIView):
             "Readings beyond the sensor's range count at its limit in their band."
         ),
         parameters=_PERIOD_PARAMS,
-        responses={200: SummaryOut, 400: BAD_REQUEST, **ERRORS},
+        responses={200: SummaryOut, **BAD_REQUEST, **ERRORS},
         examples=[OpenApiExample("14 days", value=_SUMMARY_EXAMPLE, response_only=True)],
         tags=["read"],
     )
@@ -245,7 +246,7 @@ class GlucoseAgpView(PatientAPIView):
             "(PostgreSQL percentile_cont, interpolated) of the readings in each 15-minute slot."
         ),
         parameters=_PERIOD_PARAMS,
-        responses={200: AgpOut, 400: BAD_REQUEST, **ERRORS},
+        responses={200: AgpOut, **BAD_REQUEST, **ERRORS},
         examples=[
             OpenApiExample(
                 "14 days",
@@ -310,8 +311,8 @@ FHIR_PARAMS = frozenset(
     {"patient_id", "junction_user_id", "clerk_user_id", "start", "end", "readings", "subject"}
 )
 SERVICE_ERRORS = {
-    401: OpenApiResponse(ErrorSerializer, description="Missing or wrong PATIENT_GRAPH_API_KEY."),
-    404: OpenApiResponse(ErrorSerializer, description="No such patient."),
+    **problem("Missing or wrong PATIENT_GRAPH_API_KEY.", "not_authenticated"),
+    **problem("No such patient.", "not_found"),
 }
 
 
@@ -333,7 +334,7 @@ def service_patient(request: Request) -> Patient:
             raise _bad(name, "must be a string of 1 to 64 characters")
         patient = Patient.objects.filter(**{name: raw}).first()
     if patient is None:
-        raise APIError(404, "not_found", "No such patient.")
+        raise APIError("not_found", "No such patient.")
     return patient
 
 
@@ -405,7 +406,7 @@ class FhirCgmView(APIView):
                     )
                 ],
             ),
-            400: BAD_REQUEST,
+            **BAD_REQUEST,
             **SERVICE_ERRORS,
         },
         tags=["patient-graph service"],

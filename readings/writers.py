@@ -105,7 +105,7 @@ class PatientGraphWriter:
         """The limit a 413 names, if below ours; otherwise the refusal is final (a proxy's own limit, or a body
         we sized wrongly) and retrying the same bodies cannot help."""
         try:
-            limit = json.loads(content)["error"]["details"]["max_body_bytes"]
+            limit = json.loads(content)["max_body_bytes"]
         except (ValueError, TypeError, KeyError):
             limit = None
         if type(limit) is int and 0 < limit < self.max_body_bytes:

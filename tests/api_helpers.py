@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote
 
 from rest_framework.test import APIClient
 
@@ -32,8 +33,30 @@ def client_for(token: str | None) -> APIClient:
     return client
 
 
+PROBLEM_MEMBERS = {"type", "title", "status", "detail", "instance", "code"}
+
+
 def error_of(response: Any) -> dict[str, Any]:
+    """The RFC 9457 problem an API error answers with, its required members checked."""
+    from connections.api.errors import PROBLEMS
+
+    assert response.headers["Content-Type"] == "application/problem+json", response.headers["Content-Type"]
     body = response.json()
-    assert set(body) == {"error"}, body
-    assert set(body["error"]) == {"code", "message", "details"}, body
-    return body["error"]
+    assert PROBLEM_MEMBERS <= set(body), body
+    assert body["status"] == response.status_code == PROBLEMS[body["code"]].status, body
+    assert body["type"] == f"/api/problems/{body['code']}" and body["title"] == PROBLEMS[body["code"]].title
+    request = getattr(
+        response, "wsgi_request", None
+    )  # a Django test response; else httpx's, on a live server
+    path = request.path if request is not None else response.request.url.path
+    assert unquote(body["instance"]) == path and "?" not in body["instance"], body
+    return body
+
+
+def field_errors_of(problem: dict[str, Any]) -> dict[str, list[str]]:
+    """A problem's `errors` list as {field: [messages]}."""
+    fields: dict[str, list[str]] = {}
+    for error in problem.get("errors", []):
+        assert set(error) <= {"field", "message"}, error
+        fields.setdefault(error.get("field", ""), []).append(error["message"])
+    return fields

@@ -10,7 +10,7 @@ from connections.models import Connection, Patient, Provider
 from readings.models import DailyStat, GlucoseReading, WearableReading
 from sandbox import SandboxServer
 from sandbox.clerk import ClerkSandbox
-from tests.api_helpers import client_for, error_of, make_patient
+from tests.api_helpers import client_for, error_of, field_errors_of, make_patient
 from tests.direct_helpers import sync
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen_time")]
@@ -172,7 +172,8 @@ def test_bad_parameters_are_400_saying_which_and_why(
     assert response.status_code == 400
     error = error_of(response)
     assert error["code"] == "invalid_parameter"
-    assert error["message"].startswith(f"{param}: ") and why in error["message"]
+    assert error["detail"].startswith(f"{param}: ") and why in error["detail"]
+    assert param in field_errors_of(error)
 
 
 def test_a_cursor_of_another_endpoint_is_400_not_500(synced, clerk: ClerkSandbox) -> None:

@@ -24,7 +24,7 @@ from connections.models import (
 from readings.models import WearableReading
 from sandbox import SandboxServer
 from sandbox.clerk import ClerkSandbox
-from tests.api_helpers import client_for, error_of, make_patient, wearable_of
+from tests.api_helpers import client_for, error_of, field_errors_of, make_patient, wearable_of
 
 SYNC = "/api/patient-graph/wearables/sync"
 
@@ -172,10 +172,10 @@ def test_unknown_source_is_400_naming_the_accepted_sources(alice: Patient, clerk
     assert response.status_code == 400
     error = error_of(response)
     assert error["code"] == "invalid_source"
-    assert "oura" in error["message"] and "whoop" in error["message"]
-    assert "libre" in error["details"]["accepted_sources"]
+    assert "oura" in error["detail"] and "whoop" in error["detail"]
+    assert "libre" in error["accepted_sources"]
     missing = client_for(clerk.mint("user_alice")).post(SYNC, {}, format="json")
-    assert missing.status_code == 400 and error_of(missing)["details"] == {
+    assert missing.status_code == 400 and field_errors_of(error_of(missing)) == {
         "source": ["This field is required."]
     }
 
@@ -201,7 +201,7 @@ def test_a_malformed_body_is_400_from_the_serializer(
     error = error_of(response)
     assert error["code"] == code
     if field_error:
-        assert error["details"] == {"source": [field_error]}
+        assert field_errors_of(error) == {"source": [field_error]}
 
 
 @pytest.mark.django_db
@@ -220,7 +220,7 @@ def test_a_body_that_is_not_json_is_400_malformed_request(
 
     assert response.status_code == 400
     assert error_of(response)["code"] == "malformed_request"
-    assert error_of(response)["message"].startswith("JSON parse error")
+    assert error_of(response)["detail"].startswith("JSON parse error")
 
 
 @pytest.mark.django_db
@@ -281,7 +281,8 @@ def test_a_connection_deactivated_while_its_sync_is_queued_fails_that_sync_then_
     queued[0]()
 
     status = client.get(f"{SYNC}/{first['id']}").json()
-    assert status["status"] == "failed" and "deactivated" in status["error"]
+    assert status["status"] == "failed" and status["error_code"] == "connection_inactive"
+    assert "deactivated" in status["error_message"]
     assert client.post(SYNC, {"source": source}, format="json").status_code == 404
 
 
@@ -304,6 +305,7 @@ def test_more_than_the_hourly_limit_is_429_with_retry_after(
         assert limited.status_code == 429
         assert int(limited["Retry-After"]) == 40 * 60  # the first request leaves the window 60 min after it
         assert error_of(limited)["code"] == "rate_limited"
+        assert error_of(limited)["retry_after_seconds"] == 40 * 60
         clock.shift(timedelta(minutes=41))
         assert (
             client_for(clerk.mint("user_alice")).post(SYNC, {"source": source}, format="json").status_code

@@ -14,7 +14,7 @@ from django.test import Client
 from connections.models import Patient
 from sandbox import SandboxServer
 from sandbox.clerk import ClerkSandbox
-from tests.api_helpers import client_for, error_of
+from tests.api_helpers import client_for, error_of, field_errors_of
 from tests.ops_fixtures import make_connection
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen_time")]
@@ -72,7 +72,7 @@ def test_read_parameters_that_gave_500_are_a_400_naming_the_parameter(
 
     assert response.status_code == 400
     error = error_of(response)
-    assert error["code"] == "invalid_parameter" and parameter in error["details"]
+    assert error["code"] == "invalid_parameter" and parameter in field_errors_of(error)
 
 
 def test_the_oldest_and_newest_supported_days_still_answer(
@@ -142,7 +142,7 @@ def test_ingest_strings_with_nul_are_an_invalid_row(
     assert response.status_code == 400
     error = error_of(response)
     assert error["code"] == "invalid_rows"
-    assert error["details"] == {where: "must not contain a NUL character"}
+    assert field_errors_of(error) == {where: ["must not contain a NUL character"]}
 
 
 @pytest.mark.parametrize("name", ["junction_user_id", "clerk_user_id"])

@@ -129,7 +129,7 @@ def test_bad_parameters_are_a_400_naming_the_parameter(
 ) -> None:
     response = client_for(clerk.mint("user_cgm")).get(url, params)
     assert response.status_code == 400
-    assert param in error_of(response)["message"]
+    assert param in error_of(response)["detail"]
 
 
 @pytest.mark.parametrize("url", [SUMMARY, AGP])

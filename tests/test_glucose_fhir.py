@@ -203,7 +203,7 @@ def test_the_service_route_needs_the_key_and_says_what_is_wrong(service, wearer:
     ):
         response = service.get(URL, params)
         assert response.status_code == 400, params
-        assert name in error_of(response)["message"]
+        assert name in error_of(response)["detail"]
 
 
 def test_an_export_holds_only_its_own_patients_data(service, wearer: Patient) -> None:  # type: ignore[no-untyped-def]

@@ -13,7 +13,7 @@ from readings import writers
 from readings.models import DailyStat, GlucoseReading, WearableReading
 from sandbox import SandboxServer
 from sandbox.clerk import ClerkSandbox
-from tests.api_helpers import client_for, error_of
+from tests.api_helpers import client_for, error_of, field_errors_of
 from tests.direct_helpers import connect, run_wearable_sync_job, sync
 
 INGEST = "/api/patient-graph/service/ingest"
@@ -129,9 +129,9 @@ def test_a_batch_with_an_invalid_row_is_refused_whole_naming_the_row_not_the_val
     assert response.status_code == 400
     error = error_of(response)
     assert error["code"] == "invalid_rows"
-    assert error["details"] == {
-        "readings[1].value": "must be a finite number",
-        "readings[2].measured_at": "must be an ISO-8601 datetime with a UTC offset",
+    assert field_errors_of(error) == {
+        "readings[1].value": ["must be a finite number"],
+        "readings[2].measured_at": ["must be an ISO-8601 datetime with a UTC offset"],
     }
     assert not WearableReading.objects.exists()
 
@@ -341,10 +341,10 @@ def test_ingest_refuses_readings_from_before_2000_or_ahead_of_now_and_extreme_ye
     )
 
     assert response.status_code == 400
-    assert error_of(response)["details"] == {
-        "readings[0].measured_at": "is before 2000",
-        "readings[1].measured_at": "is out of range",
-        "readings[2].measured_at": "is out of range",
-        "readings[3].measured_at": "is in the future",
+    assert field_errors_of(error_of(response)) == {
+        "readings[0].measured_at": ["is before 2000"],
+        "readings[1].measured_at": ["is out of range"],
+        "readings[2].measured_at": ["is out of range"],
+        "readings[3].measured_at": ["is in the future"],
     }
     assert not WearableReading.objects.exists()

@@ -160,11 +160,11 @@ def test_a_body_over_the_limit_gets_a_413_problem_response_naming_the_limit(
 
     assert at_limit.status_code == 200 and at_limit.json()["readings_written"] == 60
     assert over.status_code == 413
-    assert over.headers["content-type"] == "application/json"
+    assert over.headers["content-type"] == "application/problem+json"
     error = error_of(over)
     assert error["code"] == "body_too_large"
-    assert error["details"] == {"max_body_bytes": limit}
-    assert str(limit) in error["message"] and "PATIENT_GRAPH_MAX_BODY_BYTES" in error["message"]
+    assert error["max_body_bytes"] == limit
+    assert str(limit) in error["detail"] and "PATIENT_GRAPH_MAX_BODY_BYTES" in error["detail"]
     # A caller without the key learns nothing about the limit.
     assert post(url, body.ljust(limit + 1), key=None).status_code == 401
 

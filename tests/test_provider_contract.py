@@ -285,3 +285,17 @@ def test_a_provider_bug_finishes_its_event_as_failed_and_the_job_goes_on(
         by_status == {"failed", "success"}
         and SyncEvent.objects.get(connection=fine).status == SyncStatus.SUCCESS
     )
+
+
+def test_a_registered_providers_metrics_are_in_the_schemas_metric_enum(
+    ring: type[RingProvider], client
+) -> None:
+    def metrics() -> list[str]:
+        return client.get("/api/schema/?format=json").json()["components"]["schemas"]["Metric"]["enum"]
+
+    assert "ring_resting_heart_rate" in metrics()
+    unregister_provider(ring.key)
+    try:
+        assert "ring_resting_heart_rate" not in metrics()
+    finally:
+        register_provider(ring)

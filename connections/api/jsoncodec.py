@@ -82,11 +82,10 @@ class BodyLimitedJSONParser(BaseParser):
         from connections.api.errors import APIError
 
         return APIError(
-            413,
             "body_too_large",
             f"The request body exceeds this endpoint's limit of {limit} bytes ({self.limit_setting}); "
             "send the rows in smaller requests.",
-            {"max_body_bytes": limit},
+            max_body_bytes=limit,
         )
 
 

@@ -15,16 +15,16 @@ import math
 from typing import Any
 
 from django.db import transaction
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from connections.api.authentication import IsPatientGraphService, PatientGraphKeyAuthentication
+from connections.api.base import problem
 from connections.api.errors import APIError
 from connections.api.jsoncodec import BodyLimitedJSONParser
-from connections.api.serializers import ErrorSerializer
 from connections.models import Connection, Patient, Provider
 from connections.providers.contract import (
     CLOCK_SKEW,
@@ -40,25 +40,44 @@ from readings.store import store_batch
 MAX_ERRORS_REPORTED = 20
 
 
+MEASURED_AT = (
+    "When it was measured: ISO-8601 with a UTC offset, from 2000 to now (day summaries: local noon)."
+)
+
+
 class ReadingIn(serializers.Serializer):
-    metric = serializers.CharField(max_length=40)
-    source = serializers.CharField(max_length=40)
-    source_type = serializers.CharField(max_length=32, allow_blank=True, required=False)
-    measured_at = serializers.DateTimeField()
-    end_at = serializers.DateTimeField(allow_null=True, required=False)
-    value = serializers.FloatField()
-    unit = serializers.CharField(max_length=16)
+    metric = serializers.CharField(
+        max_length=40, help_text="The metric, as the sync worker's provider stores it."
+    )
+    source = serializers.CharField(
+        max_length=40, help_text="The provider that measured it (oura, whoop, ...)."
+    )
+    source_type = serializers.CharField(
+        max_length=32, allow_blank=True, required=False, help_text="The kind of device (ring, watch, ...)."
+    )
+    measured_at = serializers.DateTimeField(help_text=MEASURED_AT)
+    end_at = serializers.DateTimeField(
+        allow_null=True, required=False, help_text="A span's end (sleep, workouts), same format; else null."
+    )
+    value = serializers.FloatField(help_text="A finite number, in `unit`.")
+    unit = serializers.CharField(max_length=16, help_text="The value's unit.")
 
 
 class GlucoseIn(serializers.Serializer):
-    source = serializers.CharField(max_length=40)
-    measured_at = serializers.DateTimeField()
-    value_mg_dl = serializers.FloatField()
-    original_value = serializers.FloatField()
-    original_unit = serializers.CharField(max_length=16)
-    trend = serializers.CharField(max_length=32, allow_blank=True, required=False)
-    trend_rate = serializers.FloatField(allow_null=True, required=False)
-    device = serializers.CharField(max_length=64, allow_blank=True, required=False)
+    source = serializers.CharField(max_length=40, help_text="The CGM's provider (dexcom, libre, ...).")
+    measured_at = serializers.DateTimeField(help_text=MEASURED_AT)
+    value_mg_dl = serializers.FloatField(help_text="The glucose value in mg/dL, a finite number.")
+    original_value = serializers.FloatField(help_text="The value as the provider sent it.")
+    original_unit = serializers.CharField(max_length=16, help_text="The provider's unit: mg/dL or mmol/L.")
+    trend = serializers.CharField(
+        max_length=32, allow_blank=True, required=False, help_text="The provider's trend arrow, if any."
+    )
+    trend_rate = serializers.FloatField(
+        allow_null=True, required=False, help_text="Rate of change in mg/dL/min, if sent."
+    )
+    device = serializers.CharField(
+        max_length=64, allow_blank=True, required=False, help_text="The sensor or device, if known."
+    )
     range_flag = serializers.ChoiceField(
         choices=RANGE_FLAGS,
         allow_null=True,
@@ -86,22 +105,29 @@ class IngestIn(serializers.Serializer):
     provider = serializers.ChoiceField(
         choices=Provider.choices, required=False, help_text="The connection that delivered the rows."
     )
-    readings = ReadingIn(many=True, required=False)
-    glucose = GlucoseIn(many=True, required=False)
+    readings = ReadingIn(many=True, required=False, help_text="Wearable readings; stored idempotently.")
+    glucose = GlucoseIn(many=True, required=False, help_text="Glucose readings; stored idempotently.")
 
 
 class IngestOut(serializers.Serializer):
-    readings_written = serializers.IntegerField()
-    glucose_written = serializers.IntegerField()
+    readings_written = serializers.IntegerField(
+        help_text="Readings inserted or changed (unchanged: not counted)."
+    )
+    glucose_written = serializers.IntegerField(help_text="Glucose readings inserted or changed.")
     days_refreshed = serializers.IntegerField(help_text="(metric, local day) statistics recomputed.")
 
 
 SERVICE_ERRORS = {
-    400: OpenApiResponse(
-        ErrorSerializer, description="Malformed body or an invalid row (index and rule given)."
+    **problem(
+        "Malformed body, or invalid rows (each named in `errors` by index and field; nothing is stored).",
+        "invalid_rows",
+        "invalid_request",
+        "malformed_request",
+        detail="Some rows are invalid; nothing was stored.",
+        errors=[{"field": "readings[1].value", "message": "must be a finite number"}],
     ),
-    401: OpenApiResponse(ErrorSerializer, description="Missing or wrong PATIENT_GRAPH_API_KEY."),
-    404: OpenApiResponse(ErrorSerializer, description="No such patient."),
+    **problem("Missing or wrong PATIENT_GRAPH_API_KEY.", "not_authenticated"),
+    **problem("No such patient.", "not_found"),
 }
 
 
@@ -213,7 +239,7 @@ def parse_glucose(raw: Any, rows: _Rows) -> list[GlucoseRow]:
 def _body(request: Request) -> dict[str, Any]:
     body = request.data
     if not isinstance(body, dict):
-        raise APIError(400, "invalid_request", "The body must be a JSON object.")
+        raise APIError("invalid_request", "The body must be a JSON object.")
     return body
 
 
@@ -225,15 +251,16 @@ def _patient(body: dict[str, Any], *, by_external_id: bool = False) -> Patient:
         isinstance(patient_id, bool) or not isinstance(patient_id, int) or not 0 < patient_id < 2**63
     ):
         raise APIError(
-            400, "invalid_request", "patient_id: must be a positive integer", {"patient_id": ["invalid"]}
+            "invalid_request",
+            "patient_id: must be a positive integer",
+            errors={"patient_id": "must be a positive integer"},
         )
     external: dict[str, str] = {}
     for name in ("junction_user_id", "clerk_user_id") if by_external_id else ():
         value = body.get(name)
         if name in body and (not isinstance(value, str) or not 0 < len(value) <= 64 or "\x00" in value):
-            raise APIError(
-                400, "invalid_request", f"{name}: must be a string of 1 to 64 characters, without NUL"
-            )
+            why = "must be a string of 1 to 64 characters, without NUL"
+            raise APIError("invalid_request", f"{name}: {why}", errors={name: why})
         if value:
             external[name] = value
     patient = None
@@ -243,9 +270,7 @@ def _patient(body: dict[str, Any], *, by_external_id: bool = False) -> Patient:
         name, value = next(iter(external.items()))
         patient = Patient.objects.filter(**{name: value}).first()
     if patient is None:
-        raise APIError(
-            404, "not_found", "No such patient (send patient_id, junction_user_id or clerk_user_id)."
-        )
+        raise APIError("not_found", "No such patient (send patient_id, junction_user_id or clerk_user_id).")
     return patient
 
 
@@ -254,7 +279,7 @@ def _list(body: dict[str, Any], name: str) -> list[Any]:
         return []
     value = body[name]
     if not isinstance(value, list):
-        raise APIError(400, "invalid_request", f"{name}: must be a list", {name: ["must be a list"]})
+        raise APIError("invalid_request", f"{name}: must be a list", errors={name: "must be a list"})
     return value
 
 
@@ -268,11 +293,39 @@ class IngestView(ServiceAPIView):
         responses={
             200: IngestOut,
             **SERVICE_ERRORS,
-            413: OpenApiResponse(
-                ErrorSerializer,
-                description="The body exceeds PATIENT_GRAPH_MAX_BODY_BYTES (details.max_body_bytes).",
+            **problem(
+                "The body exceeds PATIENT_GRAPH_MAX_BODY_BYTES (`max_body_bytes`).",
+                "body_too_large",
+                max_body_bytes=2097152,
             ),
         },
+        examples=[
+            OpenApiExample(
+                "Two heart-rate readings",
+                value={
+                    "junction_user_id": "6f2ac5e1-2f4b-4f3c-9d7e-0a1b2c3d4e5f",
+                    "provider": "junction",
+                    "readings": [
+                        {
+                            "metric": "heart_rate",
+                            "source": "oura",
+                            "source_type": "ring",
+                            "measured_at": f"2026-03-09T08:0{minute}:00Z",
+                            "value": 58.0 + minute,
+                            "unit": "bpm",
+                        }
+                        for minute in range(2)
+                    ],
+                },
+                request_only=True,
+            ),
+            OpenApiExample(
+                "Stored",
+                value={"readings_written": 2, "glucose_written": 0, "days_refreshed": 1},
+                response_only=True,
+                status_codes=["200"],
+            ),
+        ],
         tags=["patient-graph service"],
     )
     def post(self, request: Request) -> Response:
@@ -283,9 +336,8 @@ class IngestView(ServiceAPIView):
         connection_id = None
         if "provider" in body:
             if not isinstance(provider, str) or provider not in Provider.values:
-                raise APIError(
-                    400, "invalid_request", f"provider: must be one of {', '.join(Provider.values)}"
-                )
+                why = f"must be one of {', '.join(Provider.values)}"
+                raise APIError("invalid_request", f"provider: {why}", errors={"provider": why})
             connection_id = (
                 Connection.objects.filter(patient=patient, provider=provider)
                 .values_list("pk", flat=True)
@@ -295,7 +347,7 @@ class IngestView(ServiceAPIView):
         readings = parse_readings(raw_readings, rows)
         glucose = parse_glucose(raw_glucose, rows)
         if rows.errors:
-            raise APIError(400, "invalid_rows", "Some rows are invalid; nothing was stored.", rows.errors)
+            raise APIError("invalid_rows", "Some rows are invalid; nothing was stored.", errors=rows.errors)
         with transaction.atomic():
             # The direct path holds the connection's row lock while it writes; so does this one, so the two never
             # interleave their daily-statistic recomputations for one patient.

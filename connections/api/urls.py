@@ -10,6 +10,8 @@ from connections.api import service, views
 
 urlpatterns = [
     path("ping", views.PingView.as_view(), name="api-ping"),
+    # The documentation of each problem `type` URI (connections/api/errors.py).
+    path("problems/<str:code>", views.ProblemTypeView.as_view(), name="api-problem-type"),
     path("patient-graph/wearables/sync", views.ManualSyncView.as_view(), name="api-sync"),
     path(
         "patient-graph/wearables/sync/<str:sync_id>", views.SyncStatusView.as_view(), name="api-sync-status"

@@ -78,6 +78,10 @@ class ProviderUnavailable(ProviderError):
     retryable = True
 
 
+class ProviderTimeout(ProviderUnavailable):
+    """The provider did not answer in PROVIDER_HTTP_TIMEOUT, through every request-level retry."""
+
+
 class ProviderBadResponse(ProviderError):
     """A 2xx whose body is not the JSON document the API promises."""
 
@@ -240,7 +244,7 @@ class ProviderHTTP:
                     method, path, params=params, json=json, data=data, headers=headers
                 )
             except httpx.TimeoutException:
-                error: ProviderError = ProviderUnavailable(self.provider, f"{method} {route} timed out")
+                error: ProviderError = ProviderTimeout(self.provider, f"{method} {route} timed out")
                 retry_after = None
             except httpx.TransportError as exc:
                 error = ProviderUnavailable(self.provider, f"{method} {route} failed: {type(exc).__name__}")
