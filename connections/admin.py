@@ -55,6 +55,7 @@ from connections.models import (
 from connections.oauth import connect_link, oauth_providers
 from connections.overview import ops_overview
 from loopsync.sentry import scrub_text
+from readings.agp_report import agp_report_context, with_glucose_14d
 
 RESYNC_PERMISSION = "connections.force_resync_connection"
 DEACTIVATE_PERMISSION = "connections.deactivate_connection"
@@ -133,9 +134,11 @@ table.ls-table{width:100%;margin-bottom:16px}table.ls-table td,table.ls-table th
 #result_list td,#result_list th{white-space:nowrap}
 #result_list .field-last_error_column .ls-error{display:inline-block;max-width:26em;overflow:hidden;
 text-overflow:ellipsis;vertical-align:bottom}
-@media (max-width:1500px){#result_list .field-last_error_column .ls-error{max-width:18em}}
+@media (max-width:1500px){#result_list .field-last_error_column .ls-error{max-width:12em}}
 @media (max-width:1100px){#result_list .column-last_error_column,#result_list .field-last_error_column,
-#result_list .column-failure_streak_column,#result_list .field-failure_streak_column{display:none}}
+#result_list .column-failure_streak_column,#result_list .field-failure_streak_column,
+#result_list .column-tbr_14d,#result_list .field-tbr_14d,#result_list .column-active_14d,
+#result_list .field-active_14d{display:none}}
 @media (max-width:900px){#result_list .column-newest_reading,#result_list .field-newest_reading,
 #result_list .column-provider,#result_list .field-provider{display:none}}
 .ls-ops-form{display:inline}.ls-ops-form button{cursor:pointer}
@@ -213,6 +216,10 @@ OPS: dict[str, ConnectionOp] = {
 }
 
 
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}%"
+
+
 @admin.register(Connection)
 class ConnectionAdmin(RefusesNulMixin, admin.ModelAdmin):
     # Health second, so it stays on screen whatever the width; the responsive CSS (CONNECTION_LIST_CSS) drops
@@ -225,6 +232,9 @@ class ConnectionAdmin(RefusesNulMixin, admin.ModelAdmin):
         "failure_streak_column",
         "last_success_column",
         "newest_reading",
+        "tir_14d",
+        "tbr_14d",
+        "active_14d",
         "last_error_column",
     )
     list_display_links = ("id",)
@@ -286,9 +296,25 @@ class ConnectionAdmin(RefusesNulMixin, admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Connection]:
         # Annotated before the admin's ordering is applied, since the default order is by the annotation.
-        queryset = with_health_rank(with_health(self.model._default_manager.get_queryset(), timezone.now()))
+        now = timezone.now()
+        queryset = with_health_rank(
+            with_glucose_14d(with_health(self.model._default_manager.get_queryset(), now), now.date())
+        )
         ordering = self.get_ordering(request)
         return queryset.order_by(*ordering) if ordering else queryset
+
+    # Triage by glucose (issue 15): the patient's last 14 days, from readings.agp_report's annotations.
+    @admin.display(description="TIR 14d", ordering="glucose_tir_14d")
+    def tir_14d(self, obj: Connection) -> str:
+        return _percent(obj.glucose_tir_14d)  # type: ignore[attr-defined]
+
+    @admin.display(description="TBR<70 14d", ordering="-glucose_tbr_14d")
+    def tbr_14d(self, obj: Connection) -> str:
+        return _percent(obj.glucose_tbr_14d)  # type: ignore[attr-defined]
+
+    @admin.display(description="CGM active 14d", ordering="glucose_active_14d")
+    def active_14d(self, obj: Connection) -> str:
+        return _percent(obj.glucose_active_14d)  # type: ignore[attr-defined]
 
     @admin.display(description="patient", ordering="patient_id")
     def patient_link(self, obj: Connection) -> str:
@@ -665,6 +691,29 @@ class PatientAdmin(RefusesNulMixin, admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    def get_urls(self) -> list[Any]:
+        agp = path(
+            "<path:object_id>/agp/",
+            self.admin_site.admin_view(self.agp_view),
+            name="connections_patient_agp",
+        )
+        return [agp, *super().get_urls()]
+
+    def agp_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The printable AGP report (?days=7|14|30|90)."""
+        patient = self.get_object(request, unquote(object_id))
+        if patient is None or not self.has_view_permission(request, patient):
+            raise Http404
+        raw = request.GET.get("days", "14")
+        days = int(raw) if raw in ("7", "14", "30", "90") else 14
+        context = {
+            "patient": patient,
+            "back_url": reverse("admin:connections_patient_change", args=[patient.pk]),
+            "day_choices": (7, 14, 30, 90),
+            **agp_report_context(patient.pk, patient.time_zone, timezone.now(), days),
+        }
+        return TemplateResponse(request, "admin/readings/agp_print.html", context)
+
     def change_view(
         self,
         request: HttpRequest,
@@ -678,6 +727,8 @@ class PatientAdmin(RefusesNulMixin, admin.ModelAdmin):
             now = timezone.now()
             extra.update(patient_charts(patient, now))
             extra.update(daily_stats_table(patient, now))
+            extra.update(agp_report_context(patient.pk, patient.time_zone, now))
+            extra["agp_print_url"] = reverse("admin:connections_patient_agp", args=[patient.pk])
             extra["recent_events"] = SyncEvent.objects.filter(patient=patient).order_by("-started_at")[:20]
             extra["events_url"] = (
                 reverse("admin:connections_syncevent_changelist") + f"?patient__id__exact={patient.pk}"

@@ -42,6 +42,8 @@ PHI_DENYLIST = [
     "values",
     "value_mg_dl",
     "original_value",
+    "range_flag",
+    "mean_mg_dl",
     "readings",
     "reading",
     "glucose",

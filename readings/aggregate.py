@@ -32,6 +32,7 @@ from django.db import connection as db
 from django.utils import timezone
 
 from connections.models import Patient, SyncFingerprint, validate_time_zone
+from readings import glucose_metrics
 from readings.locks import single_flight
 
 logger = logging.getLogger("loopsync.aggregate")
@@ -380,6 +381,7 @@ def _recompute_snapshot(result: AggregateResult) -> None:
         result.daily_rows_changed += _pg_count(cursor, _PG_DAILY_GLUCOSE_KEYS.format(only=""), None)
         cursor.execute(_PG_ROLLING_KEYS)
         result.rolling_rows_recomputed, result.rolling_rows_changed = cursor.fetchone()
+        glucose_metrics.refresh_glucose_days_from_keys(cursor, first_complete_day())
 
 
 def _clear_snapshot_marks() -> int:
@@ -409,6 +411,7 @@ def _rebuild_chunk(patient_ids: list[int]) -> AggregateResult:
         result.daily_rows_recomputed = cursor.fetchone()[0]
         cursor.execute(_PG_ROLLING_FULL.replace("{patients}", "s.patient_id = ANY(%(patients)s)"), params)
         result.rolling_rows_recomputed, result.rolling_rows_changed = cursor.fetchone()
+        glucose_metrics.rebuild_glucose_days(patient_ids)
         result.marks_cleared = _pg_count(cursor, _PG_CLEAR_MARKS, None)
     return result
 
@@ -542,6 +545,7 @@ def _pg_full_rebuild(patient_ids: list[int], result: AggregateResult) -> None:
                 result.daily_rows_changed += _pg_write_full_chunk(cursor, chunk_params, stored)
                 result.daily_rows_recomputed += daily
                 result.rolling_rows_recomputed += max(stored, daily)
+                glucose_metrics.rebuild_glucose_days(chunk)
                 result.marks_cleared += _pg_count(cursor, _PG_CLEAR_MARKS, None)
     finally:
         with db.cursor() as cursor:

@@ -328,6 +328,12 @@ class GlucoseOut(serializers.Serializer):
     trend = serializers.CharField(help_text="The trend arrow as the provider names it; may be empty.")
     trend_rate = serializers.FloatField(allow_null=True, help_text="Rate of change in mg/dL/min, when sent.")
     device = serializers.CharField(help_text="The sensor or device, when known; may be empty.")
+    range_flag = serializers.ChoiceField(
+        choices=["above", "below"],
+        allow_null=True,
+        help_text="`above`/`below`: beyond the sensor's reporting range (Dexcom HIGH/LOW); value_mg_dl is then "
+        "the sensor's limit (400 or 40 mg/dL), a bound rather than a measurement. null for an ordinary reading.",
+    )
 
 
 def _page_of(name: str, item: type[serializers.Serializer]) -> type[serializers.Serializer]:
@@ -527,6 +533,7 @@ class GlucoseView(PatientAPIView):
             "trend",
             "trend_rate",
             "device",
+            "range_flag",
         ),
     )
 

@@ -63,6 +63,11 @@ class GlucoseReading(models.Model):
     trend = models.CharField(max_length=32, blank=True, default="")
     trend_rate = models.FloatField(null=True, blank=True)
     device = models.CharField(max_length=64, blank=True, default="")
+    # Beyond the sensor's reporting range ("above"/"below"): value_mg_dl is then the sensor's limit, a bound,
+    # not a measurement. NULL for an ordinary reading.
+    range_flag = models.CharField(
+        max_length=8, null=True, blank=True, choices=[("above", "above range"), ("below", "below range")]
+    )
     connection = models.ForeignKey(
         Connection,
         on_delete=models.DO_NOTHING,
@@ -156,3 +161,48 @@ class ConnectionRemoval(models.Model):
 
     def __str__(self) -> str:
         return f"removed connection {self.connection_id}"
+
+
+class GlucoseDay(models.Model):
+    """Per patient and patient-local day: the sufficient statistics of the consensus CGM metrics.
+
+    Time-weighted (readings/glucose_metrics.py states the rule): a window's metrics are sums of these rows,
+    never a rescan of the raw readings, and the SD comes from the pooled sums. Kept by the same path as the
+    daily statistics (readings.store, the aggregate job's rebuilds); derived data like `DailyStat`.
+    """
+
+    pk = models.CompositePrimaryKey("patient", "day")
+    patient = models.ForeignKey(
+        Patient, on_delete=models.CASCADE, db_constraint=False, db_index=False, related_name="glucose_days"
+    )
+    day = models.DateField()
+    readings = models.PositiveIntegerField()
+    # Readings beyond the sensor's range (stored at its limit, counted in their band).
+    above_range = models.PositiveIntegerField(default=0)
+    below_range = models.PositiveIntegerField(default=0)
+    # Minutes the readings stand for (each capped at its sensor's interval): the CGM's active time.
+    active_minutes = models.FloatField()
+    # Sum of minutes x mg/dL and of minutes x (mg/dL)^2: the time-weighted mean and SD of any set of days.
+    sum_weighted = models.FloatField()
+    sum_weighted_sq = models.FloatField()
+    min_mg_dl = models.FloatField()
+    max_mg_dl = models.FloatField()
+    # Minutes in each consensus band: < 54, 54-69, 70-180, 181-250, > 250; and the tight range 70-140.
+    very_low_minutes = models.FloatField()
+    low_minutes = models.FloatField()
+    target_minutes = models.FloatField()
+    high_minutes = models.FloatField()
+    very_high_minutes = models.FloatField()
+    tight_minutes = models.FloatField()
+    # Episodes (>= 15 minutes) that start on this day: below 70, below 54, above 180, above 250.
+    hypo_episodes = models.PositiveIntegerField(default=0)
+    severe_hypo_episodes = models.PositiveIntegerField(default=0)
+    hyper_episodes = models.PositiveIntegerField(default=0)
+    severe_hyper_episodes = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "patient_glucose_daily"
+
+    def __str__(self) -> str:
+        return f"glucose day {self.day}"

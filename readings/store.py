@@ -17,8 +17,9 @@ from zoneinfo import ZoneInfo
 
 from django.db import connection as db
 
-from connections.providers.contract import GlucoseRow, WearableRow
+from connections.providers.contract import GlucoseRow, WearableRow, full_glucose_row
 from readings.dirty import mark_dirty
+from readings.glucose_metrics import refresh_glucose_days
 
 GLUCOSE_METRIC = "glucose"
 
@@ -31,6 +32,8 @@ class StoreResult:
     readings_written: int = 0
     glucose_written: int = 0
     touched: TouchedDays = field(default_factory=set)
+    # Per local day with changed glucose: the first and last changed instant (readings/glucose_metrics.py).
+    glucose_changed: dict[date, tuple[datetime, datetime]] = field(default_factory=dict)
 
     @property
     def written(self) -> int:
@@ -50,6 +53,7 @@ def store_batch(
         return StoreResult()
     result = _store_postgres(patient_id, time_zone, readings, glucose, connection_id)
     refresh_daily_stats(patient_id, time_zone, result.touched)
+    refresh_glucose_days(patient_id, time_zone, result.glucose_changed)
     # aggregate-wearable-data recomputes these days' rolling averages (and the 29 days after them).
     mark_dirty(patient_id, result.touched)
     return result
@@ -64,7 +68,7 @@ CREATE TEMP TABLE IF NOT EXISTS stage_wearable (
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_glucose (
     source text, measured_at timestamptz, value_mg_dl double precision, original_value double precision,
-    original_unit text, trend text, trend_rate double precision, device text
+    original_unit text, trend text, trend_rate double precision, device text, range_flag text
 ) ON COMMIT DELETE ROWS;
 """
 
@@ -90,21 +94,22 @@ _PG_MERGE_GLUCOSE = """
 WITH changed AS (
     INSERT INTO patient_glucose_readings AS g
         (patient_id, source, measured_at, value_mg_dl, original_value, original_unit, trend, trend_rate, device,
-         connection_id)
+         range_flag, connection_id)
     SELECT DISTINCT ON (source, measured_at)
         %(patient)s, source, measured_at, value_mg_dl, original_value, original_unit, trend, trend_rate, device,
-        %(connection)s
+        range_flag, %(connection)s
     FROM stage_glucose
     ORDER BY source, measured_at
     ON CONFLICT (patient_id, source, measured_at) DO UPDATE
         SET value_mg_dl = EXCLUDED.value_mg_dl, original_value = EXCLUDED.original_value,
             original_unit = EXCLUDED.original_unit, trend = EXCLUDED.trend, trend_rate = EXCLUDED.trend_rate,
-            device = EXCLUDED.device
-        WHERE (g.value_mg_dl, g.trend, g.trend_rate, g.device)
-            IS DISTINCT FROM (EXCLUDED.value_mg_dl, EXCLUDED.trend, EXCLUDED.trend_rate, EXCLUDED.device)
+            device = EXCLUDED.device, range_flag = EXCLUDED.range_flag
+        WHERE (g.value_mg_dl, g.trend, g.trend_rate, g.device, g.range_flag)
+            IS DISTINCT FROM (EXCLUDED.value_mg_dl, EXCLUDED.trend, EXCLUDED.trend_rate, EXCLUDED.device,
+                              EXCLUDED.range_flag)
     RETURNING measured_at
 )
-SELECT (measured_at AT TIME ZONE %(tz)s)::date, count(*) FROM changed GROUP BY 1
+SELECT (measured_at AT TIME ZONE %(tz)s)::date, count(*), min(measured_at), max(measured_at) FROM changed GROUP BY 1
 """
 
 
@@ -138,14 +143,15 @@ def _store_postgres(
         if glucose:
             with pg.copy(
                 "COPY stage_glucose (source, measured_at, value_mg_dl, original_value, original_unit, trend, "
-                "trend_rate, device) FROM STDIN"
+                "trend_rate, device, range_flag) FROM STDIN"
             ) as copy:
                 for row in glucose:
-                    copy.write_row(row)
+                    copy.write_row(full_glucose_row(row))
             pg.execute(_PG_MERGE_GLUCOSE, params)
-            for day, count in pg.fetchall():
+            for day, count, earliest, latest in pg.fetchall():
                 result.touched.add((GLUCOSE_METRIC, day))
                 result.glucose_written += count
+                result.glucose_changed[day] = (earliest, latest)
         # ON COMMIT DELETE ROWS empties the stages at commit; empty them now too so a second batch in the
         # same transaction never re-merges the first one.
         pg.execute("TRUNCATE stage_wearable, stage_glucose")

@@ -19,7 +19,7 @@ from connections.config import JunctionSyncConfig
 from connections.models import Connection
 from connections.providers.base import ProviderError, ProviderRequestError
 from connections.providers.common import http_for
-from connections.providers.contract import GlucoseRow, WearableRow
+from connections.providers.contract import GlucoseRow, WearableRow, full_glucose_row
 from readings.store import store_batch
 
 INGEST = "/service/ingest"
@@ -171,8 +171,8 @@ def _reading(row: WearableRow) -> dict[str, object]:
 
 
 def _glucose(row: GlucoseRow) -> dict[str, object]:
-    source, measured_at, mg_dl, original, unit, trend, rate, device = row
-    return {
+    source, measured_at, mg_dl, original, unit, trend, rate, device, flag = full_glucose_row(row)
+    out: dict[str, object] = {
         "source": source,
         "measured_at": _iso(measured_at),
         "value_mg_dl": mg_dl,
@@ -182,6 +182,9 @@ def _glucose(row: GlucoseRow) -> dict[str, object]:
         "trend_rate": rate,
         "device": device,
     }
+    if flag:
+        out["range_flag"] = flag
+    return out
 
 
 DATABASE_WRITER = DatabaseWriter()

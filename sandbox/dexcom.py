@@ -10,7 +10,9 @@
 
 Per-user variety, as real traffic has: phone users (`displayDevice` iOS/android, `displayTime` with an offset),
 receiver users (`displayTime` without one), one user in five reporting mmol/L, and receiver users whose
-`systemTime` has no seconds (the Tidepool "HACK: Dexcom" case).
+`systemTime` has no seconds (the Tidepool "HACK: Dexcom" case). Beyond the sensor's 40..400 mg/dL range an EGV has
+`value: null` and `status` `low`/`high`; users 6, 16, ... label integer mg/dL values mmol/L; SENSOR_CHANGES users have
+warm-ups, gaps and a new transmitter per sensor (sandbox/cgm_data.py).
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ class DexcomSandbox:
         return DEVICES[user % len(DEVICES)]
 
     def unit(self, user: int) -> str:
-        return "mmol/L" if user % 5 == 0 else "mg/dL"
+        return "mmol/L" if user % 5 == 0 or cgm_data.mislabelled_mmol(user) else "mg/dL"
 
     def egvs(
         self, user: int, start: datetime, end: datetime, now: datetime | None = None
@@ -247,15 +249,21 @@ class DexcomSandbox:
         offset = timedelta(hours=offset_hours)
         mmol = self.unit(user) == "mmol/L"
         generation = ("g6", "g7", "g6+", "g7")[user % 4]
-        transmitter = hashlib.sha256(f"{self.seed}:{user}:tx".encode()).hexdigest()
+        mislabelled = cgm_data.mislabelled_mmol(user)
         records = []
         previous = cgm_data.glucose_mg_dl(self.seed, "dexcom", user, lo - 1, offset_hours)
         for slot in range(lo, hi + 1):
             value = cgm_data.glucose_mg_dl(self.seed, "dexcom", user, slot, offset_hours)
             moment = self._time_of(user, slot)
-            if not start <= moment <= end:
+            if not start <= moment <= end or not cgm_data.has_reading(self.seed, "dexcom", user, slot):
                 previous = value
                 continue
+            true = cgm_data.true_glucose(self.seed, "dexcom", user, slot, offset_hours)
+            status = "high" if true > 400 else "low" if true < 40 else None
+            sensor = cgm_data.sensor_number(user, slot)
+            transmitter = hashlib.sha256(
+                f"{self.seed}:{user}:tx".encode() + (f":{sensor}".encode() if sensor else b"")
+            ).hexdigest()
             rate = round((value - previous) / 5, 1)
             if device == "receiver":
                 system_time = moment.strftime("%Y-%m-%dT%H:%MZ")  # no seconds
@@ -272,8 +280,12 @@ class DexcomSandbox:
                     "displayTime": display_time,
                     "transmitterId": transmitter,
                     "transmitterTicks": 1_000_000 + slot % 10_000_000,
-                    "value": round(value / MGDL_PER_MMOLL, 1) if mmol else value,
-                    "status": "high" if value >= 400 else "low" if value <= 40 else None,
+                    "value": None
+                    if status
+                    else value
+                    if mislabelled or not mmol
+                    else round(value / MGDL_PER_MMOLL, 1),
+                    "status": status,
                     "trend": _trend(rate),
                     "trendRate": round(rate / MGDL_PER_MMOLL, 2) if mmol else rate,
                     "unit": "mmol/L" if mmol else "mg/dL",

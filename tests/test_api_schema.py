@@ -57,7 +57,10 @@ def test_the_schema_generates_without_warnings_and_covers_every_route(tmp_path) 
         "/api/patient-graph/wearables/daily-stats",
         "/api/patient-graph/wearables/readings",
         "/api/patient-graph/wearables/glucose",
+        "/api/patient-graph/wearables/glucose/summary",
+        "/api/patient-graph/wearables/glucose/agp",
         "/api/patient-graph/service/ingest",
+        "/api/patient-graph/service/fhir/cgm",
     }
     for path, operations in schema["paths"].items():
         for method, operation in operations.items():

@@ -29,6 +29,7 @@ from connections.models import Connection, Patient, Provider
 from connections.providers.contract import (
     CLOCK_SKEW,
     LOCAL_NOON_AHEAD,
+    RANGE_FLAGS,
     GlucoseRow,
     InvalidRecord,
     WearableRow,
@@ -76,6 +77,12 @@ class GlucoseIn(serializers.Serializer):
     )
     device = serializers.CharField(
         max_length=64, allow_blank=True, required=False, help_text="The sensor or device, if known."
+    )
+    range_flag = serializers.ChoiceField(
+        choices=RANGE_FLAGS,
+        allow_null=True,
+        required=False,
+        help_text="Beyond the sensor's reporting range: value_mg_dl is then the sensor's limit.",
     )
 
 
@@ -196,6 +203,13 @@ def parse_readings(raw: Any, rows: _Rows) -> list[WearableRow]:
     return out
 
 
+def _range_flag(row: dict[str, Any], where: str) -> str | None:
+    flag = row.get("range_flag")
+    if flag is not None and flag not in RANGE_FLAGS:
+        raise InvalidRecord(f"{where}.range_flag: must be null or one of {', '.join(RANGE_FLAGS)}")
+    return flag
+
+
 def parse_glucose(raw: Any, rows: _Rows) -> list[GlucoseRow]:
     out: list[GlucoseRow] = []
     for index, row in enumerate(raw):
@@ -213,6 +227,7 @@ def parse_glucose(raw: Any, rows: _Rows) -> list[GlucoseRow]:
                     rows.text(row, "trend", 32, where, required=False),
                     rows.number(row, "trend_rate", where, required=False),
                     rows.text(row, "device", 64, where, required=False),
+                    _range_flag(row, where),
                 )
             )
         except InvalidRecord as exc:

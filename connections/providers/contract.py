@@ -26,10 +26,29 @@ if TYPE_CHECKING:
 
 # Row shapes handed to readings.store (tuples, not objects: the ingest path handles millions of them).
 # WearableRow: (metric, source, source_type, measured_at, end_at | None, value, unit)
-# GlucoseRow: (source, measured_at, value_mg_dl, original_value, original_unit, trend, trend_rate, device)
+# GlucoseRow: (source, measured_at, value_mg_dl, original_value, original_unit, trend, trend_rate, device
+#              [, range_flag])
+# range_flag: None, or RANGE_ABOVE / RANGE_BELOW for a reading beyond the sensor's reporting range, stored at the
+# sensor's limit. Optional ninth element: producers that never see such readings keep the eight-element tuple.
 # Timestamps are canonical UTC strings "YYYY-MM-DD HH:MM:SS[.ffffff]+00:00".
 WearableRow = tuple[str, str, str, str, str | None, float, str]
-GlucoseRow = tuple[str, str, float, float, str, str, float | None, str]
+GlucoseRow = (
+    tuple[str, str, float, float, str, str, float | None, str]
+    | tuple[str, str, float, float, str, str, float | None, str, str | None]
+)
+RANGE_ABOVE, RANGE_BELOW = "above", "below"
+RANGE_FLAGS = (RANGE_ABOVE, RANGE_BELOW)
+
+
+def glucose_range_flag(row: GlucoseRow) -> str | None:
+    return row[8] if len(row) > 8 else None  # type: ignore[misc]
+
+
+def full_glucose_row(
+    row: GlucoseRow,
+) -> tuple[str, str, float, float, str, str, float | None, str, str | None]:
+    """The nine-element form (range_flag None when the producer sent eight)."""
+    return row if len(row) > 8 else (*row, None)  # type: ignore[return-value]
 
 
 # mmol/L → mg/dL: the molar mass of glucose (180.156 g/mol) / 10.

@@ -7,6 +7,7 @@ per request; `systemTime` (UTC) is the key, never `displayTime` (user-settable, 
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,8 @@ from connections.providers.contract import (
     GLUCOSE_HIGH_MGDL,
     GLUCOSE_LOW_MGDL,
     MGDL_PER_MMOLL,
+    RANGE_ABOVE,
+    RANGE_BELOW,
     GlucoseRow,
     InvalidPayload,
     InvalidRecord,
@@ -32,6 +35,13 @@ from connections.providers.oauth2 import OAuthClient
 
 PROVIDER = "dexcom"
 SOURCE = "dexcom"
+# The reporting range of Dexcom sensors (G6, G7): beyond it the EGV comes with `value: null` and `status`
+# `high`/`low`, and the reading is stored at the limit with a range flag (the receivers show HIGH/LOW).
+SENSOR_LOW_MGDL, SENSOR_HIGH_MGDL = 40.0, 400.0
+# No glucose is above 33 mmol/L (594 mg/dL) on a sensor that stops at 400 mg/dL: a value above it labelled
+# mmol/L is an mg/dL value under the wrong label (seen with integer values such as 126).
+MMOLL_LABEL_MAX = 33.0
+logger = logging.getLogger("loopsync.providers")
 MAX_WINDOW = timedelta(days=30)
 DATE_FORMAT = "%Y-%m-%dT%H:%M:%S"
 
@@ -99,7 +109,7 @@ class ParsedGlucose:
 
 
 def parse_egvs(body: dict[str, Any], out: ParsedGlucose, *, since: datetime | None = None) -> None:
-    """EGV records → glucose rows (mg/dL, original value and unit, trend, trend rate, device)."""
+    """EGV records → glucose rows (mg/dL, original value and unit, trend, trend rate, device, range flag)."""
     for index, record in enumerate(body.get("records") or []):
         try:
             if not isinstance(record, dict):
@@ -107,9 +117,22 @@ def parse_egvs(body: dict[str, Any], out: ParsedGlucose, *, since: datetime | No
             measured = reading_instant(record.get("systemTime"), "systemTime", naive_is_utc=True)
             unit = str(record.get("unit") or "mg/dL")
             raw = record.get("value")
-            if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+            status = record.get("status")
+            flag = RANGE_ABOVE if status == "high" else RANGE_BELOW if status == "low" else None
+            if raw is None and flag is not None:
+                # Beyond the sensor's range: Dexcom sends no number, only the direction. Kept at the limit.
+                mg_dl = SENSOR_HIGH_MGDL if flag == RANGE_ABOVE else SENSOR_LOW_MGDL
+                raw, unit = mg_dl, "mg/dL"
+            elif isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
                 raise InvalidRecord("value is not a number")
-            if unit.lower() == "mmol/l":
+            elif unit.lower() == "mmol/l" and raw > MMOLL_LABEL_MAX:
+                # Kept as the mg/dL value it is; logged without the value (PHI).
+                logger.warning(
+                    "glucose labelled mmol/L read as mg/dL",
+                    extra={"provider": PROVIDER, "resource": "egvs", "index": index},
+                )
+                mg_dl, unit = float(raw), "mg/dL"
+            elif unit.lower() == "mmol/l":
                 mg_dl = round(float(raw) * MGDL_PER_MMOLL, 1)
             elif unit.lower() in ("mg/dl", "unknown"):
                 # Tidepool tolerates "unknown"; v3 values are mg/dL unless the unit says otherwise.
@@ -146,6 +169,7 @@ def parse_egvs(body: dict[str, Any], out: ParsedGlucose, *, since: datetime | No
                 str(record.get("trend") or "")[:32],
                 trend_rate,
                 device[:64],
+                flag,
             )
         )
         if out.newest is None or measured > out.newest:
