@@ -121,3 +121,17 @@ def run_manual_sync(sync_request_id: int) -> dict[str, Any]:
         "status": request.status,
         "records_stored": request.records_stored,
     }
+
+
+def process_webhook_task(event_id: int) -> dict[str, Any]:
+    """One inbox event (queued by the receiver on commit); a redelivered task finds it done and does nothing."""
+    from connections.inbox import process_event
+
+    return {"webhook_event_id": event_id, "status": process_event(event_id) or "nothing to do"}
+
+
+def process_webhook_inbox() -> dict[str, Any]:
+    """The process-webhook-inbox schedule: events whose task was lost, failed ones, users who appeared."""
+    from connections.inbox import sweep
+
+    return sweep()
