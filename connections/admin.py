@@ -658,3 +658,7 @@ class JobHealthAdmin(ReadOnlyAdmin):
             **(extra_context or {}),
         }
         return TemplateResponse(request, "admin/connections/jobhealth/dashboard.html", context)
+
+
+# The webhook inbox registers itself (its admin lives beside this one).
+from connections import admin_inbox  # noqa: E402,F401

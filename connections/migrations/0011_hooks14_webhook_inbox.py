@@ -4,7 +4,24 @@ import connections.crypto
 import connections.models
 import django.db.models.deletion
 import django.utils.timezone
+from django.contrib.auth.management import create_permissions
 from django.db import migrations, models
+
+
+def grant_inbox_view(apps, schema_editor):
+    """Support and ops see the webhook inbox (ops replay with the Force resync permission they have)."""
+    for app_config in apps.get_app_configs():
+        app_config.models_module = True
+        create_permissions(app_config, apps=apps, verbosity=0)
+        app_config.models_module = None
+    Group = apps.get_model("auth", "Group")
+    Permission = apps.get_model("auth", "Permission")
+    permission = Permission.objects.filter(
+        content_type__app_label="connections", codename="view_webhookevent"
+    ).first()
+    if permission is not None:
+        for group in Group.objects.filter(name__in=["support", "ops"]):
+            group.permissions.add(permission)
 
 
 class Migration(migrations.Migration):
@@ -64,4 +81,5 @@ class Migration(migrations.Migration):
                 'constraints': [models.UniqueConstraint(fields=('provider', 'delivery_id'), name='webhook_delivery_once')],
             },
         ),
+        migrations.RunPython(grant_inbox_view, migrations.RunPython.noop),
     ]
