@@ -81,7 +81,7 @@ class WebhookEmitter:
         junction_secret: str = DEFAULT_JUNCTION_SECRET,
         whoop_client_secret: str = "",
         retry_scale: float = 1.0,
-        seed: int = 0,
+        seed: int | None = None,
         clock: Callable[[], float] = time.time,
         timeout: float = 15.0,
     ) -> None:
@@ -199,3 +199,54 @@ class WebhookEmitter:
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+class WebhookFeed:
+    """What the sandbox's providers send as their data arrives: every `tick(until)` delivers the events of
+    what became available since the previous tick (Junction polls its providers about every 15 minutes and
+    sends `daily.data.*`; WHOOP sends an id per changed record). `connect(user_id)` first announces a Junction
+    user with `provider.connection.created`."""
+
+    def __init__(
+        self, sandbox: Any, emitter: WebhookEmitter, *, junction_users: list[str], whoop_users: list[int]
+    ) -> None:
+        self.sandbox = sandbox
+        self.emitter = emitter
+        self.junction_users = junction_users
+        self.whoop_users = whoop_users
+        self.last: datetime | None = None
+
+    def connect_junction_users(self) -> list[Outbound]:
+        messages = []
+        for user_id in self.junction_users:
+            user = self.sandbox.junction.user(user_id)
+            data = {
+                "user_id": user_id,
+                "provider": {"name": user.provider, "slug": user.provider, "logo": ""},
+                "source": {"name": user.provider, "slug": user.provider, "logo": ""},
+                "external_user_id": f"ext-{user_id[:8]}",
+                "resource_availability": {},
+            }
+            messages.append(self.emitter.junction_message("provider.connection.created", user_id, data))
+        self.emitter.send_many(messages)
+        return messages
+
+    def messages(self, since: datetime, until: datetime) -> list[Outbound]:
+        out = [
+            self.emitter.junction_message(event_type, user_id, data)
+            for user_id in self.junction_users
+            for event_type, data in self.sandbox.junction.arrivals(user_id, since, until)
+        ]
+        out += [
+            self.emitter.whoop_message(event_type, self.sandbox.whoop.whoop_user_id(user), record_id)
+            for user in self.whoop_users
+            for event_type, record_id in self.sandbox.whoop.arrivals(user, since, until)
+        ]
+        return out
+
+    def tick(self, until: datetime, since: datetime | None = None) -> list[Outbound]:
+        since = since or self.last or until
+        self.last = until
+        batch = self.messages(since, until)
+        self.emitter.send_many(batch)
+        return batch

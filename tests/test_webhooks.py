@@ -363,3 +363,27 @@ def test_a_crash_between_the_inbox_write_and_processing_loses_nothing(
     assert counts == {WebhookStatus.PROCESSED: len(lost)}
     assert WearableReading.objects.filter(patient=patient).count() > 0
     assert process_event(lost[0]) is None  # done: a late task does nothing
+
+
+def test_the_sandbox_control_api_switches_the_webhook_senders_faults(
+    clean_sandbox: SandboxServer, emitter: WebhookEmitter
+) -> None:
+    import httpx
+
+    control = f"{clean_sandbox.base_url}/_sandbox/webhooks/faults"
+    clean_sandbox.webhooks = None
+    assert httpx.post(control, json={"fault": "duplicate"}).status_code == 409
+    clean_sandbox.webhooks = emitter
+    try:
+        assert httpx.post(control, json={"fault": "sideways"}).status_code == 400
+        answer = httpx.post(control, json={"fault": "bad_signature", "count": 1})
+        assert answer.status_code == 201 and answer.json()["faults"] == {"bad_signature": 1}
+        patient = junction_patient(clean_sandbox, 1)
+        with time_machine.travel(FROZEN_NOW, tick=False):
+            message = deliveries(
+                clean_sandbox, emitter, patient.junction_user_id, FROZEN_NOW - timedelta(hours=1), FROZEN_NOW
+            )[0]
+            emitter.send(message)
+        assert message.statuses == [401, 202]  # refused, then Svix's immediate retry is accepted
+    finally:
+        clean_sandbox.webhooks = None
