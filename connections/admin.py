@@ -35,6 +35,7 @@ from django.views.decorators.http import require_POST
 
 from connections import actions
 from connections.charts import Bucket, time_series_svg
+from connections.freshness import arrivals, connection_freshness
 from connections.health import Health, data_behind, health_of, health_q, with_health
 from connections.jobhealth import job_health
 from connections.models import Connection, JobHealth, JobRun, Patient, SyncEvent
@@ -392,6 +393,7 @@ class ConnectionAdmin(RefusesNulMixin, admin.ModelAdmin):
                     for name, op in OPS.items()
                     if user.has_perm(op.permission) and op.applies(connection)
                 ],
+                freshness=connection_freshness(connection.pk),
                 recent_events=SyncEvent.objects.filter(connection=connection).order_by("-started_at")[:20],
                 events_url=reverse("admin:connections_syncevent_changelist")
                 + f"?connection__id__exact={connection.pk}",
@@ -653,6 +655,7 @@ class JobHealthAdmin(ReadOnlyAdmin):
             "title": "Job health",
             "opts": self.opts,
             "jobs": job_health(),
+            "arrivals": arrivals(),
             "runs_url": reverse("admin:connections_jobrun_changelist"),
             "health_css": HEALTH_CSS,
             **(extra_context or {}),
