@@ -2,7 +2,7 @@
 
     POST /webhooks/<provider> ──> receive(): provider.verify_webhook (401 if bad or stale, nothing stored)
         ──> INSERT into webhook_inbox ON CONFLICT (provider, delivery_id) DO NOTHING (a redelivery is a no-op)
-        ──> on commit: async_task(process_webhook_task, id) ──> 202
+        ──> with it, in the same statement, its django-q2 task in the ORM broker's queue table ──> 202
     worker ──> process_event(id): the inbox row locked (skip locked: one worker per event) ──> the connection
         (provider.webhook_connection; none yet: `unmatched`, kept) ──> provider.handle_webhook ──> rows through
         engine.store_batch_and_cursor (the pull's store: natural-key upserts, no cursor move), or a window
@@ -77,8 +77,53 @@ RETURNING id
 """
 
 
+# The inbox row and its django-q2 task in ONE statement (so one round trip and one commit, which is most of an
+# acknowledgement's cost): the ORM broker's queue is a table in this database, and its row is exactly what
+# the broker's own enqueue() writes (key, the package async_task signed, lock = now). Data-modifying CTEs run
+# once, to completion: a redelivery inserts neither row.
+_INSERT_AND_QUEUE = """
+WITH event AS (
+    INSERT INTO webhook_inbox
+        (provider, delivery_id, event_type, external_user_id, body, status, sent_at, received_at, processed_at,
+         attempts, error, records_stored)
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 0, '', 0)
+    ON CONFLICT (provider, delivery_id) DO NOTHING
+    RETURNING id
+), queued AS (
+    INSERT INTO {queue} (key, payload, lock) SELECT %s, %s, %s FROM event WHERE %s
+)
+SELECT id FROM event
+"""
+
+
+class _Package:
+    """A broker that keeps the package async_task built and signed, for the statement above to queue."""
+
+    def __init__(self, list_key: str) -> None:
+        self.list_key = list_key
+        self.payload = ""
+
+    def enqueue(self, task: str) -> None:
+        self.payload = task
+
+
+def _orm_broker_here() -> str | None:
+    """The ORM broker's list key when its queue is a table of our default database (the production set-up);
+    None (queue through async_task after the insert) otherwise, or when tasks run in-process (tests).
+
+    Read from the configuration, as django_q.brokers.get_broker decides, without building a broker: building
+    one closes and reopens the database connection outside a transaction."""
+    from django_q.conf import Conf
+
+    if Conf.SYNC or Conf.BROKER_CLASS or Conf.IRON_MQ or isinstance(Conf.SQS, dict) or Conf.ORM != "default":
+        return None
+    return Conf.CLUSTER_NAME
+
+
 def receive(provider_key: str, body: bytes, headers: Mapping[str, str]) -> Receipt:
     """Verify, record and queue one delivery. WebhookRefused (→ 401) when the signature is bad or stale."""
+    from django_q.models import OrmQ
+
     provider = PROVIDERS[provider_key]
     delivery = provider.verify_webhook(body, headers)
     handled = provider.handles_webhook(delivery.event_type)
@@ -88,40 +133,59 @@ def receive(provider_key: str, body: bytes, headers: Mapping[str, str]) -> Recei
         text = body.decode()
     except UnicodeDecodeError:
         raise WebhookRefused("the signed body is not UTF-8") from None
-    with transaction.atomic():
+    row_values = [
+        provider_key,
+        delivery.delivery_id,
+        delivery.event_type,
+        delivery.external_user_id,
+        crypto.encrypt(text),
+        status,
+        delivery.sent_at,
+        now,
+        None if handled else now,
+    ]
+    list_key = _orm_broker_here()
+    if list_key is not None:
+        package = _Package(list_key)
+        async_task(
+            "connections.tasks.process_delivery_task",
+            provider_key,
+            delivery.delivery_id,
+            group="webhook",
+            task_name=f"webhook:{provider_key}:{delivery.delivery_id}"[:100],
+            broker=package,
+        )
         with db.cursor() as cursor:
             cursor.execute(
-                _INSERT,
-                [
-                    provider_key,
-                    delivery.delivery_id,
-                    delivery.event_type,
-                    delivery.external_user_id,
-                    crypto.encrypt(text),
-                    status,
-                    delivery.sent_at,
-                    now,
-                    None if handled else now,
-                ],
+                _INSERT_AND_QUEUE.format(queue=db.ops.quote_name(OrmQ._meta.db_table)),
+                [*row_values, list_key, package.payload, now, handled],
             )
+            row = cursor.fetchone()
+        if row is None:
+            return Receipt(None, "duplicate", duplicate=True)
+        return Receipt(row[0], status)
+    with transaction.atomic():
+        with db.cursor() as cursor:
+            cursor.execute(_INSERT, row_values)
             row = cursor.fetchone()
         if row is None:
             return Receipt(None, "duplicate", duplicate=True)
         event_id = row[0]
         if handled:
-            transaction.on_commit(lambda: queue_processing(event_id))
+            transaction.on_commit(lambda: enqueue(event_id))
     return Receipt(event_id, status)
 
 
+def enqueue(event_id: int) -> None:
+    async_task(
+        "connections.tasks.process_webhook_task", event_id, group="webhook", task_name=f"webhook:{event_id}"
+    )
+
+
 def queue_processing(event_id: int) -> None:
-    # A lost enqueue (the broker's insert failed after ours committed) is the sweep's to pick up.
+    """Queue an event after a commit (replays); a lost enqueue is the sweep's to pick up."""
     try:
-        async_task(
-            "connections.tasks.process_webhook_task",
-            event_id,
-            group="webhook",
-            task_name=f"webhook:{event_id}",
-        )
+        enqueue(event_id)
     except DatabaseError:
         logger.warning(
             "webhook processing not queued; the sweep will take it", extra={"webhook_event_id": event_id}

@@ -342,7 +342,7 @@ def test_a_crash_between_the_inbox_write_and_processing_loses_nothing(
     from connections import inbox
 
     lost: list[int] = []
-    monkeypatch.setattr(inbox, "queue_processing", lost.append)  # the enqueue is lost with the worker
+    monkeypatch.setattr(inbox, "enqueue", lost.append)  # the queued task is lost with the worker
     with time_machine.travel(FROZEN_NOW, tick=False):
         messages = deliveries(
             clean_sandbox, emitter, patient.junction_user_id, FROZEN_NOW - timedelta(hours=2), FROZEN_NOW
