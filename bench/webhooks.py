@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=3, help="gunicorn worker processes (render.yaml: 3)")
-    parser.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker (render.yaml: 1)")
+    parser.add_argument("--threads", type=int, default=1, help="gunicorn threads per worker (render.yaml: 1)")
     parser.add_argument("--q-workers", type=int, default=2, help="django-q2 cluster workers")
     parser.add_argument("--users", type=int, default=5)
     parser.add_argument("--rate", type=float, default=20.0, help="deliveries a second in the freshness phase")
