@@ -46,7 +46,7 @@ demo: migrate
 	$(DEMO_ENV) $(PY) manage.py run_job sync-cgm-readings --sandbox --sandbox-users 5
 	# Webhooks: new sandbox Junction users announced and their data delivered by signed webhooks through the
 	# inbox; then the daily pull over them, as reconciliation, stores nothing new.
-	$(DEMO_ENV) $(PY) manage.py webhook_demo --users 2
+	$(DEMO_ENV) $(PY) manage.py webhook_demo --users 1
 
 ## test: the suite on TEST_PG_URL's PostgreSQL when reachable, else on the embedded server
 test: $(DEV_STAMP)

@@ -283,6 +283,7 @@ def test_events_for_an_unknown_user_are_kept_then_processed_when_the_connection_
 
     connection = Connection.objects.get(patient__junction_user_id=user.user_id, provider=Provider.JUNCTION)
     assert connection.status == "active"
+    assert connection.patient.time_zone == user.time_zone != "UTC"  # from Junction: days are the patient's
     assert not WebhookEvent.objects.filter(status=WebhookStatus.UNMATCHED).exists()
     assert WearableReading.objects.filter(patient=connection.patient).count() > 0
 

@@ -86,15 +86,17 @@ class Command(BaseCommand):
         )
         out.write(f"webhooks: {len(connections)} Junction users connected by provider.connection.created")
         now = datetime.now(UTC)
-        # From the start of the UTC day the pull's lookback reaches, so the pull has nothing left to find.
-        start = datetime.combine((now - timedelta(days=lookback)).date(), datetime.min.time(), tzinfo=UTC)
+        # From a day before the UTC day the pull's lookback reaches (a night's sleep summary becomes available
+        # the evening before its calendar date in the Americas' east), so the pull has nothing left to find.
+        start = datetime.combine((now - timedelta(days=lookback + 1)).date(), datetime.min.time(), tzinfo=UTC)
         step, sent = timedelta(hours=1), 0
         moment = start
         # Up to the real now, re-read each hour: what arrived while the earlier hours were delivered comes too.
-        while moment < (now := datetime.now(UTC)):
+        while (now := datetime.now(UTC)) - moment > timedelta(minutes=1):
             until = min(moment + step, now)
             sent += len(feed.tick(until, since=moment))
             moment = until
+        sent += len(feed.tick(now, since=moment))
         events = WebhookEvent.objects.filter(external_user_id__in=user_ids)
         pushed = events.aggregate(n=Sum("records_stored"))["n"] or 0
         by_status = {s: events.filter(status=s).count() for s in WebhookStatus.values}

@@ -38,7 +38,7 @@ from connections.providers.junction.client import (
 )
 
 if TYPE_CHECKING:
-    from connections.models import Connection
+    from connections.models import Connection, Patient
 
 logger = logging.getLogger("loopsync.webhooks")
 
@@ -102,7 +102,7 @@ def connection_for(delivery: Delivery) -> Connection | None:
     if not user_id:
         return None
     if delivery.event_type == CONNECTION_CREATED:
-        patient, _ = Patient.objects.get_or_create(junction_user_id=user_id)
+        patient = Patient.objects.filter(junction_user_id=user_id).first() or _new_patient(user_id)
         connection, created = Connection.objects.get_or_create(patient=patient, provider="junction")
         if not created and connection.status != ConnectionStatus.ACTIVE:
             from connections.actions import do_reactivate_connection
@@ -115,6 +115,23 @@ def connection_for(delivery: Delivery) -> Connection | None:
         .filter(provider="junction", patient__junction_user_id=user_id)
         .first()
     )
+
+
+def _new_patient(user_id: str) -> Patient:
+    """A patient for a user Junction announces, in the user's time zone when Junction knows it (a day is the
+    patient's local day), as the pull creates the patients of JUNCTION_SYNC_USER_IDS."""
+    from connections.models import Patient
+    from connections.providers.base import ProviderError
+    from connections.providers.junction.client import JunctionClient, fallback_time_zone
+
+    time_zone = "UTC"
+    try:
+        with JunctionClient.from_config(settings.JUNCTION_SYNC) as client:
+            time_zone = fallback_time_zone(client.get_user(user_id)) or "UTC"
+    except ProviderError as exc:
+        logger.warning("junction user lookup failed", extra={"error": str(exc)})
+    patient, _ = Patient.objects.get_or_create(junction_user_id=user_id, defaults={"time_zone": time_zone})
+    return patient
 
 
 def _instant(raw: object) -> datetime:
