@@ -169,3 +169,16 @@ def test_the_weekly_cleanup_removes_processed_events_past_the_retention(
     left = set(WebhookEvent.objects.values_list("pk", flat=True))
     assert left == {recent.pk, old_unmatched.pk, failed_event.pk}
     assert old_done.pk not in left and old_ignored.pk not in left
+
+
+def test_a_malformed_junction_webhook_secret_stops_start_up_and_a_missing_one_warns(settings: Any) -> None:
+    from connections.checks import webhook_settings_check
+    from sandbox.webhooks import DEFAULT_JUNCTION_SECRET
+
+    settings.DEBUG = False
+    settings.JUNCTION_WEBHOOK_SECRET = "whsec_not base64!"
+    assert [m.id for m in webhook_settings_check(None)] == ["connections.E301"]
+    settings.JUNCTION_WEBHOOK_SECRET = ""
+    assert [m.id for m in webhook_settings_check(None)] == ["connections.W301"]
+    settings.JUNCTION_WEBHOOK_SECRET = DEFAULT_JUNCTION_SECRET
+    assert webhook_settings_check(None) == []
