@@ -18,7 +18,6 @@ from zoneinfo import ZoneInfo
 import orjson
 from django.conf import settings
 from django.utils import timezone
-from svix.webhooks import Webhook, WebhookVerificationError
 
 from connections.providers.contract import (
     Batch,
@@ -53,6 +52,9 @@ def verify(body: bytes, headers: Mapping[str, str]) -> Delivery:
     secret = settings.JUNCTION_WEBHOOK_SECRET
     if not secret:
         raise WebhookRefused("JUNCTION_WEBHOOK_SECRET is not set: deliveries cannot be verified")
+    # Imported here: `svix` loads its whole API client (about a second), which only the receiver needs.
+    from svix.webhooks import Webhook, WebhookVerificationError
+
     wanted = {
         k: v for k, v in headers.items() if k.lower() in ("svix-id", "svix-timestamp", "svix-signature")
     }
