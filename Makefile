@@ -44,6 +44,9 @@ demo: migrate
 	# Direct providers: connect sandbox WHOOP, Dexcom and Libre users (real OAuth / login flows), run both jobs.
 	$(DEMO_ENV) $(PY) manage.py run_job sync-whoop-data --sandbox --sandbox-users 5
 	$(DEMO_ENV) $(PY) manage.py run_job sync-cgm-readings --sandbox --sandbox-users 5
+	# Webhooks: new sandbox Junction users announced and their data delivered by signed webhooks through the
+	# inbox; then the daily pull over them, as reconciliation, stores nothing new.
+	$(DEMO_ENV) $(PY) manage.py webhook_demo --users 1
 
 ## look: the demo in a browser: the sandbox, the django-q2 worker and the web server together (Ctrl-C stops all
 ## three), on the embedded PostgreSQL or DATABASE_URL; seeds a failing, a stale, a revoked and an inactive

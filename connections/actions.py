@@ -518,3 +518,38 @@ def _manual_junction_sync(
             refresh = "failed"
         event = sync_connection(connection, trigger=SyncTrigger.MANUAL, actor="patient", provider=junction)
     return event, refresh, "", ""
+
+
+# --- The webhook inbox ------------------------------------------------------------------------------------
+
+
+def do_replay_webhook(event_id: int, *, actor: str, trigger: str = SyncTrigger.ADMIN) -> bool:
+    """Process one inbox event again (a failed one, an unmatched one whose user now exists, or a processed one
+    whose data was lost downstream) and record who asked. False when the event is gone or is being processed.
+
+    Safe whatever its state: processing is idempotent (natural-key upserts, newer record versions kept).
+    """
+    from connections.inbox import queue_processing
+    from connections.models import WebhookEvent, WebhookStatus
+
+    with transaction.atomic():
+        event = WebhookEvent.objects.select_for_update(skip_locked=True).filter(pk=event_id).first()
+        if event is None:
+            return False
+        event.status, event.error, event.processed_at = WebhookStatus.RECEIVED, "", None
+        event.save(update_fields=["status", "error", "processed_at"])
+        now = timezone.now()
+        SyncEvent.objects.create(
+            connection_id=event.connection_id,
+            patient_id=event.connection.patient_id if event.connection_id else None,
+            provider=event.provider,
+            trigger=trigger,
+            status=SyncStatus.SUCCESS,
+            kind=SyncEventKind.WEBHOOK_REPLAYED,
+            started_at=now,
+            finished_at=now,
+            actor=actor[:150],
+            note=f"webhook inbox event {event.pk} ({event.event_type})"[:500],
+        )
+        transaction.on_commit(lambda: queue_processing(event_id))
+    return True

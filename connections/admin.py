@@ -39,6 +39,7 @@ from django_q.models import Failure, Success, Task
 
 from connections import actions
 from connections.charts import Bucket, time_series_svg
+from connections.freshness import arrivals, connection_freshness
 from connections.health import Health, data_behind, health_of, health_q, needs_reconnect, with_health
 from connections.jobhealth import job_health
 from connections.models import (
@@ -521,6 +522,7 @@ class ConnectionAdmin(RefusesNulMixin, admin.ModelAdmin):
                     for name, op in OPS.items()
                     if user.has_perm(op.permission) and op.applies(connection)
                 ],
+                freshness=connection_freshness(connection.pk),
                 recent_events=SyncEvent.objects.filter(connection=connection)
                 .select_related("result_event")
                 .order_by("-started_at")[:20],
@@ -932,6 +934,7 @@ class JobHealthAdmin(ReadOnlyAdmin):
             "jobs": job_health(now),
             "now": now,
             "grace_minutes": settings.SENTRY_CRONS_MARGIN_MINUTES,
+            "arrivals": arrivals(),
             "runs_url": reverse("admin:connections_jobrun_changelist"),
             "health_css": HEALTH_CSS,
             **(extra_context or {}),
@@ -1011,3 +1014,7 @@ for _model, _admin in ((Success, OutcomeTaskAdmin), (Failure, NotedFailAdmin)):
 
 # The admin index opens with the ops summary (connections/templatetags/ops.py), linking the overview.
 admin.site.index_template = "admin/connections/index.html"
+
+
+# The webhook inbox registers itself (its admin lives beside this one).
+from connections import admin_inbox  # noqa: E402,F401

@@ -101,3 +101,34 @@ def _is_loopback(url: str) -> bool:
     from urllib.parse import urlsplit
 
     return (urlsplit(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
+
+
+@register()
+def webhook_settings_check(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """The webhook receivers' secrets: a wrong one would answer 401 to every delivery."""
+    messages: list[CheckMessage] = []
+    secret = settings.JUNCTION_WEBHOOK_SECRET
+    if secret:
+        import binascii
+
+        from svix.webhooks import Webhook
+
+        try:
+            Webhook(secret)
+        except (binascii.Error, ValueError, RuntimeError, Exception):  # noqa: BLE001 - any refusal is the same
+            messages.append(
+                Error(
+                    "JUNCTION_WEBHOOK_SECRET is not a Svix signing secret (whsec_ followed by base64).",
+                    hint="Copy it from the Junction Dashboard: Webhooks > your endpoint > Signing Secret.",
+                    id="connections.E301",
+                )
+            )
+    elif not settings.DEBUG:
+        messages.append(
+            Warning(
+                "JUNCTION_WEBHOOK_SECRET is not set: POST /webhooks/junction refuses every delivery, and "
+                "Junction data arrives only with the daily pull.",
+                id="connections.W301",
+            )
+        )
+    return messages

@@ -144,6 +144,7 @@ class SyncTrigger(models.TextChoices):
     MANUAL = "manual", "Manual (API)"
     ADMIN = "admin", "Admin"
     COMMAND = "command", "Command line"
+    WEBHOOK = "webhook", "Webhook"
 
 
 class SyncStatus(models.TextChoices):
@@ -159,6 +160,7 @@ class SyncEventKind(models.TextChoices):
     RESYNC_REQUESTED = "resync_requested", "Resync requested"
     DEACTIVATED = "deactivated", "Deactivated"
     REACTIVATED = "reactivated", "Reactivated"
+    WEBHOOK_REPLAYED = "webhook_replayed", "Webhook replayed"
 
 
 class SyncEvent(models.Model):
@@ -440,3 +442,91 @@ class SyncRequest(models.Model):
 
     def __str__(self) -> str:
         return f"Sync request {self.pk} ({self.source}, {self.status})"
+
+
+class WebhookStatus(models.TextChoices):
+    RECEIVED = "received", "Received"
+    PROCESSED = "processed", "Processed"
+    FAILED = "failed", "Failed"
+    IGNORED = "ignored", "Ignored"
+    # Verified, but for a user we have no connection of yet: kept and processed when the user appears.
+    UNMATCHED = "unmatched", "Unmatched"
+
+
+class WebhookEvent(models.Model):
+    """The durable inbox: one row per verified provider delivery, written before the 2xx is answered.
+
+    Unique on (provider, delivery_id), so a redelivery is a no-op. The raw body is PHI: encrypted at rest like
+    credentials and never logged; `error` is scrubbed (an error class and a status code, never a value).
+    """
+
+    provider = models.CharField(max_length=16, choices=provider_choices)
+    # Svix's svix-id for Junction (identical across redeliveries); WHOOP's trace_id.
+    delivery_id = models.CharField(max_length=128)
+    event_type = models.CharField(max_length=100)
+    external_user_id = models.CharField(max_length=128, blank=True, default="")
+    body = EncryptedTextField()
+    status = models.CharField(max_length=16, choices=WebhookStatus.choices, default=WebhookStatus.RECEIVED)
+    # The signature's timestamp: when the provider sent it (freshness is measured from here).
+    sent_at = models.DateTimeField(null=True, blank=True)
+    received_at = models.DateTimeField(default=timezone.now)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    error = models.TextField(blank=True, default="")
+    connection = models.ForeignKey(
+        Connection, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    records_stored = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        db_table = "webhook_inbox"
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "delivery_id"], name="webhook_delivery_once"),
+        ]
+        indexes = [
+            # The pending sweep and the admin's status filter.
+            models.Index(fields=["status", "received_at"], name="webhook_status_received"),
+            # Replaying a user's unmatched events when the user appears.
+            models.Index(
+                fields=["provider", "external_user_id"],
+                condition=models.Q(status="unmatched"),
+                name="webhook_unmatched_user",
+            ),
+            models.Index(fields=["connection", "-received_at"], name="webhook_connection_recent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider} {self.event_type} ({self.status})"
+
+    @property
+    def freshness_seconds(self) -> float | None:
+        if self.processed_at is None or self.sent_at is None:
+            return None
+        return (self.processed_at - self.sent_at).total_seconds()
+
+
+class ProviderRecord(models.Model):
+    """A provider's record (a Junction summary, a WHOOP sleep or workout) as last stored for a connection.
+
+    `version` (the record's updated_at) keeps an older delivery arriving after a newer one from overwriting it;
+    `measured_at` is where its rows are keyed, so a `*.deleted` event that carries only the id removes them.
+    Written in the same transaction as the rows.
+    """
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="+")
+    resource = models.CharField(max_length=40)
+    record_id = models.CharField(max_length=64)
+    version = models.CharField(max_length=40, blank=True, default="")
+    measured_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "provider_records"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["connection", "resource", "record_id"], name="provider_record_once"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.resource} {self.record_id}"

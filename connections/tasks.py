@@ -117,3 +117,32 @@ def run_manual_sync(sync_request_id: int) -> dict[str, Any]:
         "status": request.status,
         "records_stored": request.records_stored,
     }
+
+
+def process_webhook_task(event_id: int) -> dict[str, Any]:
+    """One inbox event (queued by the receiver on commit); a redelivered task finds it done and does nothing."""
+    from connections.inbox import process_event
+
+    return {"webhook_event_id": event_id, "status": process_event(event_id) or "nothing to do"}
+
+
+def process_delivery_task(provider: str, delivery_id: str) -> dict[str, Any]:
+    """One delivery, queued by the receiver in the statement that wrote its inbox row."""
+    from connections.inbox import process_event
+    from connections.models import WebhookEvent
+
+    event_id = (
+        WebhookEvent.objects.filter(provider=provider, delivery_id=delivery_id)
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if event_id is None:
+        return {"delivery_id": delivery_id, "status": "gone"}
+    return {"webhook_event_id": event_id, "status": process_event(event_id) or "nothing to do"}
+
+
+def process_webhook_inbox() -> dict[str, Any]:
+    """The process-webhook-inbox schedule: events whose task was lost, failed ones, users who appeared."""
+    from connections.inbox import sweep
+
+    return sweep()

@@ -46,6 +46,18 @@ READINGS_SCHEDULES: tuple[JobSchedule, ...] = (
 )
 
 
+WEBHOOK_SCHEDULES: tuple[JobSchedule, ...] = (
+    # The inbox row is the durable record of a delivery; this picks up the ones whose task was lost (a worker
+    # killed between the inbox write and processing), failed ones, and users who appeared since.
+    JobSchedule(
+        name="process-webhook-inbox",
+        func="connections.tasks.process_webhook_inbox",
+        cron="* * * * *",
+        description="Webhook inbox events still unprocessed after WEBHOOK_PENDING_SECONDS, failed or unmatched.",
+    ),
+)
+
+
 def provider_schedules() -> tuple[JobSchedule, ...]:
     from connections.providers.registry import provider_jobs
 
@@ -62,4 +74,4 @@ def provider_schedules() -> tuple[JobSchedule, ...]:
 
 
 def all_schedules() -> tuple[JobSchedule, ...]:
-    return (*provider_schedules(), *READINGS_SCHEDULES)
+    return (*provider_schedules(), *READINGS_SCHEDULES, *WEBHOOK_SCHEDULES)

@@ -185,6 +185,16 @@ OAUTH_STATE_TTL_SECONDS = env_int("OAUTH_STATE_TTL_SECONDS", 600, minimum=60, ma
 # out one django-q2 task per connection instead.
 SYNC_JOB_CONCURRENCY = env_int("SYNC_JOB_CONCURRENCY", 16, minimum=1, maximum=128)
 
+# --- Webhooks (POST /webhooks/junction, POST /webhooks/whoop) --------------------------------------------
+# The Junction endpoint's Svix signing secret (whsec_...); empty: /webhooks/junction refuses every delivery.
+# WHOOP signs with the app's client secret (WHOOP_CLIENT_SECRET).
+JUNCTION_WEBHOOK_SECRET = env_str("JUNCTION_WEBHOOK_SECRET")
+# Processed and ignored inbox rows older than this are removed by the weekly cleanup-wearable-data.
+WEBHOOK_INBOX_RETENTION_DAYS = env_int("WEBHOOK_INBOX_RETENTION_DAYS", 14, minimum=1, maximum=3650)
+# A received inbox row still unprocessed after this many seconds (its task was lost with a worker, or never
+# queued) is processed by the process-webhook-inbox sweep.
+WEBHOOK_PENDING_SECONDS = env_int("WEBHOOK_PENDING_SECONDS", 120, minimum=5, maximum=86_400)
+
 # --- Daily statistics and retention (aggregate-wearable-data, cleanup-wearable-data) ---------------------
 # Raw readings older than this many days are removed weekly; daily statistics are kept for good.
 RAW_READING_RETENTION_DAYS = env_int("RAW_READING_RETENTION_DAYS", 90, minimum=1, maximum=3650)

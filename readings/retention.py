@@ -127,6 +127,7 @@ def run_cleanup(*, dry_run: bool = False, now: datetime | None = None) -> Cleanu
             result.removals.append(_duplicates(table, cutoff, dry_run))
         result.removals.append(_expired_fingerprints(now, dry_run))
         result.removals.append(_stats_of_deleted_patients(dry_run))
+        result.removals.append(_expired_webhook_events(now, dry_run))
     result.duration_s = round(monotonic.monotonic() - started, 3)
     logger.info(
         "%s finished",
@@ -150,6 +151,16 @@ def _expired_fingerprints(now: datetime, dry_run: bool) -> Removal:
     expired = SyncFingerprint.objects.filter(day__lt=oldest_used)
     rows = expired.count() if dry_run else expired.delete()[0]
     return Removal(table=SyncFingerprint._meta.db_table, reason="expired", rows=rows, patients=None)
+
+
+def _expired_webhook_events(now: datetime, dry_run: bool) -> Removal:
+    """Processed and ignored webhook deliveries past WEBHOOK_INBOX_RETENTION_DAYS (their data is in the readings;
+    failed and unmatched ones stay for ops)."""
+    from connections.inbox import remove_expired
+    from connections.models import WebhookEvent
+
+    rows = remove_expired(now, dry_run=dry_run)
+    return Removal(table=WebhookEvent._meta.db_table, reason="expired", rows=rows, patients=None)
 
 
 _STATS_WITHOUT_PATIENT = "FROM patient_wearable_daily_stats AS s WHERE NOT EXISTS (SELECT 1 FROM patients AS p WHERE p.id = s.patient_id)"

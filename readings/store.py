@@ -222,3 +222,58 @@ def refresh_daily_stats(patient_id: int, time_zone: str, touched: TouchedDays) -
             )
         if glucose_days:
             cursor.execute(_PG_DAILY_GLUCOSE, {"patient": patient_id, "tz": time_zone, "days": glucose_days})
+
+
+# --- Deletions a provider reports ------------------------------------------------------------------------
+
+_PG_DELETE = """
+DELETE FROM patient_wearable_readings
+WHERE patient_id = %(patient)s AND source = %(source)s AND metric = ANY(%(metrics)s) AND measured_at = %(at)s
+RETURNING metric, (measured_at AT TIME ZONE %(tz)s)::date
+"""
+
+# A day whose every reading of a metric the provider withdrew has no statistic either (unlike retention,
+# which removes old raw rows and keeps their days' statistics).
+_PG_DROP_EMPTY_DAYS = """
+DELETE FROM patient_wearable_daily_stats s
+USING unnest(%(metrics)s::text[], %(days)s::date[]) AS d(metric, day)
+WHERE s.patient_id = %(patient)s AND s.metric = d.metric AND s.day = d.day
+  AND NOT EXISTS (
+      SELECT 1 FROM patient_wearable_readings r
+      WHERE r.patient_id = %(patient)s AND r.metric = d.metric
+        AND r.measured_at >= (d.day::timestamp AT TIME ZONE %(tz)s)
+        AND r.measured_at < ((d.day + 1)::timestamp AT TIME ZONE %(tz)s))
+"""
+
+
+def delete_readings(
+    patient_id: int, time_zone: str, source: str, metrics: Sequence[str], measured_at: datetime
+) -> int:
+    """Remove the readings of one record the provider deleted (its rows share `measured_at`), and recompute
+    (or drop) the statistics of their days. Needs the caller's transaction; returns the rows removed."""
+    params = {
+        "patient": patient_id,
+        "source": source,
+        "metrics": list(metrics),
+        "at": measured_at,
+        "tz": time_zone,
+    }
+    with db.cursor() as cursor:
+        cursor.execute(_PG_DELETE, params)
+        removed = cursor.fetchall()
+        touched: TouchedDays = {(metric, day) for metric, day in removed}
+        if not touched:
+            return 0
+        ordered = sorted(touched)
+        refresh_daily_stats(patient_id, time_zone, touched)
+        cursor.execute(
+            _PG_DROP_EMPTY_DAYS,
+            {
+                "patient": patient_id,
+                "tz": time_zone,
+                "metrics": [m for m, _ in ordered],
+                "days": [d for _, d in ordered],
+            },
+        )
+    mark_dirty(patient_id, touched)
+    return len(removed)

@@ -448,6 +448,44 @@ class JunctionSandbox:
         records = self._summaries(user, kind, start_date, end_date, provider, now or datetime.now(UTC))
         return copy.deepcopy(records)
 
+    def arrivals(self, user_id: str, since: datetime, until: datetime) -> list[tuple[str, dict[str, Any]]]:
+        """The webhook events Junction sends for what became available in (since, until]: per timeseries
+        resource one `daily.data.<resource>.created` with the new samples (the grouped form `{source, data,
+        source_id, user_id}`), per summary a `.created` when it first appears and an `.updated` when it changed
+        (an activity summary grows all day). `(event_type, data)` pairs, in that order."""
+        user = self.user(user_id)
+        events: list[tuple[str, dict[str, Any]]] = []
+        # An interval sample becomes available up to its interval after it starts: a day back covers it.
+        low = since - timedelta(days=1)
+        for index, resource in enumerate(data.RESOURCES):
+            slug = user.provider_for(resource)
+            if slug is None:
+                continue
+            before = {_sample_key(s) for s in self.samples(user_id, resource, low, since, now=since)}
+            new = [
+                s
+                for s in self.samples(user_id, resource, low, until, now=until)
+                if _sample_key(s) not in before
+            ]
+            if new:
+                grouped = {
+                    "data": new,
+                    "source_id": 16 + index,
+                    "source": user.source(slug),
+                    "user_id": user.user_id,
+                }
+                events.append((f"daily.data.{resource}.created", grouped))
+        first = since.date() - timedelta(days=2)
+        for kind in data.SUMMARY_KINDS:
+            old = {r["id"]: r for r in self.summaries(user_id, kind, first, None, now=since)}
+            for record in self.summaries(user_id, kind, first, None, now=until):
+                previous = old.get(record["id"])
+                if previous is None:
+                    events.append((f"daily.data.{kind}.created", {**record, "user_id": user.user_id}))
+                elif previous != record:
+                    events.append((f"daily.data.{kind}.updated", {**record, "user_id": user.user_id}))
+        return events
+
     def warm(self, start: date, end: date, resources: tuple[str, ...] | None = None) -> int:
         """Generate (and cache) every user's series and summaries for local days start..end; returns the
         number of samples. Generation costs ~5 us a sample, so a benchmark warms first and measures the sync."""
@@ -846,6 +884,10 @@ class JunctionSandbox:
 
 
 _Range = tuple[data.SeriesDay, int, int]
+
+
+def _sample_key(sample: dict[str, Any]) -> str:
+    return str(sample.get("timestamp") or sample.get("start"))
 
 
 def _join(ranges: list[_Range]) -> bytes:

@@ -39,6 +39,7 @@ from sandbox.dexcom import DexcomSandbox
 from sandbox.faults import FaultError, FaultSet, retyped
 from sandbox.junction import DEFAULT_API_KEY, JunctionSandbox
 from sandbox.libre import LibreSandbox
+from sandbox.webhooks import WebhookEmitter
 from sandbox.whoop import WhoopSandbox
 
 logger = logging.getLogger("sandbox")
@@ -226,6 +227,8 @@ class SandboxServer(ThreadingHTTPServer):
         # sandbox signs with the published development key (a stable issuer for local work); tests do not.
         self.clerk = ClerkSandbox(dev_key=dev_clerk_key)
         self.register(self.clerk)
+        # The webhook sender (sandbox/webhooks.py), when a demo, test or benchmark attaches one.
+        self.webhooks: WebhookEmitter | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
@@ -471,6 +474,16 @@ class SandboxServer(ThreadingHTTPServer):
                 return json_response(200, {"requests": entries})
             if method == "DELETE":
                 return json_response(200, {"cleared": self.requests.clear()})
+        if route == "/webhooks/faults" and method == "POST":
+            # The webhook sender's switches (sandbox/webhooks.py FAULTS): {"fault": "duplicate", "count": 2}.
+            if self.webhooks is None:
+                return json_response(409, {"detail": "no webhook sender is attached"})
+            try:
+                spec = orjson.loads(body or b"null")
+                self.webhooks.fault(str(spec["fault"]), int(spec.get("count", 1)))
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                return json_response(400, {"detail": f"body must be {{fault, count}}: {exc}"})
+            return json_response(201, {"faults": self.webhooks.faults})
         if route == "/reset" and method == "POST":
             self.reset()
             return json_response(200, {"ok": True})

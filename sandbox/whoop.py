@@ -86,6 +86,7 @@ class WhoopSandbox:
         )
         self._calls: deque[float] = deque()
         self._calls_lock = threading.Lock()
+        self.deleted: set[str] = set()
         # Knobs tests turn; reset() puts them back.
         self._defaults = {
             "score_delay": self.score_delay,
@@ -109,6 +110,7 @@ class WhoopSandbox:
         for knob, value in self._defaults.items():
             setattr(self, knob, value)
         self.oauth.reset()
+        self.deleted.clear()
         with self._calls_lock:
             self._calls.clear()
 
@@ -184,6 +186,9 @@ class WhoopSandbox:
                     "last_name": f"Athlete {user}",
                 },
             )
+        single = self._single(user, path, request.now)
+        if single is not None:
+            return json_response(200, single)
         collection = path[len("/v2/") :] if path.startswith("/v2/") else ""
         if collection not in COLLECTIONS:
             raise HTTPError(404, "No resource found")
@@ -238,6 +243,47 @@ class WhoopSandbox:
             )
         return json_response(200, body)
 
+    def _single(self, user: int, path: str, now: datetime) -> dict[str, Any] | None:
+        """`/v2/activity/sleep/{uuid}`, `/v2/activity/workout/{uuid}`, `/v2/cycle/{id}/recovery` (there is no
+        `/v2/recovery/{id}`: a recovery webhook carries the sleep id, its cycle leads to the recovery); 404 for
+        a record that does not exist (or was deleted)."""
+        parts = path.strip("/").split("/")
+        if parts[:3] in (["v2", "activity", "sleep"], ["v2", "activity", "workout"]) and len(parts) == 4:
+            collection, wanted = f"activity/{parts[2]}", parts[3]
+        elif len(parts) == 4 and parts[:2] == ["v2", "cycle"] and parts[3] == "recovery":
+            collection, wanted = "recovery", parts[2]
+        else:
+            return None
+        for record in self._collect(user, collection, datetime(2000, 1, 1, tzinfo=UTC), now, now):
+            key = str(record["cycle_id"]) if collection == "recovery" else record["id"]
+            if key == wanted:
+                return record
+        raise HTTPError(404, "No resource found")
+
+    def arrivals(self, user: int, since: datetime, until: datetime) -> list[tuple[str, str]]:
+        """The webhooks WHOOP sends for what appeared or changed in (since, until]: `(type, id)` pairs;
+        `sleep.updated` / `workout.updated` carry the record's UUID, `recovery.updated` its sleep's UUID."""
+        events: list[tuple[str, str]] = []
+        low = datetime(2000, 1, 1, tzinfo=UTC)
+        for collection, kind in (
+            ("activity/sleep", "sleep"),
+            ("recovery", "recovery"),
+            ("activity/workout", "workout"),
+        ):
+            before = {self._record_key(r): r for r in self._collect(user, collection, low, since, since)}
+            for record in self._collect(user, collection, low, until, until):
+                if before.get(self._record_key(record)) != record:
+                    events.append((f"{kind}.updated", self._record_key(record)))
+        return events
+
+    def delete(self, record_id: str) -> None:
+        """The user deleted a sleep or workout (its recovery goes with a sleep): 404 from now on."""
+        self.deleted.add(record_id)
+
+    @staticmethod
+    def _record_key(record: dict[str, Any]) -> str:
+        return str(record.get("sleep_id") or record["id"])
+
     # ------------------------------------------------------------------------------ data
 
     def _offset(self, user: int) -> str:
@@ -281,7 +327,11 @@ class WhoopSandbox:
                 workout = self._workout(user, day, now)
                 if workout is not None:
                     out.append((workout[0], workout[1]))
-        hits = [record for key, record in out if start <= key < end]
+        hits = [
+            record
+            for key, record in out
+            if start <= key < end and str(record.get("sleep_id") or record.get("id")) not in self.deleted
+        ]
         hits.reverse()  # newest first
         return hits
 

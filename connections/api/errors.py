@@ -141,6 +141,14 @@ PROBLEMS: dict[str, ProblemType] = {
             "Internal server error",
             "The server failed to answer; the failure is logged and reported. Retrying later may work.",
         ),
+        ProblemType(
+            "invalid_signature",
+            401,
+            "Webhook signature refused",
+            "A webhook delivery (POST /webhooks/<provider>) whose signature is missing, wrong or outside the "
+            "5-minute tolerance, or whose body was changed after signing. Nothing was stored; the provider "
+            "retries on its own schedule.",
+        ),
     )
 }
 

@@ -4,7 +4,7 @@ record errors), and when a reading can have happened."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
@@ -17,8 +17,6 @@ from django.utils import timezone
 from connections.providers.base import ProviderError
 
 if TYPE_CHECKING:
-    from django.http import HttpRequest
-
     from connections.models import Connection, Patient
     from connections.tokens import Refresher, TokenSession
     from readings.writers import ReadingsWriter
@@ -189,6 +187,33 @@ class Batch:
         return len(self.readings) + len(self.glucose) + self.skipped + self.unchanged
 
 
+class WebhookRefused(Exception):  # noqa: N818 - a refusal the receiver answers with 401
+    """A delivery whose signature is missing, wrong or stale: answered 401, nothing stored."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A verified webhook delivery: what the inbox records before anything is processed."""
+
+    delivery_id: str
+    event_type: str
+    external_user_id: str
+    sent_at: datetime
+    payload: dict[str, Any]
+
+
+@dataclass
+class WebhookOutcome:
+    """What processing one delivery asks the engine to do."""
+
+    # Rows (and provider state, e.g. a deletion, run in the store transaction) to store like a pull's.
+    batch: Batch | None = None
+    # A window to fetch over REST through the engine (a provider's backfill completed).
+    fetch_window: tuple[datetime, datetime] | None = None
+    # The provider reports the connection broken (scrubbed: a provider slug and an error type).
+    connection_error: str = ""
+
+
 class PartialFetch(Exception):  # noqa: N818 - a control-flow signal carrying data, not an error kind
     """A fetch that failed part-way: `batch` holds what was fetched completely (its cursor set only as far as
     everything before it is complete, else None), `cause` is the failure. The engine stores the batch, then
@@ -301,8 +326,28 @@ class SyncProvider:
         provider recognises as unchanged."""
         raise NotImplementedError
 
-    def handle_webhook(self, request: HttpRequest) -> Batch:
-        """Push: turn a verified delivery into a batch (providers that push implement it)."""
+    # --- Push (webhooks through the inbox, connections/inbox.py); a provider that pushes implements these ---
+
+    @classmethod
+    def verify_webhook(cls, body: bytes, headers: Mapping[str, str]) -> Delivery:
+        """Check the delivery's signature over the raw body (WebhookRefused if bad or stale) and read its
+        envelope. Runs in the request: no database, no provider call."""
+        raise NotImplementedError(f"{cls.key} does not push data")
+
+    @classmethod
+    def handles_webhook(cls, event_type: str) -> bool:
+        """Whether an event type means anything to us; others are acknowledged and recorded as ignored."""
+        return False
+
+    @classmethod
+    def webhook_connection(cls, delivery: Delivery) -> Connection | None:
+        """The connection a delivery is for (created when the event announces it), None when unknown yet."""
+        return None
+
+    def handle_webhook(
+        self, delivery: Delivery, connection: Connection, *, session: TokenSession | None
+    ) -> WebhookOutcome:
+        """Turn a verified delivery into what the engine stores or fetches (providers that push implement it)."""
         raise NotImplementedError(f"{self.key} does not push data")
 
     # --- The provider sandbox (demo, tests, benchmarks) ---

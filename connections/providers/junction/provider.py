@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -29,10 +29,13 @@ from connections.providers.contract import (
     DAILY_CADENCE,
     Batch,
     ConnectMethod,
+    Delivery,
     InvalidPayload,
     PartialFetch,
     SyncProvider,
+    WebhookOutcome,
 )
+from connections.providers.junction import webhooks
 from connections.providers.junction.client import (
     ACTIVITY_FIELDS,
     BODY_FIELDS,
@@ -318,6 +321,25 @@ class JunctionProvider(SyncProvider):
             cursor=cursor,
             save_state=save_fingerprints,
         )
+
+    # --- Push: Svix-signed webhooks (providers/junction/webhooks.py) ---
+
+    @classmethod
+    def verify_webhook(cls, body: bytes, headers: Mapping[str, str]) -> Delivery:
+        return webhooks.verify(body, headers)
+
+    @classmethod
+    def handles_webhook(cls, event_type: str) -> bool:
+        return webhooks.handles(event_type)
+
+    @classmethod
+    def webhook_connection(cls, delivery: Delivery) -> Connection | None:
+        return webhooks.connection_for(delivery)
+
+    def handle_webhook(
+        self, delivery: Delivery, connection: Connection, *, session: TokenSession | None
+    ) -> WebhookOutcome:
+        return webhooks.handle(delivery, connection)
 
     @classmethod
     def sandbox_config(cls, sandbox: SandboxServer, config: JunctionSyncConfig) -> JunctionSyncConfig:

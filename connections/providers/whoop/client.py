@@ -60,6 +60,21 @@ METRICS: tuple[str, ...] = (
 )
 
 
+# The webhook kinds (sleep, workout, recovery: a recovery keyed by its sleep's id) and the metrics of each.
+RECORD_KINDS = {"activity/sleep": "sleep", "activity/workout": "workout", "recovery": "recovery"}
+KIND_METRICS: dict[str, tuple[str, ...]] = {
+    "sleep": tuple(m for m in METRICS if m.startswith(("sleep_", "nap_")) and m != "sleep_hrv_rmssd"),
+    "workout": tuple(m for m in METRICS if m.startswith("workout_")),
+    "recovery": (
+        "recovery_score",
+        "resting_heart_rate",
+        "sleep_hrv_rmssd",
+        "blood_oxygen",
+        "skin_temperature",
+    ),
+}
+
+
 class WhoopClient(OAuthClient):
     provider = PROVIDER
     authorize_path = "/oauth/oauth2/auth"
@@ -109,6 +124,16 @@ class WhoopClient(OAuthClient):
             params = {**params, "nextToken": str(next_token)}
         raise InvalidPayload(f"{name} pagination did not end")
 
+    def record(self, path: str, token: Callable[[], str]) -> dict[str, Any] | None:
+        """One record by id (a webhook's); None when WHOOP has no such record (deleted since)."""
+        route = "/developer" + path
+        response = self.http.request(
+            "GET", route, headers=bearer(token()), route=route.rsplit("/", 1)[0], accept=frozenset({404})
+        )
+        if response.status_code == 404:
+            return None
+        return as_dict(self.http.decode(route, response.content), path)
+
 
 # --- Parsing --------------------------------------------------------------------------------------------
 
@@ -119,6 +144,8 @@ class WhoopParsed:
     skipped: int = 0
     # The start of the oldest record that may still change (PENDING_SCORE, or the open cycle).
     unsettled_since: datetime | None = None
+    # (kind, record id, the instant its rows are keyed at): a later `*.deleted` webhook finds them by it.
+    records: list[tuple[str, str, str]] = field(default_factory=list)
 
     def unsettled(self, moment: datetime) -> None:
         if self.unsettled_since is None or moment < self.unsettled_since:
@@ -149,6 +176,10 @@ def parse_records(collection: str, records: list[dict[str, Any]], out: WhoopPars
             warn_invalid(PROVIDER, collection, index, exc)
             continue
         out.readings.extend(rows)
+        kind = RECORD_KINDS.get(collection)
+        record_id = record.get("sleep_id") if collection == "recovery" else record.get("id")
+        if kind and rows and isinstance(record_id, str):
+            out.records.append((kind, record_id[:64], rows[0][3]))
 
 
 def _rows(collection: str, record: dict[str, Any], out: WhoopParsed) -> list[WearableRow]:

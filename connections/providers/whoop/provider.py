@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from django.utils import timezone
 
 from connections.config import DirectProvidersConfig
-from connections.providers.contract import DAILY_CADENCE, Batch, cursor_start
+from connections.providers.contract import DAILY_CADENCE, Batch, Delivery, WebhookOutcome, cursor_start
 from connections.providers.oauth2 import OAuthClient, OAuthProvider, TokenSet
+from connections.providers.whoop import webhooks
 from connections.providers.whoop.client import COLLECTIONS, METRICS, WhoopClient, WhoopParsed, parse_records
 
 if TYPE_CHECKING:
@@ -77,12 +79,14 @@ class WhoopProvider(OAuthProvider):
             )
             parse_records(name, records, parsed)
         pending_since = parsed.unsettled_since
+        save_index = webhooks.index_saver(parsed)
 
         def save_pending(locked: Connection) -> None:
             # Written with the rows: the records not scored yet are fetched again from here next time.
             ProviderCredential.objects.filter(connection_id=locked.pk).update(
                 pending_since=pending_since, updated_at=timezone.now()
             )
+            save_index(locked)
 
         return Batch(
             readings=parsed.readings,
@@ -90,8 +94,27 @@ class WhoopProvider(OAuthProvider):
             window_start=start,
             window_end=end,
             cursor=end if window is None else None,
-            save_state=save_pending if window is None else None,
+            save_state=save_pending if window is None else save_index,
         )
+
+    # --- Push: signed webhooks carrying ids (providers/whoop/webhooks.py) ---
+
+    @classmethod
+    def verify_webhook(cls, body: bytes, headers: Mapping[str, str]) -> Delivery:
+        return webhooks.verify(body, headers)
+
+    @classmethod
+    def handles_webhook(cls, event_type: str) -> bool:
+        return webhooks.handles(event_type)
+
+    @classmethod
+    def webhook_connection(cls, delivery: Delivery) -> Connection | None:
+        return webhooks.connection_for(delivery)
+
+    def handle_webhook(
+        self, delivery: Delivery, connection: Connection, *, session: TokenSession | None
+    ) -> WebhookOutcome:
+        return webhooks.handle(self.client, delivery, connection, session)
 
     @classmethod
     def sandbox_config(cls, sandbox: SandboxServer, config: DirectProvidersConfig) -> DirectProvidersConfig:
