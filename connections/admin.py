@@ -481,7 +481,9 @@ def patient_charts(patient: Patient, now: datetime) -> dict[str, Any]:
 
 
 def daily_stats_table(patient: Patient, now: datetime) -> dict[str, Any]:
-    """The last 7 local days of daily statistics: one row per metric, the day's mean per column."""
+    """The last 7 local days of daily statistics: one row per metric, the day's value per column (its total for
+    a summed metric such as steps, its mean otherwise: readings/catalogue.py)."""
+    from readings.catalogue import CATALOGUE, Daily
     from readings.models import DailyStat
 
     first = (now - timedelta(days=CHART_DAYS - 1)).date()
@@ -490,10 +492,21 @@ def daily_stats_table(patient: Patient, now: datetime) -> dict[str, Any]:
     for stat in DailyStat.objects.filter(patient=patient, day__gte=first - timedelta(days=1)).order_by(
         "metric", "day"
     ):
+        entry = CATALOGUE.get(stat.metric)
+        summed = entry is not None and entry.daily is Daily.SUM
         row = rows.setdefault(
-            stat.metric, {"metric": stat.metric, "by_day": {}, "avg_7d": None, "avg_30d": None}
+            stat.metric,
+            {
+                "metric": stat.metric,
+                "unit": entry.unit if entry else "",
+                "daily": "total" if summed else "mean",
+                "description": entry.description if entry else "",
+                "by_day": {},
+                "avg_7d": None,
+                "avg_30d": None,
+            },
         )
-        row["by_day"][stat.day] = stat.avg
+        row["by_day"][stat.day] = stat.sum if summed else stat.avg
         row["avg_7d"], row["avg_30d"] = stat.avg_7d, stat.avg_30d
     return {
         "stat_days": days,

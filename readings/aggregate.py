@@ -9,8 +9,10 @@ read (same version): a day marked again while the run was busy stays marked for 
 Full (`--full`): every patient's days inside the raw-retention horizon are recomputed from the raw rows and
 every stored day's rolling averages are recomputed from the daily sums and counts.
 
-Rolling averages are sample-weighted (sum of daily sums / sum of daily counts) over calendar days: RANGE
-windows (`RANGE BETWEEN '6 days' PRECEDING`), so a missing day never stretches the window.
+Rolling averages follow the metric catalogue (readings/catalogue.py): for a summed metric (steps, energy,
+distance, durations) the mean of the daily sums over the window's days with data, for the others
+sample-weighted (sum of daily sums / sum of daily counts). Windows are calendar days D-6..D and D-29..D, day D
+included: RANGE windows (`RANGE BETWEEN '6 days' PRECEDING`), so a missing day never stretches the window.
 
 Days older than the horizon (`now - RAW_READING_RETENTION_DAYS`, plus a 2-day margin for zone offsets)
 are not recomputed by a full rebuild: retention has removed (some of) their raw rows, and their stored
@@ -32,6 +34,7 @@ from django.db import connection as db
 from django.utils import timezone
 
 from connections.models import Patient, SyncFingerprint, validate_time_zone
+from readings.catalogue import summed_sql_list
 from readings.locks import single_flight
 
 logger = logging.getLogger("loopsync.aggregate")
@@ -248,8 +251,8 @@ spans AS (
 ),
 win AS (
     SELECT s.patient_id, s.metric, s.day,
-           sum(s.sum) OVER w7 / NULLIF(sum(s.count) OVER w7, 0) AS avg_7d,
-           sum(s.sum) OVER w30 / NULLIF(sum(s.count) OVER w30, 0) AS avg_30d
+           {rolling_s7} AS avg_7d,
+           {rolling_s30} AS avg_30d
     FROM spans p
     JOIN patient_wearable_daily_stats s
       ON s.patient_id = p.patient_id AND s.metric = p.metric AND s.day BETWEEN p.lo AND p.hi
@@ -314,8 +317,8 @@ WHERE d.day >= %(first_day)s
 _PG_ROLLING_FULL = """
 WITH recomputed AS (
     SELECT s.patient_id, s.metric, s.day,
-           sum(s.sum) OVER w7 / NULLIF(sum(s.count) OVER w7, 0) AS avg_7d,
-           sum(s.sum) OVER w30 / NULLIF(sum(s.count) OVER w30, 0) AS avg_30d
+           {rolling_s7} AS avg_7d,
+           {rolling_s30} AS avg_30d
     FROM patient_wearable_daily_stats s
     WHERE {patients}
     WINDOW w7 AS (PARTITION BY s.patient_id, s.metric ORDER BY s.day
@@ -335,8 +338,29 @@ SELECT (SELECT count(*) FROM recomputed), (SELECT count(*) FROM changed)
 """
 
 
-_PG_ROLLING_KEYS = _PG_ROLLING_KEYS.replace("{pg_rolling_changed}", _rolling_changed("s", "greatest"))
-_PG_ROLLING_FULL = _PG_ROLLING_FULL.replace("{pg_rolling_changed}", _rolling_changed("s", "greatest"))
+def _rolling(alias: str, window: str) -> str:
+    """A rolling average by the catalogue's rule: the mean of the daily sums over the window's days with data
+    for a summed metric (average daily steps), the sample-weighted mean for the others."""
+    return (
+        f"CASE WHEN {alias}.metric IN ({summed_sql_list()}) "
+        f"THEN sum({alias}.sum) OVER {window} / count(*) OVER {window} "
+        f"ELSE sum({alias}.sum) OVER {window} / NULLIF(sum({alias}.count) OVER {window}, 0) END"
+    )
+
+
+def _with_rolling(sql: str) -> str:
+    for alias in ("s", "c"):
+        for days in ("7", "30"):
+            sql = sql.replace(f"{{rolling_{alias}{days}}}", _rolling(alias, f"w{days}"))
+    return sql
+
+
+_PG_ROLLING_KEYS = _with_rolling(
+    _PG_ROLLING_KEYS.replace("{pg_rolling_changed}", _rolling_changed("s", "greatest"))
+)
+_PG_ROLLING_FULL = _with_rolling(
+    _PG_ROLLING_FULL.replace("{pg_rolling_changed}", _rolling_changed("s", "greatest"))
+)
 
 
 def _pg_snapshot(cursor: Any, patient_ids: list[int]) -> int:
@@ -459,8 +483,8 @@ WITH combined AS (
 INSERT INTO patient_wearable_daily_stats AS s
     (patient_id, metric, day, avg, min, max, sum, count, avg_7d, avg_30d, updated_at)
 SELECT c.patient_id, c.metric, c.day, c.avg, c.min, c.max, c.sum, c.count,
-       sum(c.sum) OVER w7 / NULLIF(sum(c.count) OVER w7, 0),
-       sum(c.sum) OVER w30 / NULLIF(sum(c.count) OVER w30, 0),
+       {rolling_c7},
+       {rolling_c30},
        now()
 FROM combined c
 -- A patient deleted since the scan (Django's cascade took its statistics) does not get them back.
@@ -479,7 +503,9 @@ ON CONFLICT (patient_id, metric, day) DO UPDATE
        OR abs(s.avg - EXCLUDED.avg) > 1e-9 * greatest(abs(EXCLUDED.avg), 1)
        OR {rolling_changed}
 """
-_PG_FULL_UPSERT = _PG_FULL_UPSERT.replace("{rolling_changed}", _rolling_changed("s", "greatest", "EXCLUDED"))
+_PG_FULL_UPSERT = _with_rolling(
+    _PG_FULL_UPSERT.replace("{rolling_changed}", _rolling_changed("s", "greatest", "EXCLUDED"))
+)
 
 
 # A chunk with nothing stored yet (a first build) takes a plain insert: a conflict check per row costs

@@ -30,6 +30,7 @@ from connections.api.base import ERRORS, PatientAPIView
 from connections.api.errors import APIError
 from connections.api.serializers import ErrorSerializer
 from connections.providers.registry import PROVIDERS
+from readings.catalogue import CATALOGUE, describe
 from readings.models import DailyStat, GlucoseReading, WearableReading
 from readings.store import local_day_bounds
 
@@ -366,7 +367,13 @@ class DailyStatsView(PatientAPIView):
         summary="Daily statistics per metric and patient-local day",
         parameters=[
             OpenApiParameter(
-                "metric", str, required=False, description="One metric; all metrics if omitted."
+                "metric",
+                str,
+                required=False,
+                description="One metric; all metrics if omitted. `sum` is the day's total, `avg` its mean; "
+                "`avg_7d`/`avg_30d` follow each metric's rolling rule (the average daily total over the "
+                "window's days with data for a summed metric, the sample-weighted mean otherwise; day D "
+                "included). Metrics: " + describe(),
             ),
             *_params(False, True, DEFAULT_PAGE, MAX_PAGE),
         ],
@@ -400,7 +407,10 @@ class ReadingsView(PatientAPIView):
         summary="Raw wearable readings of one metric (ordered by source, then time)",
         parameters=[
             OpenApiParameter(
-                "metric", str, required=True, description="e.g. heart_rate, steps, sleep_duration."
+                "metric",
+                str,
+                required=True,
+                description="Metrics: " + describe([m for m in sorted(CATALOGUE) if m != "glucose"]),
             ),
             *_params(True, False, DEFAULT_PAGE, MAX_PAGE),
         ],

@@ -102,7 +102,8 @@ class DailyStat(models.Model):
     max = models.FloatField()
     sum = models.FloatField()
     count = models.PositiveIntegerField()
-    # Sample-weighted rolling means over calendar days (sum of sums / sum of counts).
+    # Rolling means over calendar days D-6..D and D-29..D by the metric's rule (readings/catalogue.py): the mean
+    # of the daily totals over days with data for a summed metric, sum of sums / sum of counts otherwise.
     avg_7d = models.FloatField(null=True, blank=True)
     avg_30d = models.FloatField(null=True, blank=True)
     updated_at = models.DateTimeField(db_default=Now())

@@ -26,14 +26,14 @@ def window_start(config: JunctionSyncConfig, now: datetime) -> datetime:
 def served_counts(sandbox: SandboxServer, user_id: str, start: datetime, end: datetime) -> dict[str, int]:
     counts = {}
     for spec in TIMESERIES:
-        counts[spec.metric] = len(sandbox.junction.samples(user_id, spec.resource, start, end))
+        counts[spec.resource] = len(sandbox.junction.samples(user_id, spec.resource, start, end))
     counts["glucose"] = len(sandbox.junction.samples(user_id, "glucose", start, end))
     return counts
 
 
 def stored_counts(patient: Patient) -> dict[str, int]:
     counts = {
-        spec.metric: WearableReading.objects.filter(patient=patient, metric=spec.metric).count()
+        spec.resource: WearableReading.objects.filter(patient=patient, metric__in=spec.metrics).count()
         for spec in TIMESERIES
     }
     counts["glucose"] = GlucoseReading.objects.filter(patient=patient).count()
@@ -52,7 +52,7 @@ def test_sync_stores_exactly_the_distinct_samples_the_sandbox_served(
         patient = Patient.objects.get(junction_user_id=user_id)
         served = served_counts(clean_sandbox, user_id, start, frozen_time)
         assert stored_counts(patient) == served
-        assert served["heart_rate"] > 1000
+        assert served["heartrate"] > 1000
     # Glucose only for users with a CGM connected through Junction.
     cgm_users = [u for u in junction_config.user_ids if clean_sandbox.junction.user(u).cgm_provider]
     assert cgm_users and GlucoseReading.objects.exists()
@@ -228,7 +228,7 @@ def test_a_timeout_is_retried(
     assert [(r.route, r.reason) for r in retries] == [("/v2/timeseries/{user_id}/hrv/grouped", "network")]
     patient = Patient.objects.get(junction_user_id=user_id)
     served = served_counts(clean_sandbox, user_id, window_start(config, frozen_time), frozen_time)
-    assert stored_counts(patient)["hrv_rmssd"] == served["hrv_rmssd"] > 0
+    assert stored_counts(patient)["hrv"] == served["hrv"] > 0
 
 
 def test_a_malformed_record_is_skipped_with_a_warning_and_the_rest_is_stored(
@@ -250,7 +250,7 @@ def test_a_malformed_record_is_skipped_with_a_warning_and_the_rest_is_stored(
     assert result.users[0].records_skipped == 1
     patient = Patient.objects.get(junction_user_id=user_id)
     served = served_counts(clean_sandbox, user_id, window_start(config, frozen_time), frozen_time)
-    assert stored_counts(patient)["heart_rate"] == served["heart_rate"] - 1
+    assert stored_counts(patient)["heartrate"] == served["heartrate"] - 1
     warnings = [r for r in caplog.records if r.getMessage() == "skipped invalid record"]
     assert len(warnings) == 1
     assert "abc" not in warnings[0].__dict__.get("reason", "")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 import time_machine
@@ -10,7 +10,8 @@ from django.db import transaction
 
 from connections.models import Patient
 from connections.providers.libre.client import parse_graph
-from readings.models import GlucoseReading
+from readings.aggregate import run_aggregation
+from readings.models import DailyStat, GlucoseReading
 from readings.partitions import ensure_partitions
 from readings.retention import retention_cutoff, run_cleanup
 from readings.store import store_batch
@@ -31,6 +32,10 @@ def store(patient: Patient, readings: list, glucose: list | None = None, connect
 
 def hr(moment: datetime, value: float = 60.0, source: str = "oura") -> tuple:
     return ("heart_rate", source, "ring", at(moment), None, value, "bpm")
+
+
+def steps(moment: datetime, value: float) -> tuple:
+    return ("steps", "garmin", "watch", at(moment), at(moment + timedelta(minutes=15)), value, "count")
 
 
 def cgm(moment: datetime, value: float = 100.0, source: str = "dexcom") -> tuple:
@@ -93,3 +98,111 @@ def test_cleanup_reports_the_exact_rows_and_patients_of_the_partitions_it_drops(
         )
         assert (wearable.rows, wearable.patients) == (50 + 51 + 52, 3)
         assert (glucose.rows, glucose.patients) == (21, 3)
+
+
+# --- Item 9: rolling averages of summed metrics are averages of daily totals ---------------------------------
+
+
+def test_rolling_steps_are_the_average_daily_total_over_the_days_with_data_day_d_included() -> None:
+    now = datetime(2025, 11, 20, 12, 0, tzinfo=UTC)
+    with time_machine.travel(now, tick=False):
+        patient = Patient.objects.create(time_zone="America/New_York")
+        first = datetime(2025, 11, 3, 5, 0, tzinfo=UTC)  # local midnight in New York
+        # Day 0: 96 quarter-hours of 100 steps (9,600); day 1: no data; day 2: 48 of 100 (4,800).
+        rows = [steps(first + timedelta(minutes=15 * n), 100.0) for n in range(96)]
+        rows += [steps(first + timedelta(days=2, minutes=15 * n), 100.0) for n in range(48)]
+        store(patient, rows)
+
+        run_aggregation()
+
+        stats = {s.day: s for s in DailyStat.objects.filter(patient=patient, metric="steps")}
+        third = stats[date(2025, 11, 5)]
+        assert third.sum == 4_800
+        assert third.avg_7d == pytest.approx((9_600 + 4_800) / 2)  # not 100 per quarter-hour, not / 3 days
+        assert third.avg_30d == pytest.approx((9_600 + 4_800) / 2)
+        assert stats[date(2025, 11, 3)].avg_7d == pytest.approx(9_600)
+
+
+def test_every_metric_a_provider_stores_is_in_the_catalogue_and_summed_ones_are_totals() -> None:
+    from connections.providers.registry import PROVIDERS
+    from readings.catalogue import CATALOGUE, SUMMED_METRICS
+
+    for provider in PROVIDERS.values():
+        assert set(provider.metrics) <= CATALOGUE.keys(), provider.key
+    assert {"steps", "activity_steps", "calories_total", "workout_duration", "sleep_total"} <= SUMMED_METRICS
+    assert not {"heart_rate", "glucose", "blood_oxygen", "sleep_efficiency"} & SUMMED_METRICS
+
+
+def test_whoop_and_junction_never_share_a_name_for_measurements_that_differ() -> None:
+    from connections.providers.junction.provider import JunctionProvider
+    from connections.providers.whoop.provider import WhoopProvider
+
+    shared = set(WhoopProvider.metrics) & set(JunctionProvider.metrics)
+    assert not shared & {"resting_heart_rate", "blood_oxygen", "calories_total"}
+
+
+# --- Item 6: units are read, not assumed ---------------------------------------------------------------------
+
+
+def hrv_page(*samples: tuple[str | None, float]) -> dict:
+    data = [
+        {"timestamp": f"2026-03-01T0{n}:00:00+00:00", "value": value, **({"unit": unit} if unit else {})}
+        for n, (unit, value) in enumerate(samples)
+    ]
+    return {
+        "groups": {
+            "apple_health_kit": [{"source": {"provider": "apple_health_kit", "type": "watch"}, "data": data}]
+        }
+    }
+
+
+def test_hrv_reported_as_sdnn_is_stored_as_hrv_sdnn_and_an_unknown_unit_is_skipped_with_a_warning(
+    caplog,
+) -> None:  # type: ignore[no-untyped-def]
+    from connections.providers.junction.client import TIMESERIES, parse_timeseries
+
+    spec = next(s for s in TIMESERIES if s.resource == "hrv")
+    with caplog.at_level("WARNING", logger="loopsync.providers.junction"):
+        parsed = parse_timeseries(
+            spec, hrv_page(("rmssd", 40.0), ("sdnn", 55.0), ("beats", 42.0), (None, 43.0))
+        )
+
+    assert [(row[0], row[5], row[6]) for row in parsed.readings] == [
+        ("hrv_rmssd", 40.0, "ms"),
+        ("hrv_sdnn", 55.0, "ms"),
+    ]
+    assert parsed.skipped == 2
+    warned = [r for r in caplog.records if r.getMessage() == "skipped samples in an unknown unit"]
+    assert {r.unit for r in warned} == {"beats", "missing"}
+    assert all(not hasattr(r, "value") and "42" not in r.getMessage() for r in warned)  # values are PHI
+
+
+def test_a_junction_sync_of_an_apple_health_user_stores_sdnn_apart_from_rmssd(
+    clean_sandbox, frozen_time
+) -> None:  # type: ignore[no-untyped-def]
+    from connections.config import JunctionSyncConfig
+    from readings.models import WearableReading
+    from tests.conftest import SANDBOX_KEY
+    from tests.direct_helpers import run_wearable_sync_job
+
+    apple = next(
+        u
+        for u in clean_sandbox.junction.user_ids
+        if clean_sandbox.junction.user(u).provider == "apple_health_kit"
+    )
+    config = JunctionSyncConfig(
+        api_key=SANDBOX_KEY, base_url_override=clean_sandbox.junction_url, user_ids=(apple,), lookback_days=2
+    )
+
+    assert run_wearable_sync_job(config).ok
+    patient = Patient.objects.get(junction_user_id=apple)
+    metrics = set(WearableReading.objects.filter(patient=patient).values_list("metric", flat=True))
+    assert "hrv_sdnn" in metrics and "hrv_rmssd" not in metrics
+
+
+def test_the_readme_carries_the_catalogue_table_as_declared() -> None:
+    from pathlib import Path
+
+    from readings.catalogue import markdown_table
+
+    assert markdown_table() in (Path(__file__).resolve().parent.parent / "README.md").read_text()

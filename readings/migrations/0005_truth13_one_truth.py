@@ -3,6 +3,13 @@
 Libre direct readings were stored under Junction's slug `freestyle_libre`; they now carry their own source
 name `librelinkup`. Rows written by a Libre direct connection are renamed. A row both routes wrote to (the
 collapsed copy) keeps the first writer's connection; it is renamed only if that writer was the direct one.
+
+WHOOP's recovery and cycle values that meant something else than Junction's metrics of the same name get their
+own names (readings/catalogue.py): resting_heart_rate -> recovery_resting_heart_rate, blood_oxygen ->
+recovery_blood_oxygen, calories_total -> cycle_calories. Only rows a WHOOP direct connection wrote are renamed
+(Junction relays WHOOP under the source `whoop` too, with Junction's meanings). The days of renamed rows are
+marked under both names, so the next aggregate-wearable-data recomputes them (a day left with no raw rows
+inside the horizon loses its statistic).
 """
 
 from django.db import migrations
@@ -12,6 +19,33 @@ UPDATE patient_glucose_readings g SET source = 'librelinkup'
 FROM patient_connections c
 WHERE c.id = g.connection_id AND c.provider = 'libre' AND g.source = 'freestyle_libre'
 """
+WHOOP_RENAMES = (
+    ("resting_heart_rate", "recovery_resting_heart_rate"),
+    ("blood_oxygen", "recovery_blood_oxygen"),
+    ("calories_total", "cycle_calories"),
+)
+
+
+def rename_whoop_sql(old: str, new: str) -> str:
+    return f"""
+WITH renamed AS (
+    UPDATE patient_wearable_readings r SET metric = '{new}'
+    FROM patient_connections c
+    WHERE c.id = r.connection_id AND c.provider = 'whoop' AND r.source = 'whoop' AND r.metric = '{old}'
+    RETURNING r.patient_id, r.measured_at
+)
+INSERT INTO patient_wearable_daily_stats_dirty AS m (patient_id, metric, day, version, marked_at)
+SELECT DISTINCT x.patient_id, names.metric, (x.measured_at AT TIME ZONE p.time_zone)::date, 1, now()
+FROM renamed x JOIN patients p ON p.id = x.patient_id
+CROSS JOIN (VALUES ('{old}'), ('{new}')) AS names(metric)
+ON CONFLICT (patient_id, metric, day) DO UPDATE SET version = m.version + 1, marked_at = EXCLUDED.marked_at
+"""
+
+
+def unrename_whoop_sql(old: str, new: str) -> str:
+    return f"UPDATE patient_wearable_readings SET metric = '{old}' WHERE metric = '{new}'"
+
+
 UNRENAME_LIBRE = "UPDATE patient_glucose_readings SET source = 'freestyle_libre' WHERE source = 'librelinkup'"
 
 
@@ -23,4 +57,5 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.RunSQL(RENAME_LIBRE, UNRENAME_LIBRE),
+        *(migrations.RunSQL(rename_whoop_sql(old, new), unrename_whoop_sql(old, new)) for old, new in WHOOP_RENAMES),
     ]
