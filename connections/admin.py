@@ -535,6 +535,17 @@ class PatientAdmin(RefusesNulMixin, admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    def save_model(self, request: HttpRequest, obj: Patient, form: Any, change: bool) -> None:
+        # A zone is never saved as a plain field: the change goes through the one action that re-buckets the
+        # patient's days and rebuilds exactly the affected statistics.
+        new_zone = obj.time_zone
+        if change and "time_zone" in form.changed_data:
+            obj.time_zone = form.initial["time_zone"]
+        super().save_model(request, obj, form, change)
+        if change and "time_zone" in form.changed_data:
+            actions.do_change_time_zone(obj, new_zone, actor=request.user.get_username())
+            obj.time_zone = new_zone
+
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Patient], search_term: str
     ) -> tuple[QuerySet[Patient], bool]:

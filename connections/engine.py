@@ -150,7 +150,7 @@ def newest_reading(batch: Batch, now: datetime) -> datetime | None:
     """The newest reading a batch holds (the admin's "newest reading"), never later than now.
 
     A batch's rows come from one provider's parser, which writes one canonical UTC form, so the string max
-    is the time max. Day summaries are stamped at local noon, which can be later than now.
+    is the time max. Day summaries are stamped at 00:00 UTC of their date, which can be later than now.
     """
     newest_raw = max(
         max((row[3] for row in batch.readings), default=""),

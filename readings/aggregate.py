@@ -6,8 +6,9 @@ those days' avg/min/max/sum/count from the raw rows, then the rolling averages o
 days after each (every day whose 30-day window contains a changed day), then deletes exactly the marks it
 read (same version): a day marked again while the run was busy stays marked for the next run.
 
-Full (`--full`): every patient's days inside the raw-retention horizon are recomputed from the raw rows and
-every stored day's rolling averages are recomputed from the daily sums and counts.
+Full (`--full`): every patient's days inside the raw-retention horizon are recomputed from the raw rows (a
+stored day there with no raw rows left is removed) and every stored day's rolling averages are recomputed from
+the daily sums and counts. Days before the horizon are final: kept as stored.
 
 Rolling averages follow the metric catalogue (readings/catalogue.py): for a summed metric (steps, energy,
 distance, durations) the mean of the daily sums over the window's days with data, for the others
@@ -33,8 +34,8 @@ from django.db import IntegrityError, transaction
 from django.db import connection as db
 from django.utils import timezone
 
-from connections.models import Patient, SyncFingerprint, validate_time_zone
-from readings.catalogue import summed_sql_list
+from connections.models import Patient, validate_time_zone
+from readings.catalogue import day_zone_sql, summed_sql_list
 from readings.locks import single_flight
 
 logger = logging.getLogger("loopsync.aggregate")
@@ -133,7 +134,9 @@ def change_patient_time_zone(patient_id: int, time_zone: str) -> AggregateResult
     The patient row is locked first: a sync storing this patient's readings locks the same row (its
     select_related FOR UPDATE), so no batch is bucketed in the old zone after this commits. Days inside
     the raw horizon are deleted and rebuilt from the raw rows; older days keep their old-zone statistics,
-    because their raw rows are gone and cannot be re-bucketed.
+    because their raw rows are gone and cannot be re-bucketed (the frozen horizon). Day-level summaries stay
+    on their calendar date. Every zone change goes through here (connections.actions.do_change_time_zone,
+    which the admin's patient form calls); a zone edited in SQL is repaired by `aggregate --full`.
     """
     validate_time_zone(time_zone)
     with transaction.atomic():
@@ -145,9 +148,8 @@ def change_patient_time_zone(patient_id: int, time_zone: str) -> AggregateResult
         from readings.models import DailyStat
 
         DailyStat.objects.filter(patient_id=patient_id, day__gte=first_complete_day()).delete()
-        # Day-level summaries are stored at local noon of the old zone; forgetting the day fingerprints makes
-        # the next sync parse those days again instead of skipping them as unchanged.
-        SyncFingerprint.objects.filter(connection__patient_id=patient_id).delete()
+        # Day-level summaries are keyed by their calendar date (00:00 UTC), not a local instant: they stay on
+        # their date, and the next sync has nothing to re-stamp, so the day fingerprints stay valid.
         result = _rebuild_chunk([patient_id])
     result.mode = "time-zone-change"
     result.patients = 1
@@ -197,10 +199,10 @@ CREATE TEMP TABLE IF NOT EXISTS agg_keys (
 _PG_SNAPSHOT = """
 INSERT INTO agg_keys (patient_id, metric, day, version, day_start, day_end)
 SELECT d.patient_id, d.metric, d.day, d.version,
-       d.day::timestamp AT TIME ZONE p.time_zone, (d.day + 1)::timestamp AT TIME ZONE p.time_zone
+       d.day::timestamp AT TIME ZONE {zone}, (d.day + 1)::timestamp AT TIME ZONE {zone}
 FROM {marks} d JOIN patients p ON p.id = d.patient_id
 WHERE {where}
-"""
+""".replace("{zone}", day_zone_sql("d.metric", "p.time_zone"))
 
 _PG_DAILY_SET = """
 ON CONFLICT (patient_id, metric, day) DO UPDATE
@@ -275,6 +277,24 @@ changed AS (
 SELECT (SELECT count(*) FROM recomputed), (SELECT count(*) FROM changed)
 """
 
+# A marked day inside the horizon whose raw rows are all gone (duplicates tidied, readings renamed, a zone
+# change) has no statistic: recomputing it from nothing would leave the old one standing.
+_PG_DELETE_EMPTY_KEYS = """
+DELETE FROM patient_wearable_daily_stats s
+USING agg_keys k
+WHERE s.patient_id = k.patient_id AND s.metric = k.metric AND s.day = k.day AND k.day >= %(first_day)s
+  AND NOT EXISTS (
+      SELECT 1 FROM patient_wearable_readings r
+      WHERE k.metric <> 'glucose' AND r.patient_id = k.patient_id AND r.metric = k.metric
+        AND r.measured_at >= k.day_start AND r.measured_at < k.day_end
+  )
+  AND NOT EXISTS (
+      SELECT 1 FROM patient_glucose_readings g
+      WHERE k.metric = 'glucose' AND g.patient_id = k.patient_id
+        AND g.measured_at >= k.day_start AND g.measured_at < k.day_end
+  )
+"""
+
 _PG_CLEAR_MARKS = """
 DELETE FROM patient_wearable_daily_stats_dirty d
 USING agg_keys k
@@ -287,7 +307,7 @@ _PG_DAILY_WEARABLE_FULL = (
     """
 INSERT INTO patient_wearable_daily_stats AS s (patient_id, metric, day, avg, min, max, sum, count, updated_at)
 SELECT patient_id, metric, day, avg, min, max, sum, count, now() FROM (
-    SELECT r.patient_id, r.metric, (r.measured_at AT TIME ZONE p.time_zone)::date AS day,
+    SELECT r.patient_id, r.metric, (r.measured_at AT TIME ZONE {rzone})::date AS day,
            avg(r.value) AS avg, min(r.value) AS min, max(r.value) AS max, sum(r.value) AS sum, count(*) AS count
     FROM patient_wearable_readings r JOIN patients p ON p.id = r.patient_id
     WHERE r.patient_id = ANY(%(patients)s) AND r.measured_at >= %(raw_from)s
@@ -355,6 +375,8 @@ def _with_rolling(sql: str) -> str:
     return sql
 
 
+_RZONE = day_zone_sql("r.metric", "p.time_zone")
+_PG_DAILY_WEARABLE_FULL = _PG_DAILY_WEARABLE_FULL.replace("{rzone}", _RZONE)
 _PG_ROLLING_KEYS = _with_rolling(
     _PG_ROLLING_KEYS.replace("{pg_rolling_changed}", _rolling_changed("s", "greatest"))
 )
@@ -402,6 +424,9 @@ def _recompute_snapshot(result: AggregateResult) -> None:
     with db.cursor() as cursor:
         result.daily_rows_changed = _pg_count(cursor, _PG_DAILY_WEARABLE_KEYS.format(only=""), None)
         result.daily_rows_changed += _pg_count(cursor, _PG_DAILY_GLUCOSE_KEYS.format(only=""), None)
+        result.daily_rows_changed += _pg_count(
+            cursor, _PG_DELETE_EMPTY_KEYS, {"first_day": first_complete_day()}
+        )
         cursor.execute(_PG_ROLLING_KEYS)
         result.rolling_rows_recomputed, result.rolling_rows_changed = cursor.fetchone()
 
@@ -425,6 +450,7 @@ def _rebuild_chunk(patient_ids: list[int]) -> AggregateResult:
         result.daily_rows_changed += _pg_count(cursor, _PG_DAILY_GLUCOSE_KEYS.format(only=older), params)
         result.daily_rows_changed += _pg_count(cursor, _PG_DAILY_WEARABLE_FULL, params)
         result.daily_rows_changed += _pg_count(cursor, _PG_DAILY_GLUCOSE_FULL, params)
+        result.daily_rows_changed += _pg_count(cursor, _PG_DELETE_EMPTY_KEYS, params)
         cursor.execute(
             "SELECT count(*) FROM patient_wearable_daily_stats WHERE patient_id = ANY(%(patients)s) "
             "AND day >= %(first_day)s",
@@ -451,7 +477,7 @@ SELECT patient_id, metric, day, version FROM patient_wearable_daily_stats_dirty
 # newer than the snapshot, stay for the next run.
 _PG_FULL_SCAN = """
 CREATE TEMP TABLE agg_full_daily AS
-SELECT r.patient_id, r.metric, (r.measured_at AT TIME ZONE p.time_zone)::date AS day,
+SELECT r.patient_id, r.metric, (r.measured_at AT TIME ZONE {rzone})::date AS day,
        avg(r.value) AS avg, min(r.value) AS min, max(r.value) AS max, sum(r.value) AS sum, count(*) AS count
 FROM patient_wearable_readings r JOIN patients p ON p.id = r.patient_id
 WHERE r.measured_at >= %(raw_from)s
@@ -462,7 +488,7 @@ SELECT g.patient_id, 'glucose', (g.measured_at AT TIME ZONE p.time_zone)::date A
 FROM patient_glucose_readings g JOIN patients p ON p.id = g.patient_id
 WHERE g.measured_at >= %(raw_from)s
 GROUP BY 1, 3
-"""
+""".replace("{rzone}", _RZONE)
 
 
 # One write per row: the chunk's recomputed days, plus its stored days the scan did not produce (before the
@@ -506,6 +532,31 @@ ON CONFLICT (patient_id, metric, day) DO UPDATE
 _PG_FULL_UPSERT = _with_rolling(
     _PG_FULL_UPSERT.replace("{rolling_changed}", _rolling_changed("s", "greatest", "EXCLUDED"))
 )
+
+
+# `--full` is exact inside the horizon: a stored day there that the scan did not produce has no raw rows (a
+# zone edited in SQL, readings removed) and goes, unless a sync stored rows for it since the scan. Days before
+# the first complete day are final and kept.
+_PG_FULL_DELETE_STALE = """
+DELETE FROM patient_wearable_daily_stats s
+USING patients p
+WHERE p.id = s.patient_id AND s.patient_id BETWEEN %(lo)s AND %(hi)s AND s.day >= %(first_day)s
+  AND NOT EXISTS (
+      SELECT 1 FROM agg_full_daily a WHERE a.patient_id = s.patient_id AND a.metric = s.metric AND a.day = s.day
+  )
+  AND NOT EXISTS (
+      SELECT 1 FROM patient_wearable_readings r
+      WHERE s.metric <> 'glucose' AND r.patient_id = s.patient_id AND r.metric = s.metric
+        AND r.measured_at >= (s.day::timestamp AT TIME ZONE {zone})
+        AND r.measured_at < ((s.day + 1)::timestamp AT TIME ZONE {zone})
+  )
+  AND NOT EXISTS (
+      SELECT 1 FROM patient_glucose_readings g
+      WHERE s.metric = 'glucose' AND g.patient_id = s.patient_id
+        AND g.measured_at >= (s.day::timestamp AT TIME ZONE p.time_zone)
+        AND g.measured_at < ((s.day + 1)::timestamp AT TIME ZONE p.time_zone)
+  )
+""".replace("{zone}", day_zone_sql("s.metric", "p.time_zone"))
 
 
 # A chunk with nothing stored yet (a first build) takes a plain insert: a conflict check per row costs
@@ -564,6 +615,8 @@ def _pg_full_rebuild(patient_ids: list[int], result: AggregateResult) -> None:
                     chunk_params,
                 )
                 daily, stored = cursor.fetchone()
+                if stored:
+                    result.daily_rows_changed += _pg_count(cursor, _PG_FULL_DELETE_STALE, chunk_params)
                 # Rows written carry both their daily values and rolling averages: counted once, as daily.
                 result.daily_rows_changed += _pg_write_full_chunk(cursor, chunk_params, stored)
                 result.daily_rows_recomputed += daily

@@ -42,6 +42,10 @@ class Metric:
     unit: str
     description: str
     daily: Daily
+    # A day-level summary (Junction's daily activity and body): it has a calendar date, not an instant. Stored
+    # at 00:00 UTC of that date (Junction's own `date` convention) and counted on that date whatever the
+    # patient's zone, so a zone change neither moves nor doubles it.
+    day_level: bool = False
 
     @property
     def rolling(self) -> str:
@@ -75,13 +79,21 @@ _METRICS: tuple[Metric, ...] = (
     Metric("sleep_respiratory_rate", "breaths/min", "mean respiratory rate during sleep", M),
     Metric("readiness_score", "score", "readiness / recovery score of the sleep's source (0-100)", M),
     # Junction daily activity summaries (keyed by the calendar date the provider gives).
-    Metric("activity_steps", "count", "the calendar day's steps", S),
-    Metric("calories_total", "kcal", "the calendar day's energy expenditure including BMR", S),
-    Metric("calories_active", "kcal", "the calendar day's active energy", S),
-    Metric("activity_distance", "m", "the calendar day's distance", S),
-    Metric("floors_climbed", "count", "the calendar day's floors climbed", S),
-    Metric("resting_heart_rate", "bpm", "the calendar day's resting heart rate (activity summary)", M),
-    Metric("activity_heart_rate_avg", "bpm", "the calendar day's mean heart rate", M),
+    Metric("activity_steps", "count", "the calendar day's steps", S, day_level=True),
+    Metric(
+        "calories_total", "kcal", "the calendar day's energy expenditure including BMR", S, day_level=True
+    ),
+    Metric("calories_active", "kcal", "the calendar day's active energy", S, day_level=True),
+    Metric("activity_distance", "m", "the calendar day's distance", S, day_level=True),
+    Metric("floors_climbed", "count", "the calendar day's floors climbed", S, day_level=True),
+    Metric(
+        "resting_heart_rate",
+        "bpm",
+        "the calendar day's resting heart rate (activity summary)",
+        M,
+        day_level=True,
+    ),
+    Metric("activity_heart_rate_avg", "bpm", "the calendar day's mean heart rate", M, day_level=True),
     # Workouts (Junction and WHOOP alike: one row per workout at its start).
     Metric("workout_duration", "s", "workout length", S),
     Metric("workout_calories", "kcal", "workout energy", S),
@@ -90,9 +102,9 @@ _METRICS: tuple[Metric, ...] = (
     Metric("workout_heart_rate_max", "bpm", "maximum heart rate of a workout", M),
     Metric("workout_strain", "score", "WHOOP strain of a workout (0-21)", M),
     # Junction body summaries.
-    Metric("body_weight", "kg", "body weight", M),
-    Metric("body_fat", "%", "body fat", M),
-    Metric("body_mass_index", "kg/m2", "body mass index", M),
+    Metric("body_weight", "kg", "body weight", M, day_level=True),
+    Metric("body_fat", "%", "body fat", M, day_level=True),
+    Metric("body_mass_index", "kg/m2", "body mass index", M, day_level=True),
     # WHOOP recovery (one per cycle, at its creation in the morning).
     Metric("recovery_score", "%", "WHOOP recovery score (0-100)", M),
     Metric(
@@ -129,6 +141,7 @@ if len(CATALOGUE) != len(_METRICS):
 
 GLUCOSE_METRIC = "glucose"
 SUMMED_METRICS: frozenset[str] = frozenset(m.name for m in _METRICS if m.daily is Daily.SUM)
+DAY_LEVEL_METRICS: frozenset[str] = frozenset(m.name for m in _METRICS if m.day_level)
 
 
 def unit_of(metric: str) -> str:
@@ -137,8 +150,19 @@ def unit_of(metric: str) -> str:
 
 
 def summed_sql_list() -> str:
-    """The summed metrics as an SQL IN list (catalogue names are plain words, checked here)."""
-    names = sorted(SUMMED_METRICS)
+    """The summed metrics as an SQL IN list."""
+    return _sql_list(SUMMED_METRICS)
+
+
+def day_zone_sql(metric: str, zone: str) -> str:
+    """SQL: the zone a row of `metric` is bucketed into days by: UTC for a day-level summary (its stamp is its
+    calendar date at 00:00 UTC), else the patient's `zone`."""
+    return f"(CASE WHEN {metric} IN ({_sql_list(DAY_LEVEL_METRICS)}) THEN 'UTC' ELSE {zone} END)"
+
+
+def _sql_list(metrics: frozenset[str]) -> str:
+    # Catalogue names are plain words (checked here), so they can be SQL literals.
+    names = sorted(metrics)
     for name in names:
         if not re.fullmatch(r"[a-z0-9_]+", name):
             raise ValueError(f"not a plain metric name: {name!r}")

@@ -43,6 +43,7 @@ from django.utils import timezone
 
 from connections.models import Connection, ConnectionStatus
 from connections.providers.registry import PROVIDERS
+from readings.catalogue import day_zone_sql
 from readings.locks import single_flight
 from readings.models import ConnectionRemoval
 from readings.partitions import (
@@ -361,7 +362,7 @@ def _duplicates(table: str, cutoff: datetime, dry_run: bool) -> Removal:
         ),
         marked AS (
             INSERT INTO patient_wearable_daily_stats_dirty AS m (patient_id, metric, day, version, marked_at)
-            SELECT DISTINCT g.patient_id, g.metric, (g.measured_at AT TIME ZONE p.time_zone)::date, 1, now()
+            SELECT DISTINCT g.patient_id, g.metric, (g.measured_at AT TIME ZONE {day_zone_sql("g.metric", "p.time_zone")})::date, 1, now()
             FROM gone g JOIN patients p ON p.id = g.patient_id
             ON CONFLICT (patient_id, metric, day) DO UPDATE
                 SET version = m.version + 1, marked_at = EXCLUDED.marked_at

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 from django.db import connection as db
 
 from connections.providers.contract import GlucoseRow, WearableRow
+from readings.catalogue import day_zone_sql
 from readings.dirty import mark_dirty
 
 GLUCOSE_METRIC = "glucose"
@@ -83,8 +84,8 @@ WITH changed AS (
         WHERE (r.value, r.end_at, r.unit) IS DISTINCT FROM (EXCLUDED.value, EXCLUDED.end_at, EXCLUDED.unit)
     RETURNING metric, measured_at
 )
-SELECT metric, (measured_at AT TIME ZONE %(tz)s)::date, count(*) FROM changed GROUP BY 1, 2
-"""
+SELECT metric, (measured_at AT TIME ZONE {zone})::date, count(*) FROM changed GROUP BY 1, 2
+""".replace("{zone}", day_zone_sql("metric", "%(tz)s"))
 
 _PG_MERGE_GLUCOSE = """
 WITH changed AS (
@@ -169,13 +170,13 @@ SELECT %(patient)s, d.metric, d.day, avg(r.value), min(r.value), max(r.value), s
 FROM unnest(%(metrics)s::text[], %(days)s::date[]) AS d(metric, day)
 JOIN patient_wearable_readings r
   ON r.patient_id = %(patient)s AND r.metric = d.metric
- AND r.measured_at >= (d.day::timestamp AT TIME ZONE %(tz)s)
- AND r.measured_at < ((d.day + 1)::timestamp AT TIME ZONE %(tz)s)
+ AND r.measured_at >= (d.day::timestamp AT TIME ZONE {zone})
+ AND r.measured_at < ((d.day + 1)::timestamp AT TIME ZONE {zone})
 GROUP BY d.metric, d.day
 ON CONFLICT (patient_id, metric, day) DO UPDATE
     SET avg = EXCLUDED.avg, min = EXCLUDED.min, max = EXCLUDED.max, sum = EXCLUDED.sum,
         count = EXCLUDED.count, updated_at = EXCLUDED.updated_at
-"""
+""".replace("{zone}", day_zone_sql("d.metric", "%(tz)s"))
 
 _PG_DAILY_GLUCOSE = """
 INSERT INTO patient_wearable_daily_stats AS s

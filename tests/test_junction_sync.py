@@ -269,19 +269,25 @@ def test_401_gives_a_clear_error_in_the_summary(junction_config: JunctionSyncCon
     assert "sk_us_wrong" not in " ".join(summary.errors)
 
 
-def test_after_a_time_zone_change_the_next_sync_parses_every_day_again(
+def test_after_a_time_zone_change_day_level_summaries_stay_on_their_calendar_date_and_are_counted_once(
     junction_config: JunctionSyncConfig,
 ) -> None:
-    from readings.aggregate import change_patient_time_zone
+    from readings.aggregate import change_patient_time_zone, run_aggregation
+    from readings.models import DailyStat
 
     config = junction_config.replace(user_ids=junction_config.user_ids[:1])
     run_wearable_sync_job(config)
     patient = Patient.objects.get(junction_user_id=config.user_ids[0])
+    before = dict(
+        DailyStat.objects.filter(patient=patient, metric="activity_steps").values_list("day", "sum")
+    )
     new_zone = "Pacific/Kiritimati" if patient.time_zone != "Pacific/Kiritimati" else "Pacific/Pago_Pago"
 
     change_patient_time_zone(patient.pk, new_zone)
-    again = run_wearable_sync_job(config)
+    again = run_wearable_sync_job(config, force=True)  # every day parsed and written again
+    run_aggregation()
 
-    # Without this, unchanged days would be skipped and day-level summaries would keep the old zone's noon.
-    assert again.users[0].unchanged_days == 0
-    assert again.users[0].records_stored > 0  # activity and body summaries moved to the new local noon
+    assert again.ok
+    steps = DailyStat.objects.filter(patient=patient, metric="activity_steps")
+    assert before and dict(steps.values_list("day", "sum")) == before  # the provider's dates, never doubled
+    assert set(steps.values_list("count", flat=True)) == {1}

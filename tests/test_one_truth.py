@@ -206,3 +206,100 @@ def test_the_readme_carries_the_catalogue_table_as_declared() -> None:
     from readings.catalogue import markdown_table
 
     assert markdown_table() in (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+# --- Items 1 and 2: day-level summaries keep their date; every zone change rebuilds exactly -----------------
+
+
+def oracle_daily(patient: Patient) -> dict[tuple[str, date], tuple[int, float]]:
+    """(metric, local day) -> (count, sum) from the raw rows, bucketed in Python in the patient's zone."""
+    from zoneinfo import ZoneInfo
+
+    from readings.models import WearableReading
+
+    tz = ZoneInfo(Patient.objects.get(pk=patient.pk).time_zone)
+    out: dict[tuple[str, date], tuple[int, float]] = {}
+    for metric, moment, value in WearableReading.objects.filter(patient=patient).values_list(
+        "metric", "measured_at", "value"
+    ):
+        key = (metric, moment.astimezone(tz).date())
+        count, total = out.get(key, (0, 0.0))
+        out[key] = (count + 1, total + value)
+    return out
+
+
+def stored_daily(patient: Patient) -> dict[tuple[str, date], tuple[int, float]]:
+    return {(s.metric, s.day): (s.count, s.sum) for s in DailyStat.objects.filter(patient=patient)}
+
+
+def test_a_zone_edited_in_the_admin_form_rebuilds_the_patients_days(client) -> None:  # type: ignore[no-untyped-def]
+    from django.contrib.auth.models import User
+    from django.urls import reverse
+
+    now = datetime(2025, 11, 20, 12, 0, tzinfo=UTC)
+    with time_machine.travel(now, tick=False):
+        patient = Patient.objects.create(time_zone="UTC")
+        store(patient, [hr(now - timedelta(days=3, hours=h)) for h in range(0, 48, 3)])
+        run_aggregation()
+        User.objects.create_superuser("root", "root@example.com", "pw")
+        client.login(username="root", password="pw")
+
+        response = client.post(
+            reverse("admin:connections_patient_change", args=[patient.pk]),
+            {
+                "junction_user_id": "",
+                "clerk_user_id": "",
+                "time_zone": "Pacific/Kiritimati",
+                "connections-TOTAL_FORMS": "0",
+                "connections-INITIAL_FORMS": "0",
+                "connections-MIN_NUM_FORMS": "0",
+                "connections-MAX_NUM_FORMS": "1000",
+            },
+        )
+
+        assert response.status_code == 302, response.content[:2000]
+        patient.refresh_from_db()
+        assert patient.time_zone == "Pacific/Kiritimati"
+        assert stored_daily(patient) == pytest.approx(oracle_daily(patient))
+
+
+def test_full_rebuild_after_a_zone_edited_in_sql_leaves_no_stale_day_inside_the_horizon() -> None:
+    now = datetime(2025, 11, 20, 12, 0, tzinfo=UTC)
+    with time_machine.travel(now, tick=False):
+        patient = Patient.objects.create(time_zone="Pacific/Kiritimati")
+        store(patient, [hr(now - timedelta(days=5, hours=h)) for h in range(0, 72, 5)])
+        run_aggregation()
+        Patient.objects.filter(pk=patient.pk).update(
+            time_zone="Pacific/Pago_Pago"
+        )  # as an UPDATE in SQL would
+
+        run_aggregation(full=True)
+
+        assert stored_daily(patient) == pytest.approx(oracle_daily(patient))
+        assert run_aggregation(full=True).daily_rows_changed == 0
+
+
+def test_a_day_level_summary_is_stored_on_its_calendar_date_whatever_the_zone() -> None:
+    from zoneinfo import ZoneInfo
+
+    from connections.providers.junction.client import parse_summaries
+
+    now = datetime(2025, 11, 20, 12, 0, tzinfo=UTC)
+    record = {
+        "id": "a1",
+        "calendar_date": "2025-11-18",
+        "steps": 6642,
+        "source": {"provider": "oura", "type": "ring"},
+    }
+    with time_machine.travel(now, tick=False):
+        stamps = {
+            parse_summaries("activity", {"activity": [record]}, ZoneInfo(zone)).readings[0][3]
+            for zone in ("Pacific/Kiritimati", "Pacific/Pago_Pago", "Asia/Kathmandu")
+        }
+        assert stamps == {"2025-11-18 00:00:00+00:00"}
+        patient = Patient.objects.create(time_zone="Pacific/Kiritimati")
+        store(
+            patient,
+            parse_summaries("activity", {"activity": [record]}, ZoneInfo("Pacific/Kiritimati")).readings,
+        )
+        assert DailyStat.objects.get(patient=patient, metric="activity_steps").day == date(2025, 11, 18)

@@ -28,7 +28,7 @@ from connections.api.serializers import ErrorSerializer
 from connections.models import Connection, Patient, Provider
 from connections.providers.contract import (
     CLOCK_SKEW,
-    LOCAL_NOON_AHEAD,
+    DAY_STAMP_AHEAD,
     GlucoseRow,
     InvalidRecord,
     WearableRow,
@@ -137,8 +137,8 @@ class _Rows:
         if value is None and not required:
             return None
         try:
-            # Rows of day-level summaries sit at the patient's local noon, which may still be ahead today.
-            return canonical_utc(value, name, ahead=LOCAL_NOON_AHEAD + CLOCK_SKEW)
+            # Rows of day-level summaries sit at 00:00 UTC of their date, which may still be ahead today.
+            return canonical_utc(value, name, ahead=DAY_STAMP_AHEAD + CLOCK_SKEW)
         except InvalidRecord as exc:
             rule = str(exc).removeprefix(f"{name} ")
             if rule.startswith(("is in the future", "is before", "is out of range")):

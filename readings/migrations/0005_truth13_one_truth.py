@@ -10,6 +10,11 @@ recovery_blood_oxygen, calories_total -> cycle_calories. Only rows a WHOOP direc
 (Junction relays WHOOP under the source `whoop` too, with Junction's meanings). The days of renamed rows are
 marked under both names, so the next aggregate-wearable-data recomputes them (a day left with no raw rows
 inside the horizon loses its statistic).
+
+Day-level summaries (Junction daily activity and body) were stamped at the patient's local noon; they are now
+stamped at 00:00 UTC of their calendar date, taken as the local date of the old stamp in the patient's current
+zone. Where a zone change left two stamps of one date, the most recently ingested copy is kept. Their days are
+marked for the next aggregation.
 """
 
 from django.db import migrations
@@ -46,6 +51,44 @@ def unrename_whoop_sql(old: str, new: str) -> str:
     return f"UPDATE patient_wearable_readings SET metric = '{old}' WHERE metric = '{new}'"
 
 
+DAY_LEVEL = (
+    "activity_steps", "calories_total", "calories_active", "activity_distance", "floors_climbed",
+    "resting_heart_rate", "activity_heart_rate_avg", "body_weight", "body_fat", "body_mass_index",
+)
+_DAY_LEVEL_LIST = ", ".join(f"'{m}'" for m in DAY_LEVEL)
+
+RESTAMP_DAY_LEVEL = [
+    f"""
+CREATE TEMP TABLE restamp_day_level ON COMMIT DROP AS
+SELECT * FROM patient_wearable_readings WITH NO DATA
+""",
+    "ALTER TABLE restamp_day_level ADD COLUMN day date",
+    f"""
+WITH moved AS (
+    DELETE FROM patient_wearable_readings r USING patients p
+    WHERE p.id = r.patient_id AND r.metric IN ({_DAY_LEVEL_LIST})
+      AND r.measured_at <> (((r.measured_at AT TIME ZONE p.time_zone)::date)::timestamp AT TIME ZONE 'UTC')
+    RETURNING r.*, (r.measured_at AT TIME ZONE p.time_zone)::date AS day
+)
+INSERT INTO restamp_day_level SELECT * FROM moved
+""",
+    """
+INSERT INTO patient_wearable_readings
+    (patient_id, metric, source, source_type, measured_at, end_at, value, unit, connection_id, ingested_at)
+SELECT DISTINCT ON (patient_id, metric, source, source_type, day)
+    patient_id, metric, source, source_type, day::timestamp AT TIME ZONE 'UTC', end_at, value, unit,
+    connection_id, ingested_at
+FROM restamp_day_level
+ORDER BY patient_id, metric, source, source_type, day, ingested_at DESC
+ON CONFLICT (patient_id, metric, source, source_type, measured_at) DO NOTHING
+""",
+    """
+INSERT INTO patient_wearable_daily_stats_dirty AS m (patient_id, metric, day, version, marked_at)
+SELECT DISTINCT patient_id, metric, day, 1, now() FROM restamp_day_level
+ON CONFLICT (patient_id, metric, day) DO UPDATE SET version = m.version + 1, marked_at = EXCLUDED.marked_at
+""",
+]
+
 UNRENAME_LIBRE = "UPDATE patient_glucose_readings SET source = 'freestyle_libre' WHERE source = 'librelinkup'"
 
 
@@ -57,5 +100,6 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.RunSQL(RENAME_LIBRE, UNRENAME_LIBRE),
+        migrations.RunSQL(RESTAMP_DAY_LEVEL, migrations.RunSQL.noop),
         *(migrations.RunSQL(rename_whoop_sql(old, new), unrename_whoop_sql(old, new)) for old, new in WHOOP_RENAMES),
     ]

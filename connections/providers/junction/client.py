@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -263,10 +263,11 @@ def _groups(payload: Any, resource: str) -> Iterator[tuple[str, list[dict[str, A
             yield str(key), [e for e in entries if isinstance(e, dict)]
 
 
-def _local_noon_utc(day: date, tz: ZoneInfo) -> str:
-    # Day-level summaries have no instant; local noon keeps them inside the patient's local day under any
-    # DST rule, so the daily statistic lands on the calendar_date the provider reported.
-    return datetime.combine(day, time(12), tzinfo=tz).astimezone(UTC).isoformat(sep=" ")
+def day_stamp(day: date) -> str:
+    """A day-level summary's stamp: its calendar date at 00:00 UTC (Junction's own `date` field). The statistics
+    count it on that calendar date whatever the patient's zone (readings.catalogue, day-level metrics), so
+    the stored key does not depend on the zone: a zone change neither moves nor doubles it."""
+    return f"{day.isoformat()} 00:00:00+00:00"
 
 
 def parse_summaries(kind: str, payload: Any, tz: ZoneInfo) -> ParsedPayload:
@@ -305,7 +306,7 @@ def _summary_rows(kind: str, record: Any, tz: ZoneInfo) -> list[WearableRow]:
         except ValueError:
             raise InvalidRecord("calendar_date is not a date") from None
         plausible_day(day, timezone.localtime(timezone=tz).date(), "calendar_date")
-        measured_at = _local_noon_utc(day, tz)
+        measured_at = day_stamp(day)
         fields = ACTIVITY_FIELDS if kind == "activity" else BODY_FIELDS
     rows: list[WearableRow] = []
     for path, metric, low, high in fields:
