@@ -55,6 +55,7 @@ from connections.providers.contract import (
 from connections.providers.registry import open_provider, provider_jobs
 from connections.tokens import TokenSession
 from loopsync.sentry import capture_sync_failure
+from readings.horizon import drop_past_horizon
 from readings.writers import ReadingsWriter
 
 logger = logging.getLogger("loopsync.sync")
@@ -171,6 +172,9 @@ def store_batch_and_cursor(
     and cursor commit only once the API has accepted them (a failure leaves them where they were, and the
     idempotent ingest makes the retry harmless).
     """
+    # Past the frozen horizon a reading would recompute a day from partial raw rows: skipped, counted.
+    batch.readings, batch.glucose, too_old = drop_past_horizon(batch.readings, batch.glucose)
+    batch.skipped += too_old
     remote_written = None
     if not writer.in_transaction and (batch.readings or batch.glucose):
         remote_written = writer.store(connection, batch.readings, batch.glucose)

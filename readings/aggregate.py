@@ -15,9 +15,9 @@ distance, durations) the mean of the daily sums over the window's days with data
 sample-weighted (sum of daily sums / sum of daily counts). Windows are calendar days D-6..D and D-29..D, day D
 included: RANGE windows (`RANGE BETWEEN '6 days' PRECEDING`), so a missing day never stretches the window.
 
-Days older than the horizon (`now - RAW_READING_RETENTION_DAYS`, plus a 2-day margin for zone offsets)
-are not recomputed by a full rebuild: retention has removed (some of) their raw rows, and their stored
-statistics are the record. Every write is guarded by IS DISTINCT FROM, so re-running changes nothing.
+Days older than the horizon (`now - RAW_READING_RETENTION_DAYS`, plus a 2-day margin for zone offsets) are
+final (readings/horizon.py): retention has removed (some of) their raw rows, and their stored statistics are
+the record. Neither mode recomputes them; their marks are consumed. Every write is guarded by IS DISTINCT FROM, so re-running changes nothing.
 """
 
 from __future__ import annotations
@@ -26,16 +26,15 @@ import logging
 import time as monotonic
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from datetime import date, datetime, timedelta
 from typing import Any
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db import connection as db
 from django.utils import timezone
 
 from connections.models import Patient, validate_time_zone
 from readings.catalogue import day_zone_sql, summed_sql_list
+from readings.horizon import first_complete_day, raw_horizon
 from readings.locks import single_flight
 
 logger = logging.getLogger("loopsync.aggregate")
@@ -48,9 +47,6 @@ CHUNK_PATIENTS = 500
 _ADVISORY_LOCK = 0x4C53_4147  # "LSAG"
 # Per aggregation transaction (SET LOCAL): enough for the full rebuild's hash aggregate of ~10M groups.
 AGGREGATE_WORK_MEM = "256MB"
-# A local day's UTC start is at most 14 hours before its UTC date's start (UTC+14): two days of margin make
-# sure every day a full rebuild recomputes still has all its raw rows.
-_HORIZON_MARGIN = timedelta(days=2)
 
 
 @dataclass
@@ -82,16 +78,6 @@ class AggregateResult:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def raw_horizon(now: datetime | None = None) -> datetime:
-    """The instant before which retention may already have removed raw rows."""
-    return (now or timezone.now()) - timedelta(days=settings.RAW_READING_RETENTION_DAYS)
-
-
-def first_complete_day(now: datetime | None = None) -> date:
-    """The first local day (in any zone) whose raw rows are all still inside the retention horizon."""
-    return (raw_horizon(now) + _HORIZON_MARGIN).date()
 
 
 # --- Entry points --------------------------------------------------------------------------------------------
@@ -421,12 +407,14 @@ def _snapshot_marks(patient_ids: list[int]) -> int:
 
 def _recompute_snapshot(result: AggregateResult) -> None:
     """Daily statistics of the snapshot's days, then rolling averages of those days and the 29 after."""
+    # Marked days before the frozen horizon (readings/horizon.py) are final: their marks are consumed, their
+    # statistics left as they are.
+    live = "AND k.day >= %(first_day)s"
+    params = {"first_day": first_complete_day()}
     with db.cursor() as cursor:
-        result.daily_rows_changed = _pg_count(cursor, _PG_DAILY_WEARABLE_KEYS.format(only=""), None)
-        result.daily_rows_changed += _pg_count(cursor, _PG_DAILY_GLUCOSE_KEYS.format(only=""), None)
-        result.daily_rows_changed += _pg_count(
-            cursor, _PG_DELETE_EMPTY_KEYS, {"first_day": first_complete_day()}
-        )
+        result.daily_rows_changed = _pg_count(cursor, _PG_DAILY_WEARABLE_KEYS.format(only=live), params)
+        result.daily_rows_changed += _pg_count(cursor, _PG_DAILY_GLUCOSE_KEYS.format(only=live), params)
+        result.daily_rows_changed += _pg_count(cursor, _PG_DELETE_EMPTY_KEYS, params)
         cursor.execute(_PG_ROLLING_KEYS)
         result.rolling_rows_recomputed, result.rolling_rows_changed = cursor.fetchone()
 
@@ -444,11 +432,8 @@ def _rebuild_chunk(patient_ids: list[int]) -> AggregateResult:
     with db.cursor() as cursor:
         # The marks of these patients are consumed by the rebuild: snapshot them first, clear them last.
         result.marks_read = _pg_snapshot(cursor, patient_ids)
-        # Marked days before the horizon (a far backfill) are not covered by the scan below: do them here.
-        older = "AND k.day < %(first_day)s"
-        result.daily_rows_changed = _pg_count(cursor, _PG_DAILY_WEARABLE_KEYS.format(only=older), params)
-        result.daily_rows_changed += _pg_count(cursor, _PG_DAILY_GLUCOSE_KEYS.format(only=older), params)
-        result.daily_rows_changed += _pg_count(cursor, _PG_DAILY_WEARABLE_FULL, params)
+        # Marked days before the frozen horizon are final: their marks are consumed, nothing recomputed.
+        result.daily_rows_changed = _pg_count(cursor, _PG_DAILY_WEARABLE_FULL, params)
         result.daily_rows_changed += _pg_count(cursor, _PG_DAILY_GLUCOSE_FULL, params)
         result.daily_rows_changed += _pg_count(cursor, _PG_DELETE_EMPTY_KEYS, params)
         cursor.execute(
@@ -601,14 +586,7 @@ def _pg_full_rebuild(patient_ids: list[int], result: AggregateResult) -> None:
                 cursor.execute(_PG_SNAPSHOT.format(marks="agg_full_marks", where=within), chunk_params)
                 result.marks_read += cursor.rowcount
                 cursor.execute("ANALYZE agg_keys")
-                # Marked days before the horizon (a far backfill) are not in the scan: recompute them by key.
-                older = "AND k.day < %(first_day)s"
-                result.daily_rows_changed += _pg_count(
-                    cursor, _PG_DAILY_WEARABLE_KEYS.format(only=older), chunk_params
-                )
-                result.daily_rows_changed += _pg_count(
-                    cursor, _PG_DAILY_GLUCOSE_KEYS.format(only=older), chunk_params
-                )
+                # Marked days before the frozen horizon are final: their marks are consumed, nothing recomputed.
                 cursor.execute(
                     "SELECT (SELECT count(*) FROM agg_full_daily WHERE patient_id BETWEEN %(lo)s AND %(hi)s), "
                     "(SELECT count(*) FROM patient_wearable_daily_stats WHERE patient_id BETWEEN %(lo)s AND %(hi)s)",

@@ -20,6 +20,7 @@ from django.db import connection as db
 from connections.providers.contract import GlucoseRow, WearableRow
 from readings.catalogue import day_zone_sql
 from readings.dirty import mark_dirty
+from readings.horizon import first_complete_day
 
 GLUCOSE_METRIC = "glucose"
 
@@ -50,9 +51,13 @@ def store_batch(
     if not (readings or glucose):
         return StoreResult()
     result = _store_postgres(patient_id, time_zone, readings, glucose, connection_id)
-    refresh_daily_stats(patient_id, time_zone, result.touched)
+    # Days before the frozen horizon keep their statistics (readings/horizon.py): a row stored there (callers
+    # drop readings past the horizon; a day straddling it can still be touched) never recomputes them.
+    first_day = first_complete_day()
+    live = {key for key in result.touched if key[1] >= first_day}
+    refresh_daily_stats(patient_id, time_zone, live)
     # aggregate-wearable-data recomputes these days' rolling averages (and the 29 days after them).
-    mark_dirty(patient_id, result.touched)
+    mark_dirty(patient_id, live)
     return result
 
 

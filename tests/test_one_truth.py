@@ -303,3 +303,95 @@ def test_a_day_level_summary_is_stored_on_its_calendar_date_whatever_the_zone() 
             parse_summaries("activity", {"activity": [record]}, ZoneInfo("Pacific/Kiritimati")).readings,
         )
         assert DailyStat.objects.get(patient=patient, metric="activity_steps").day == date(2025, 11, 18)
+
+
+# --- Item 4: the frozen horizon -------------------------------------------------------------------------------
+
+HORIZON_NOW = datetime(2025, 11, 20, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_late_reading_into_a_retired_day_neither_replaces_its_statistic_nor_is_stored(settings) -> None:  # type: ignore[no-untyped-def]
+    from connections.engine import store_batch_and_cursor
+    from connections.models import Connection, Provider
+    from connections.providers.contract import Batch
+    from readings.models import WearableReading
+    from readings.writers import DatabaseWriter
+
+    settings.RAW_READING_RETENTION_DAYS = 30
+    patient = Patient.objects.create(time_zone="UTC")
+    day = datetime(2025, 10, 1, tzinfo=UTC)
+    with time_machine.travel(day + timedelta(days=2), tick=False):
+        store(patient, [hr(day + timedelta(hours=h)) for h in range(24)])
+        run_aggregation()
+    with time_machine.travel(HORIZON_NOW, tick=False):  # 50 days later: the day's raw rows are retired
+        run_cleanup()
+        assert not WearableReading.objects.filter(patient=patient).exists()
+        connection = Connection.objects.create(patient=patient, provider=Provider.JUNCTION)
+        batch = Batch(
+            readings=[hr(day + timedelta(minutes=30), 99.0), hr(HORIZON_NOW - timedelta(hours=1), 70.0)]
+        )
+
+        written = store_batch_and_cursor(connection, batch, DatabaseWriter())
+        store(patient, [hr(day + timedelta(minutes=45), 98.0)])  # even written directly: the day is final
+        run_aggregation()
+        run_aggregation(full=True)
+
+        assert written == 1 and batch.skipped == 1
+        stat = DailyStat.objects.get(patient=patient, metric="heart_rate", day=day.date())
+        assert stat.count == 24 and stat.max == 60.0
+
+
+def test_the_ingest_api_refuses_a_reading_older_than_the_horizon_with_a_400_naming_it(
+    settings, junction_config
+) -> None:  # type: ignore[no-untyped-def]
+    from rest_framework.test import APIClient
+
+    settings.JUNCTION_SYNC = junction_config.replace(patient_graph_key="pg_test_key_0123456789")
+    settings.RAW_READING_RETENTION_DAYS = 30
+    Patient.objects.create(junction_user_id="jx-old", time_zone="UTC")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION="Bearer pg_test_key_0123456789")
+    row = {"metric": "heart_rate", "source": "oura", "source_type": "ring", "value": 61.0, "unit": "bpm"}
+    with time_machine.travel(HORIZON_NOW, tick=False):
+        response = client.post(
+            "/api/patient-graph/service/ingest",
+            {
+                "junction_user_id": "jx-old",
+                "readings": [
+                    {**row, "measured_at": "2025-11-19T08:00:00+00:00"},
+                    {**row, "measured_at": "2025-09-01T08:00:00+00:00"},
+                ],
+            },
+            format="json",
+        )
+
+    assert response.status_code == 400
+    details = response.json()
+    assert "readings[1].measured_at" in str(details) and "horizon" in str(details)
+    assert "readings[0]" not in str(details)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cleanup_duplicate_removal_never_shrinks_a_day_straddling_the_cutoff(settings) -> None:  # type: ignore[no-untyped-def]
+    settings.RAW_READING_RETENTION_DAYS = 30
+    patient = Patient.objects.create(time_zone="UTC")
+    cutoff = HORIZON_NOW - timedelta(days=30)  # 2025-10-21 12:00 UTC: the day 2025-10-21 straddles it
+    day = datetime(2025, 10, 21, tzinfo=UTC)
+    with time_machine.travel(day + timedelta(days=1, hours=1), tick=False):
+        store(patient, [hr(day + timedelta(minutes=20 * n)) for n in range(72)])
+        # The same samples relayed again with sub-second stamps: duplicates for cleanup to tidy.
+        store(
+            patient,
+            [hr(day + timedelta(minutes=20 * n, milliseconds=300), source="oura") for n in range(36, 72)],
+        )
+        run_aggregation()
+    before = DailyStat.objects.get(patient=patient, metric="heart_rate", day=day.date())
+    with time_machine.travel(HORIZON_NOW, tick=False):
+        assert day < cutoff < day + timedelta(days=1)
+        run_cleanup()
+        run_aggregation()
+        run_aggregation(full=True)
+
+    after = DailyStat.objects.get(patient=patient, metric="heart_rate", day=day.date())
+    assert (after.count, after.sum) == (before.count, before.sum)

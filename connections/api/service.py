@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
@@ -34,6 +35,7 @@ from connections.providers.contract import (
     WearableRow,
 )
 from connections.providers.junction.client import canonical_utc
+from readings.horizon import canonical_horizon
 from readings.store import store_batch
 
 MAX_ERRORS_REPORTED = 20
@@ -243,6 +245,19 @@ def _list(body: dict[str, Any], name: str) -> list[Any]:
     return value
 
 
+def _refuse_past_horizon(readings: list[WearableRow], glucose: list[GlucoseRow], rows: _Rows) -> None:
+    """A row older than the raw retention horizon would recompute a final day from partial raw rows."""
+    horizon = canonical_horizon()
+    why = (
+        f"is older than the raw retention horizon ({settings.RAW_READING_RETENTION_DAYS} days): "
+        "that day's statistics are final"
+    )
+    for name, table, column in (("readings", readings, 3), ("glucose", glucose, 1)):
+        for index, row in enumerate(table):
+            if row[column] < horizon:
+                rows.fail(f"{name}[{index}].measured_at", why)
+
+
 class IngestView(ServiceAPIView):
     parser_classes = [BodyLimitedJSONParser]
 
@@ -279,6 +294,8 @@ class IngestView(ServiceAPIView):
         rows = _Rows()
         readings = parse_readings(raw_readings, rows)
         glucose = parse_glucose(raw_glucose, rows)
+        if not rows.errors:
+            _refuse_past_horizon(readings, glucose, rows)
         if rows.errors:
             raise APIError(400, "invalid_rows", "Some rows are invalid; nothing was stored.", rows.errors)
         with transaction.atomic():
