@@ -136,6 +136,22 @@ def do_change_time_zone(patient: Patient, time_zone: str, *, actor: str) -> None
     )
 
 
+def do_rebuild_patient_statistics(patient: Patient, *, actor: str) -> None:
+    """Rebuild a patient's statistics inside the horizon after their route priorities changed (which copy of a
+    measurement counts), in one transaction (readings.aggregate.rebuild_patient_days)."""
+    from readings.aggregate import rebuild_patient_days
+
+    result = rebuild_patient_days(patient.pk)
+    logger.info(
+        "patient statistics rebuilt",
+        extra={
+            "patient_id": patient.pk,
+            "actor": actor[:150],
+            "daily_rows_changed": result.daily_rows_changed,
+        },
+    )
+
+
 def direct_sources() -> frozenset[str]:
     return frozenset(key for key, p in PROVIDERS.items() if p.connect is not ConnectMethod.AGGREGATOR)
 

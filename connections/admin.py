@@ -39,6 +39,7 @@ from connections.health import Health, data_behind, health_of, health_q, with_he
 from connections.jobhealth import job_health
 from connections.models import Connection, JobHealth, JobRun, Patient, SyncEvent
 from loopsync.sentry import scrub_text
+from readings.models import RoutePriority
 
 RESYNC_PERMISSION = "connections.force_resync_connection"
 DEACTIVATE_PERMISSION = "connections.deactivate_connection"
@@ -516,6 +517,17 @@ def daily_stats_table(patient: Patient, now: datetime) -> dict[str, Any]:
     }
 
 
+class RoutePriorityInline(admin.TabularInline):
+    """A patient's own route ranks (readings/resolution.py): which route's copy of a device family's readings
+    counts in the statistics. Saving rebuilds the patient's statistics inside the horizon."""
+
+    model = RoutePriority
+    fields = ("source_family", "provider", "priority")
+    extra = 0
+    verbose_name = "route priority (overrides the providers' defaults; higher counts)"
+    verbose_name_plural = "route priorities (overrides the providers' defaults; higher counts)"
+
+
 @admin.register(Patient)
 class PatientAdmin(RefusesNulMixin, admin.ModelAdmin):
     list_display = ("id", "junction_user_id", "clerk_user_id", "time_zone", "created_at")
@@ -525,7 +537,7 @@ class PatientAdmin(RefusesNulMixin, admin.ModelAdmin):
     ordering = ("-id",)
     fields = ("junction_user_id", "clerk_user_id", "time_zone", "created_at")
     readonly_fields = ("created_at",)
-    inlines = (ConnectionInline,)
+    inlines = (ConnectionInline, RoutePriorityInline)
     change_form_template = "admin/connections/patient/change_form.html"
 
     # Patients are created by syncs and onboarding; deleting one would cascade over its readings.
@@ -545,6 +557,11 @@ class PatientAdmin(RefusesNulMixin, admin.ModelAdmin):
         if change and "time_zone" in form.changed_data:
             actions.do_change_time_zone(obj, new_zone, actor=request.user.get_username())
             obj.time_zone = new_zone
+
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        super().save_formset(request, form, formset, change)
+        if formset.model._meta.db_table == "patient_route_priorities" and formset.has_changed():
+            actions.do_rebuild_patient_statistics(form.instance, actor=request.user.get_username())
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Patient], search_term: str

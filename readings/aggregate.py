@@ -36,6 +36,13 @@ from connections.models import Patient, validate_time_zone
 from readings.catalogue import day_zone_sql, summed_sql_list
 from readings.horizon import first_complete_day, raw_horizon
 from readings.locks import single_flight
+from readings.resolution import (
+    GLUCOSE_TOLERANCE,
+    WEARABLE_MARGIN,
+    counted_glucose_sql,
+    counted_wearable_sql,
+    interval_sql,
+)
 
 logger = logging.getLogger("loopsync.aggregate")
 
@@ -112,6 +119,19 @@ def rebuild_patient(patient_id: int) -> AggregateResult:
     """Recompute one patient's daily statistics and rolling averages; needs no lock from the caller."""
     with transaction.atomic():
         return _rebuild_chunk([patient_id])
+
+
+def rebuild_patient_days(patient_id: int) -> AggregateResult:
+    """Delete and rebuild one patient's statistics inside the horizon (earlier days are final), under the
+    patient's row lock: after a change of which rows count (route priorities) or of the zone."""
+    from readings.models import DailyStat
+
+    with transaction.atomic():
+        Patient.objects.select_for_update().filter(pk=patient_id).values_list("pk").first()
+        DailyStat.objects.filter(patient_id=patient_id, day__gte=first_complete_day()).delete()
+        result = _rebuild_chunk([patient_id])
+    result.patients = 1
+    return result
 
 
 def change_patient_time_zone(patient_id: int, time_zone: str) -> AggregateResult:
@@ -199,33 +219,84 @@ ON CONFLICT (patient_id, metric, day) DO UPDATE
        OR abs(s.avg - EXCLUDED.avg) > 1e-9 * greatest(abs(EXCLUDED.avg), 1)
 """
 
+# Only the rows that count (readings/resolution.py), read over spans that reach the matching tolerance (or
+# WHOOP's day of margin) around the marked days: one span per patient and metric, so no row is read twice.
+LIVE_PLAIN = "AND day >= %(first_day)s"
+
 _PG_DAILY_WEARABLE_KEYS = (
     """
+WITH spans AS (
+    SELECT patient_id, metric, min(day_start) AS lo, max(day_end) AS hi FROM agg_keys
+    WHERE metric <> 'glucose' {only_plain} GROUP BY patient_id, metric
+),
+counted AS ("""
+    + counted_wearable_sql(
+        "true",
+        join="JOIN spans sp ON sp.patient_id = r.patient_id AND sp.metric = r.metric "
+        "AND r.measured_at >= sp.lo - INTERVAL '14 hours' AND r.measured_at < sp.hi + INTERVAL '14 hours'",
+        wide_join="JOIN spans sp ON sp.patient_id = r.patient_id AND sp.metric = r.metric "
+        f"AND r.measured_at >= sp.lo - {interval_sql(WEARABLE_MARGIN)} "
+        f"AND r.measured_at < sp.hi + {interval_sql(WEARABLE_MARGIN)}",
+    )
+    + """),
+computed AS (
+    SELECT k.patient_id, k.metric, k.day, avg(r.value) AS avg, min(r.value) AS min, max(r.value) AS max,
+           sum(r.value) AS sum, count(*) AS count
+    FROM agg_keys k
+    JOIN counted r
+      ON r.patient_id = k.patient_id AND r.metric = k.metric
+     AND r.measured_at >= k.day_start AND r.measured_at < k.day_end
+    WHERE k.metric <> 'glucose' {only}
+    GROUP BY k.patient_id, k.metric, k.day
+),
+-- A marked day left with no row that counts (its raw rows gone, or now out-counted by another route's copy).
+gone AS (
+    DELETE FROM patient_wearable_daily_stats s USING agg_keys k
+    WHERE s.patient_id = k.patient_id AND s.metric = k.metric AND s.day = k.day AND k.metric <> 'glucose' {only}
+      AND NOT EXISTS (
+          SELECT 1 FROM computed c WHERE c.patient_id = k.patient_id AND c.metric = k.metric AND c.day = k.day
+      )
+)
 INSERT INTO patient_wearable_daily_stats AS s (patient_id, metric, day, avg, min, max, sum, count, updated_at)
-SELECT k.patient_id, k.metric, k.day, avg(r.value), min(r.value), max(r.value), sum(r.value), count(*), now()
-FROM agg_keys k
-JOIN patient_wearable_readings r
-  ON r.patient_id = k.patient_id AND r.metric = k.metric
- AND r.measured_at >= k.day_start AND r.measured_at < k.day_end
-WHERE k.metric <> 'glucose' {only}
-GROUP BY k.patient_id, k.metric, k.day
+SELECT patient_id, metric, day, avg, min, max, sum, count, now() FROM computed
 """
     + _PG_DAILY_SET
 )
 
 _PG_DAILY_GLUCOSE_KEYS = (
     """
+WITH spans AS (
+    SELECT patient_id, min(day_start) AS lo, max(day_end) AS hi FROM agg_keys
+    WHERE metric = 'glucose' {only_plain} GROUP BY patient_id
+),
+counted AS ("""
+    + counted_glucose_sql(
+        "true",
+        join="JOIN spans sp ON sp.patient_id = g.patient_id "
+        f"AND g.measured_at >= sp.lo - {interval_sql(GLUCOSE_TOLERANCE)} "
+        f"AND g.measured_at < sp.hi + {interval_sql(GLUCOSE_TOLERANCE)}",
+    )
+    + """),
+computed AS (
+    SELECT k.patient_id, k.day, avg(g.value_mg_dl) AS avg, min(g.value_mg_dl) AS min,
+           max(g.value_mg_dl) AS max, sum(g.value_mg_dl) AS sum, count(*) AS count
+    FROM agg_keys k
+    JOIN counted g
+      ON g.patient_id = k.patient_id AND g.measured_at >= k.day_start AND g.measured_at < k.day_end
+    WHERE k.metric = 'glucose' {only}
+    GROUP BY k.patient_id, k.day
+),
+gone AS (
+    DELETE FROM patient_wearable_daily_stats s USING agg_keys k
+    WHERE s.patient_id = k.patient_id AND s.metric = 'glucose' AND s.day = k.day AND k.metric = 'glucose' {only}
+      AND NOT EXISTS (SELECT 1 FROM computed c WHERE c.patient_id = k.patient_id AND c.day = k.day)
+)
 INSERT INTO patient_wearable_daily_stats AS s (patient_id, metric, day, avg, min, max, sum, count, updated_at)
-SELECT k.patient_id, 'glucose', k.day, avg(g.value_mg_dl), min(g.value_mg_dl), max(g.value_mg_dl),
-       sum(g.value_mg_dl), count(*), now()
-FROM agg_keys k
-JOIN patient_glucose_readings g
-  ON g.patient_id = k.patient_id AND g.measured_at >= k.day_start AND g.measured_at < k.day_end
-WHERE k.metric = 'glucose' {only}
-GROUP BY k.patient_id, k.day
+SELECT patient_id, 'glucose', day, avg, min, max, sum, count, now() FROM computed
 """
     + _PG_DAILY_SET
 )
+
 
 # Every day whose 30-day window holds a changed day: the changed day and the 29 after it. The window input
 # starts 29 days before the first target so the first target's frame is complete.
@@ -295,8 +366,7 @@ INSERT INTO patient_wearable_daily_stats AS s (patient_id, metric, day, avg, min
 SELECT patient_id, metric, day, avg, min, max, sum, count, now() FROM (
     SELECT r.patient_id, r.metric, (r.measured_at AT TIME ZONE {rzone})::date AS day,
            avg(r.value) AS avg, min(r.value) AS min, max(r.value) AS max, sum(r.value) AS sum, count(*) AS count
-    FROM patient_wearable_readings r JOIN patients p ON p.id = r.patient_id
-    WHERE r.patient_id = ANY(%(patients)s) AND r.measured_at >= %(raw_from)s
+    FROM ({counted_chunk}) r JOIN patients p ON p.id = r.patient_id
     GROUP BY r.patient_id, r.metric, day
 ) AS d
 WHERE d.day >= %(first_day)s
@@ -311,8 +381,7 @@ SELECT patient_id, 'glucose', day, avg, min, max, sum, count, now() FROM (
     SELECT g.patient_id, (g.measured_at AT TIME ZONE p.time_zone)::date AS day,
            avg(g.value_mg_dl) AS avg, min(g.value_mg_dl) AS min, max(g.value_mg_dl) AS max,
            sum(g.value_mg_dl) AS sum, count(*) AS count
-    FROM patient_glucose_readings g JOIN patients p ON p.id = g.patient_id
-    WHERE g.patient_id = ANY(%(patients)s) AND g.measured_at >= %(raw_from)s
+    FROM ({counted_chunk}) g JOIN patients p ON p.id = g.patient_id
     GROUP BY g.patient_id, day
 ) AS d
 WHERE d.day >= %(first_day)s
@@ -362,7 +431,14 @@ def _with_rolling(sql: str) -> str:
 
 
 _RZONE = day_zone_sql("r.metric", "p.time_zone")
-_PG_DAILY_WEARABLE_FULL = _PG_DAILY_WEARABLE_FULL.replace("{rzone}", _RZONE)
+_PG_DAILY_WEARABLE_FULL = _PG_DAILY_WEARABLE_FULL.replace("{rzone}", _RZONE).replace(
+    "{counted_chunk}",
+    counted_wearable_sql("r.patient_id = ANY(%(patients)s) AND r.measured_at >= %(raw_from)s"),
+)
+_PG_DAILY_GLUCOSE_FULL = _PG_DAILY_GLUCOSE_FULL.replace(
+    "{counted_chunk}",
+    counted_glucose_sql("g.patient_id = ANY(%(patients)s) AND g.measured_at >= %(raw_from)s"),
+)
 _PG_ROLLING_KEYS = _with_rolling(
     _PG_ROLLING_KEYS.replace("{pg_rolling_changed}", _rolling_changed("s", "greatest"))
 )
@@ -412,9 +488,12 @@ def _recompute_snapshot(result: AggregateResult) -> None:
     live = "AND k.day >= %(first_day)s"
     params = {"first_day": first_complete_day()}
     with db.cursor() as cursor:
-        result.daily_rows_changed = _pg_count(cursor, _PG_DAILY_WEARABLE_KEYS.format(only=live), params)
-        result.daily_rows_changed += _pg_count(cursor, _PG_DAILY_GLUCOSE_KEYS.format(only=live), params)
-        result.daily_rows_changed += _pg_count(cursor, _PG_DELETE_EMPTY_KEYS, params)
+        result.daily_rows_changed = _pg_count(
+            cursor, _PG_DAILY_WEARABLE_KEYS.format(only=live, only_plain=LIVE_PLAIN), params
+        )
+        result.daily_rows_changed += _pg_count(
+            cursor, _PG_DAILY_GLUCOSE_KEYS.format(only=live, only_plain=LIVE_PLAIN), params
+        )
         cursor.execute(_PG_ROLLING_KEYS)
         result.rolling_rows_recomputed, result.rolling_rows_changed = cursor.fetchone()
 
@@ -460,20 +539,22 @@ SELECT patient_id, metric, day, version FROM patient_wearable_daily_stats_dirty
 # The local day of each raw row, AT TIME ZONE its patient's zone (DST-safe, the same rule as the store and the
 # incremental path). The inner join also leaves out a patient created after the marks were read: its marks,
 # newer than the snapshot, stay for the next run.
-_PG_FULL_SCAN = """
+_PG_FULL_SCAN = (
+    """
 CREATE TEMP TABLE agg_full_daily AS
 SELECT r.patient_id, r.metric, (r.measured_at AT TIME ZONE {rzone})::date AS day,
        avg(r.value) AS avg, min(r.value) AS min, max(r.value) AS max, sum(r.value) AS sum, count(*) AS count
-FROM patient_wearable_readings r JOIN patients p ON p.id = r.patient_id
-WHERE r.measured_at >= %(raw_from)s
+FROM ({counted_wearable}) r JOIN patients p ON p.id = r.patient_id
 GROUP BY 1, 2, 3
 UNION ALL
 SELECT g.patient_id, 'glucose', (g.measured_at AT TIME ZONE p.time_zone)::date AS day,
        avg(g.value_mg_dl), min(g.value_mg_dl), max(g.value_mg_dl), sum(g.value_mg_dl), count(*)
-FROM patient_glucose_readings g JOIN patients p ON p.id = g.patient_id
-WHERE g.measured_at >= %(raw_from)s
+FROM ({counted_glucose}) g JOIN patients p ON p.id = g.patient_id
 GROUP BY 1, 3
 """.replace("{rzone}", _RZONE)
+    .replace("{counted_wearable}", counted_wearable_sql("r.measured_at >= %(raw_from)s"))
+    .replace("{counted_glucose}", counted_glucose_sql("g.measured_at >= %(raw_from)s"))
+)
 
 
 # One write per row: the chunk's recomputed days, plus its stored days the scan did not produce (before the

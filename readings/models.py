@@ -157,3 +157,27 @@ class ConnectionRemoval(models.Model):
 
     def __str__(self) -> str:
         return f"removed connection {self.connection_id}"
+
+
+class RoutePriority(models.Model):
+    """A patient's own rank of a route for one device family, overriding the providers' registry priorities
+    (readings/resolution.py): e.g. count this patient's Dexcom readings from Junction, not Dexcom direct.
+    Higher wins. Edited in the admin's patient page, which rebuilds the patient's statistics."""
+
+    patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="route_priorities")
+    # A provider's source_family (dexcom, libre, whoop) or a source name Junction relays.
+    source_family = models.CharField(max_length=40)
+    # The route: a registered provider's key.
+    provider = models.CharField(max_length=16)
+    priority = models.SmallIntegerField()
+
+    class Meta:
+        db_table = "patient_route_priorities"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["patient", "source_family", "provider"], name="route_priority_unique_route"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.source_family} via {self.provider}: {self.priority}"

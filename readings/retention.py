@@ -30,7 +30,6 @@ Every step is idempotent: a second run finds nothing to remove.
 from __future__ import annotations
 
 import logging
-import re
 import time as monotonic
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -42,7 +41,6 @@ from django.db import transaction
 from django.utils import timezone
 
 from connections.models import Connection, ConnectionStatus
-from connections.providers.registry import PROVIDERS
 from readings.catalogue import day_zone_sql
 from readings.locks import single_flight
 from readings.models import ConnectionRemoval
@@ -55,6 +53,7 @@ from readings.partitions import (
     partition_name,
     week_start,
 )
+from readings.resolution import device_families, family_sql, route_rank_sql
 
 logger = logging.getLogger("loopsync.retention")
 
@@ -294,39 +293,26 @@ def _forget_tombstones(now: datetime) -> None:
 # --- Duplicates --------------------------------------------------------------------------------------------
 
 
-def _literal(text: str) -> str:
-    # Provider keys and source patterns are code, not input; still, only plain words become SQL literals.
-    if not re.fullmatch(r"[a-z0-9_%-]+", text):
-        raise ValueError(f"not a plain provider word: {text!r}")
-    return f"'{text}'"
-
-
-def _device_families() -> list[tuple[str, tuple[str, ...]]]:
-    """(family, LIKE patterns of its source names) of every provider that is a device maker's own route."""
-    return [(p.source_family, p.source_patterns) for p in PROVIDERS.values() if p.source_patterns]
-
-
 def _family(column: str) -> str:
-    """The device family of a source name, whichever route brought it (Junction's "dexcom_v3" is Dexcom's)."""
-    whens = " ".join(
-        f"WHEN {column} LIKE {_literal(pattern).replace('%', '%%')} THEN {_literal(family)}"
-        for family, patterns in _device_families()
-        for pattern in patterns
-    )
-    return f"CASE {whens} ELSE {column} END" if whens else column
+    return family_sql(column)
+
+
+def _direct_families() -> list[str]:
+    return [family for family, _ in device_families()]
 
 
 def _route_rank() -> str:
-    """The copy to keep comes by the route of the highest priority (a maker's own API before an aggregator)."""
-    whens = " ".join(f"WHEN {_literal(p.key)} THEN {-p.priority}" for p in PROVIDERS.values())
-    return f"CASE c.provider {whens} ELSE 0 END"
+    """The copy to keep is the one source resolution counts (readings/resolution.py): the route of the highest
+    rank for the patient (their override, else the registry priority), so removing the others changes no
+    statistic: cleanup only tidies storage."""
+    return "-" + route_rank_sql("c.provider", "o.priority")
 
 
 def _duplicates_query(table: str, cutoff_param: str) -> tuple[str, list[str]]:
     """A SELECT ranking every copy of every measurement (rn = 1 is kept), and the table's key columns."""
     family = _family("r.source")
     when = f"date_trunc('{PRECISION[table]}', r.measured_at)"
-    direct = ", ".join(_literal(family) for family, _ in _device_families())
+    direct = ", ".join(f"'{family}'" for family in _direct_families())
     if table == WEARABLE_TABLE:
         keys = ["patient_id", "metric", "source", "source_type", "measured_at"]
         # Routes label the same device's source type differently; other families keep it (phone vs watch).
@@ -341,6 +327,8 @@ def _duplicates_query(table: str, cutoff_param: str) -> tuple[str, list[str]]:
         SELECT {", ".join("r." + k for k in keys)},
                row_number() OVER (PARTITION BY {group} ORDER BY {order}) AS rn
         FROM "{table}" r LEFT JOIN patient_connections c ON c.id = r.connection_id
+        LEFT JOIN patient_route_priorities o
+          ON o.patient_id = r.patient_id AND o.source_family = {family} AND o.provider = c.provider
         WHERE r.measured_at >= {cutoff_param}
     """
     return ranked, keys

@@ -254,6 +254,10 @@ def test_a_zone_edited_in_the_admin_form_rebuilds_the_patients_days(client) -> N
                 "connections-INITIAL_FORMS": "0",
                 "connections-MIN_NUM_FORMS": "0",
                 "connections-MAX_NUM_FORMS": "1000",
+                "route_priorities-TOTAL_FORMS": "0",
+                "route_priorities-INITIAL_FORMS": "0",
+                "route_priorities-MIN_NUM_FORMS": "0",
+                "route_priorities-MAX_NUM_FORMS": "1000",
             },
         )
 
@@ -395,3 +399,119 @@ def test_cleanup_duplicate_removal_never_shrinks_a_day_straddling_the_cutoff(set
 
     after = DailyStat.objects.get(patient=patient, metric="heart_rate", day=day.date())
     assert (after.count, after.sum) == (before.count, before.sum)
+
+
+# --- Item 3: one measurement by two routes is counted once ---------------------------------------------------
+
+
+def test_dexcom_direct_plus_dexcom_through_junction_counts_288_readings_a_day_across_syncs_and_cleanups(
+    clean_sandbox, direct_config, frozen_time
+) -> None:  # type: ignore[no-untyped-def]
+    import dataclasses
+    from zoneinfo import ZoneInfo
+
+    from connections.config import JunctionSyncConfig
+    from connections.sandbox_setup import connect_sandbox_user
+    from tests.conftest import SANDBOX_KEY
+    from tests.direct_helpers import run_direct_job, run_wearable_sync_job
+
+    junction_user = next(
+        u
+        for u in clean_sandbox.junction.user_ids
+        if clean_sandbox.junction.user(u).cgm_provider == "dexcom_v3"
+    )
+    junction = JunctionSyncConfig(
+        api_key=SANDBOX_KEY,
+        base_url_override=clean_sandbox.junction_url,
+        user_ids=(junction_user,),
+        lookback_days=3,
+    )
+    direct = dataclasses.replace(direct_config, cgm_initial_days=4)
+    assert run_wearable_sync_job(junction).ok
+    patient = Patient.objects.get(junction_user_id=junction_user)
+    dexcom = connect_sandbox_user(clean_sandbox, direct, "dexcom", 3, patient)
+
+    def counted_days() -> dict[date, int]:
+        tz = ZoneInfo(patient.time_zone)
+        per_route: dict[date, dict[str, int]] = {}
+        for source, moment in GlucoseReading.objects.filter(patient=patient).values_list(
+            "source", "measured_at"
+        ):
+            day_routes = per_route.setdefault(moment.astimezone(tz).date(), {})
+            day_routes[source] = day_routes.get(source, 0) + 1
+        # Days both routes cover completely: 288 five-minute readings each.
+        full = [d for d, routes in per_route.items() if len(routes) == 2 and set(routes.values()) == {288}]
+        assert full, sorted(per_route.items())
+        return {d: DailyStat.objects.get(patient=patient, metric="glucose", day=d).count for d in full}
+
+    assert run_direct_job("sync-cgm-readings", direct, connection_ids=[dexcom.pk]).ok
+    first = counted_days()
+    assert set(first.values()) == {288}
+    run_aggregation()
+    assert set(counted_days().values()) == {288}
+
+    def stat_counts() -> set[int]:
+        return set(
+            DailyStat.objects.filter(patient=patient, metric="glucose", day__in=list(first)).values_list(
+                "count", flat=True
+            )
+        )
+
+    for _ in range(2):
+        run_cleanup()  # tidies the Junction copies away ...
+        run_aggregation()
+        assert stat_counts() == {288}
+        assert run_wearable_sync_job(
+            junction, force=True
+        ).ok  # ... and the next Junction sync brings them back
+        assert run_direct_job("sync-cgm-readings", direct, connection_ids=[dexcom.pk]).ok
+        run_aggregation()
+        assert counted_days() == first and stat_counts() == {288}
+    run_aggregation(full=True)
+    assert stat_counts() == {288}
+
+
+def whoop_night(
+    patient: Patient, junction_id: int, whoop_id: int, start: datetime, hours: float = 8.0
+) -> None:
+    """One night as both routes store it: Junction stamps the sleep at its end, WHOOP at its start."""
+    end = start + timedelta(hours=hours)
+    seconds = hours * 3600 - 1800
+    store(patient, [("sleep_total", "whoop", "", at(end), None, seconds, "s")], connection_id=junction_id)
+    store(patient, [("sleep_total", "whoop", "", at(start), at(end), seconds, "s")], connection_id=whoop_id)
+
+
+def test_a_whoop_sleep_relayed_by_junction_and_synced_directly_counts_once_by_the_patients_best_route() -> (
+    None
+):
+    from connections.models import Connection, Provider
+    from readings.aggregate import rebuild_patient_days
+    from readings.models import RoutePriority
+
+    now = datetime(2025, 11, 20, 12, 0, tzinfo=UTC)
+    with time_machine.travel(now, tick=False):
+        patient = Patient.objects.create(time_zone="Europe/London")
+        junction = Connection.objects.create(patient=patient, provider=Provider.JUNCTION)
+        whoop = Connection.objects.create(patient=patient, provider=Provider.WHOOP)
+        for night in range(3):
+            whoop_night(patient, junction.pk, whoop.pk, datetime(2025, 11, 10 + night, 22, 30, tzinfo=UTC))
+        run_aggregation()
+
+        sleep = dict(
+            DailyStat.objects.filter(patient=patient, metric="sleep_total").values_list("day", "count")
+        )
+        # WHOOP direct (priority 2) counts, on the evening's day; the Junction copy (morning) not at all.
+        assert sleep == {date(2025, 11, 10): 1, date(2025, 11, 11): 1, date(2025, 11, 12): 1}
+
+        RoutePriority.objects.create(patient=patient, source_family="whoop", provider="junction", priority=5)
+        rebuild_patient_days(patient.pk)
+        sleep = dict(
+            DailyStat.objects.filter(patient=patient, metric="sleep_total").values_list("day", "count")
+        )
+        assert sleep == {date(2025, 11, 11): 1, date(2025, 11, 12): 1, date(2025, 11, 13): 1}
+        run_cleanup()  # keeps the copy that counts: statistics unchanged
+        run_aggregation()
+        assert (
+            dict(DailyStat.objects.filter(patient=patient, metric="sleep_total").values_list("day", "count"))
+            == sleep
+        )

@@ -17,7 +17,8 @@ zone. Where a zone change left two stamps of one date, the most recently ingeste
 marked for the next aggregation.
 """
 
-from django.db import migrations
+import django.db.models.deletion
+from django.db import migrations, models
 
 RENAME_LIBRE = """
 UPDATE patient_glucose_readings g SET source = 'librelinkup'
@@ -99,6 +100,32 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        # Source resolution (readings/resolution.py): a patient's own rank of a route for a device family.
+        migrations.CreateModel(
+            name="RoutePriority",
+            fields=[
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("source_family", models.CharField(max_length=40)),
+                ("provider", models.CharField(max_length=16)),
+                ("priority", models.SmallIntegerField()),
+                (
+                    "patient",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="route_priorities",
+                        to="connections.patient",
+                    ),
+                ),
+            ],
+            options={
+                "db_table": "patient_route_priorities",
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("patient", "source_family", "provider"), name="route_priority_unique_route"
+                    )
+                ],
+            },
+        ),
         migrations.RunSQL(RENAME_LIBRE, UNRENAME_LIBRE),
         migrations.RunSQL(RESTAMP_DAY_LEVEL, migrations.RunSQL.noop),
         *(migrations.RunSQL(rename_whoop_sql(old, new), unrename_whoop_sql(old, new)) for old, new in WHOOP_RENAMES),
