@@ -41,6 +41,7 @@ from readings.resolution import (
     WEARABLE_MARGIN,
     counted_glucose_sql,
     counted_wearable_sql,
+    cross_route_sql_list,
     interval_sql,
 )
 
@@ -222,18 +223,23 @@ ON CONFLICT (patient_id, metric, day) DO UPDATE
 # Only the rows that count (readings/resolution.py), read over spans that reach the matching tolerance (or
 # WHOOP's day of margin) around the marked days: one span per patient and metric, so no row is read twice.
 LIVE_PLAIN = "AND day >= %(first_day)s"
+LIVE_K2 = "AND k2.day >= %(first_day)s"
 
 _PG_DAILY_WEARABLE_KEYS = (
     """
 WITH spans AS (
     SELECT patient_id, metric, min(day_start) AS lo, max(day_end) AS hi FROM agg_keys
-    WHERE metric <> 'glucose' {only_plain} GROUP BY patient_id, metric
+    WHERE metric IN ({cross}) {only_plain} GROUP BY patient_id, metric
 ),
 counted AS ("""
     + counted_wearable_sql(
-        "true",
-        join="JOIN spans sp ON sp.patient_id = r.patient_id AND sp.metric = r.metric "
-        "AND r.measured_at >= sp.lo - INTERVAL '14 hours' AND r.measured_at < sp.hi + INTERVAL '14 hours'",
+        "k2.metric <> 'glucose' {only_k2}",
+        # A marked day's rows, by its own bounds (UTC ones for day-level summaries): the marked days of one
+        # metric are disjoint, so no row is read twice, and the planner probes the primary key per mark.
+        join="JOIN agg_keys k2 ON k2.patient_id = r.patient_id AND k2.metric = r.metric "
+        "AND r.measured_at >= k2.day_start AND r.measured_at < k2.day_end",
+        # Only metrics a second route may bring are read with the margin, one span per patient and metric.
+        wide_where="true",
         wide_join="JOIN spans sp ON sp.patient_id = r.patient_id AND sp.metric = r.metric "
         f"AND r.measured_at >= sp.lo - {interval_sql(WEARABLE_MARGIN)} "
         f"AND r.measured_at < sp.hi + {interval_sql(WEARABLE_MARGIN)}",
@@ -265,17 +271,23 @@ SELECT patient_id, metric, day, avg, min, max, sum, count, now() FROM computed
 
 _PG_DAILY_GLUCOSE_KEYS = (
     """
-WITH spans AS (
-    SELECT patient_id, min(day_start) AS lo, max(day_end) AS hi FROM agg_keys
-    WHERE metric = 'glucose' {only_plain} GROUP BY patient_id
+WITH near AS (
+    -- The marked days' rows and those within the tolerance around them (adjacent days share a few: once).
+    SELECT DISTINCT ON (g.patient_id, g.source, g.measured_at) g.*
+    FROM agg_keys k2
+    JOIN patient_glucose_readings g
+      ON g.patient_id = k2.patient_id
+     AND g.measured_at >= k2.day_start - """
+    + interval_sql(GLUCOSE_TOLERANCE)
+    + """
+     AND g.measured_at < k2.day_end + """
+    + interval_sql(GLUCOSE_TOLERANCE)
+    + """
+    WHERE k2.metric = 'glucose' {only_k2}
+    ORDER BY g.patient_id, g.source, g.measured_at
 ),
 counted AS ("""
-    + counted_glucose_sql(
-        "true",
-        join="JOIN spans sp ON sp.patient_id = g.patient_id "
-        f"AND g.measured_at >= sp.lo - {interval_sql(GLUCOSE_TOLERANCE)} "
-        f"AND g.measured_at < sp.hi + {interval_sql(GLUCOSE_TOLERANCE)}",
-    )
+    + counted_glucose_sql("true", table="near")
     + """),
 computed AS (
     SELECT k.patient_id, k.day, avg(g.value_mg_dl) AS avg, min(g.value_mg_dl) AS min,
@@ -489,10 +501,14 @@ def _recompute_snapshot(result: AggregateResult) -> None:
     params = {"first_day": first_complete_day()}
     with db.cursor() as cursor:
         result.daily_rows_changed = _pg_count(
-            cursor, _PG_DAILY_WEARABLE_KEYS.format(only=live, only_plain=LIVE_PLAIN), params
+            cursor,
+            _PG_DAILY_WEARABLE_KEYS.format(
+                only=live, only_plain=LIVE_PLAIN, only_k2=LIVE_K2, cross=cross_route_sql_list()
+            ),
+            params,
         )
         result.daily_rows_changed += _pg_count(
-            cursor, _PG_DAILY_GLUCOSE_KEYS.format(only=live, only_plain=LIVE_PLAIN), params
+            cursor, _PG_DAILY_GLUCOSE_KEYS.format(only=live, only_k2=LIVE_K2), params
         )
         cursor.execute(_PG_ROLLING_KEYS)
         result.rolling_rows_recomputed, result.rolling_rows_changed = cursor.fetchone()

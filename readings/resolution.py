@@ -85,6 +85,15 @@ def cross_route_metrics() -> frozenset[str]:
     return frozenset(metrics)
 
 
+def cross_route_sql_list() -> str:
+    """The cross-route wearable metrics as an SQL IN list ('' never matches: a list is never empty)."""
+    names = sorted(m for m in cross_route_metrics() if m != "glucose") or [""]
+    for name in names:
+        if not re.fullmatch(r"[a-z0-9_]*", name):
+            raise ValueError(f"not a plain metric name: {name!r}")
+    return ", ".join(f"'{name}'" for name in names)
+
+
 def interval_sql(delta: timedelta) -> str:
     return _interval(delta)
 
@@ -93,7 +102,7 @@ def _interval(delta: timedelta) -> str:
     return f"INTERVAL '{int(delta.total_seconds())} seconds'"
 
 
-def counted_glucose_sql(where: str, join: str = "") -> str:
+def counted_glucose_sql(where: str, join: str = "", table: str = "patient_glucose_readings") -> str:
     """SELECT of the glucose rows that count (columns of patient_glucose_readings), among the rows `where`
     selects (a condition on alias `g`). Rows within GLUCOSE_TOLERANCE outside the span the caller buckets
     must be selected too (they decide whether a row inside it counts); the caller then keeps its span. `join`
@@ -108,7 +117,7 @@ SELECT x.patient_id, x.source, x.measured_at, x.value_mg_dl, x.connection_id FRO
                PARTITION BY g.patient_id, {family} ORDER BY g.measured_at
                RANGE BETWEEN {tolerance} PRECEDING AND {tolerance} FOLLOWING
            ) AS best_rank
-    FROM patient_glucose_readings g
+    FROM {table} g
     {join}
     LEFT JOIN patient_connections c ON c.id = g.connection_id
     LEFT JOIN patient_route_priorities o
@@ -138,7 +147,7 @@ def counted_wearable_sql(
 SELECT r.patient_id, r.metric, r.measured_at, r.value
 FROM patient_wearable_readings r
 {join}
-WHERE ({where}) AND NOT {device}
+WHERE ({where}) AND NOT ({device} AND r.metric IN ({cross_route_sql_list()}))
 UNION ALL
 SELECT x.patient_id, x.metric, x.measured_at, x.value FROM (
     SELECT r.patient_id, r.metric, r.measured_at, r.value, {rank} AS route_rank,
@@ -151,6 +160,6 @@ SELECT x.patient_id, x.metric, x.measured_at, x.value FROM (
     LEFT JOIN patient_connections c ON c.id = r.connection_id
     LEFT JOIN patient_route_priorities o
       ON o.patient_id = r.patient_id AND o.source_family = {family} AND o.provider = c.provider
-    WHERE ({wide_where}) AND {device}
+    WHERE ({wide_where}) AND {device} AND r.metric IN ({cross_route_sql_list()})
 ) x WHERE x.route_rank = x.best_rank
 """
