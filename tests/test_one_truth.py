@@ -515,3 +515,46 @@ def test_a_whoop_sleep_relayed_by_junction_and_synced_directly_counts_once_by_th
             dict(DailyStat.objects.filter(patient=patient, metric="sleep_total").values_list("day", "count"))
             == sleep
         )
+
+
+def test_a_route_priority_saved_in_the_admin_rebuilds_the_patients_statistics(client) -> None:  # type: ignore[no-untyped-def]
+    from django.contrib.auth.models import User
+    from django.urls import reverse
+
+    from connections.models import Connection, Provider
+
+    now = datetime(2025, 11, 20, 12, 0, tzinfo=UTC)
+    with time_machine.travel(now, tick=False):
+        patient = Patient.objects.create(time_zone="Europe/London")
+        junction = Connection.objects.create(patient=patient, provider=Provider.JUNCTION)
+        whoop = Connection.objects.create(patient=patient, provider=Provider.WHOOP)
+        whoop_night(patient, junction.pk, whoop.pk, datetime(2025, 11, 10, 22, 30, tzinfo=UTC))
+        run_aggregation()
+        User.objects.create_superuser("root", "root@example.com", "pw")
+        client.login(username="root", password="pw")
+
+        response = client.post(
+            reverse("admin:connections_patient_change", args=[patient.pk]),
+            {
+                "junction_user_id": "",
+                "clerk_user_id": "",
+                "time_zone": "Europe/London",
+                "connections-TOTAL_FORMS": "0",
+                "connections-INITIAL_FORMS": "0",
+                "connections-MIN_NUM_FORMS": "0",
+                "connections-MAX_NUM_FORMS": "1000",
+                "route_priorities-TOTAL_FORMS": "1",
+                "route_priorities-INITIAL_FORMS": "0",
+                "route_priorities-MIN_NUM_FORMS": "0",
+                "route_priorities-MAX_NUM_FORMS": "1000",
+                "route_priorities-0-source_family": "whoop",
+                "route_priorities-0-provider": "junction",
+                "route_priorities-0-priority": "5",
+            },
+        )
+
+        assert response.status_code == 302, response.content[:2000]
+        sleep = dict(
+            DailyStat.objects.filter(patient=patient, metric="sleep_total").values_list("day", "count")
+        )
+        assert sleep == {date(2025, 11, 11): 1}  # the Junction copy (end of night) now counts, alone
