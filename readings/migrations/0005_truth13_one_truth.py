@@ -127,6 +127,7 @@ class Migration(migrations.Migration):
             },
         ),
         migrations.RunSQL(RENAME_LIBRE, UNRENAME_LIBRE),
-        migrations.RunSQL(RESTAMP_DAY_LEVEL, migrations.RunSQL.noop),
         *(migrations.RunSQL(rename_whoop_sql(old, new), unrename_whoop_sql(old, new)) for old, new in WHOOP_RENAMES),
+        # After the WHOOP renames: the resting_heart_rate rows left are Junction's day-level ones.
+        migrations.RunSQL(RESTAMP_DAY_LEVEL, migrations.RunSQL.noop),
     ]
