@@ -204,6 +204,39 @@ def do_reactivate_connection(connection: Connection, *, actor: str, trigger: str
 # Sources a patient can ask to sync: the registered direct providers (by key), and every provider Junction
 # documents (a patient reaches those through their Junction connection). A direct connection wins where a name
 # is both.
+def do_change_time_zone(patient: Patient, time_zone: str, *, actor: str) -> None:
+    """Move a patient to another IANA zone: the one path for every zone change (admin form, commands, code).
+    Re-buckets the patient's days and rebuilds exactly the affected statistics in one transaction
+    (readings.aggregate.change_patient_time_zone)."""
+    from readings.aggregate import change_patient_time_zone
+
+    result = change_patient_time_zone(patient.pk, time_zone)
+    logger.info(
+        "patient time zone changed",
+        extra={
+            "patient_id": patient.pk,
+            "actor": actor[:150],
+            "daily_rows_changed": result.daily_rows_changed,
+        },
+    )
+
+
+def do_rebuild_patient_statistics(patient: Patient, *, actor: str) -> None:
+    """Rebuild a patient's statistics inside the horizon after their route priorities changed (which copy of a
+    measurement counts), in one transaction (readings.aggregate.rebuild_patient_days)."""
+    from readings.aggregate import rebuild_patient_days
+
+    result = rebuild_patient_days(patient.pk)
+    logger.info(
+        "patient statistics rebuilt",
+        extra={
+            "patient_id": patient.pk,
+            "actor": actor[:150],
+            "daily_rows_changed": result.daily_rows_changed,
+        },
+    )
+
+
 def direct_sources() -> frozenset[str]:
     return frozenset(key for key, p in PROVIDERS.items() if p.connect is not ConnectMethod.AGGREGATOR)
 

@@ -57,6 +57,7 @@ from connections.oauth import connect_link, oauth_providers
 from connections.overview import ops_overview
 from loopsync.sentry import scrub_text
 from readings.agp_report import agp_report_context, with_glucose_14d
+from readings.models import RoutePriority
 
 RESYNC_PERMISSION = "connections.force_resync_connection"
 DEACTIVATE_PERMISSION = "connections.deactivate_connection"
@@ -652,7 +653,9 @@ def patient_charts(patient: Patient, now: datetime) -> dict[str, Any]:
 
 
 def daily_stats_table(patient: Patient, now: datetime) -> dict[str, Any]:
-    """The last 7 local days of daily statistics: one row per metric, the day's mean per column."""
+    """The last 7 local days of daily statistics: one row per metric, the day's value per column (its total for
+    a summed metric such as steps, its mean otherwise: readings/catalogue.py)."""
+    from readings.catalogue import CATALOGUE, Daily
     from readings.models import DailyStat
 
     first = (now - timedelta(days=CHART_DAYS - 1)).date()
@@ -661,10 +664,21 @@ def daily_stats_table(patient: Patient, now: datetime) -> dict[str, Any]:
     for stat in DailyStat.objects.filter(patient=patient, day__gte=first - timedelta(days=1)).order_by(
         "metric", "day"
     ):
+        entry = CATALOGUE.get(stat.metric)
+        summed = entry is not None and entry.daily is Daily.SUM
         row = rows.setdefault(
-            stat.metric, {"metric": stat.metric, "by_day": {}, "avg_7d": None, "avg_30d": None}
+            stat.metric,
+            {
+                "metric": stat.metric,
+                "unit": entry.unit if entry else "",
+                "daily": "total" if summed else "mean",
+                "description": entry.description if entry else "",
+                "by_day": {},
+                "avg_7d": None,
+                "avg_30d": None,
+            },
         )
-        row["by_day"][stat.day] = stat.avg
+        row["by_day"][stat.day] = stat.sum if summed else stat.avg
         row["avg_7d"], row["avg_30d"] = stat.avg_7d, stat.avg_30d
     return {
         "stat_days": days,
@@ -672,6 +686,17 @@ def daily_stats_table(patient: Patient, now: datetime) -> dict[str, Any]:
             {**row, "cells": [row["by_day"].get(day) for day in days]} for _, row in sorted(rows.items())
         ],
     }
+
+
+class RoutePriorityInline(admin.TabularInline):
+    """A patient's own route ranks (readings/resolution.py): which route's copy of a device family's readings
+    counts in the statistics. Saving rebuilds the patient's statistics inside the horizon."""
+
+    model = RoutePriority
+    fields = ("source_family", "provider", "priority")
+    extra = 0
+    verbose_name = "route priority (overrides the providers' defaults; higher counts)"
+    verbose_name_plural = "route priorities (overrides the providers' defaults; higher counts)"
 
 
 @admin.register(Patient)
@@ -683,7 +708,7 @@ class PatientAdmin(RefusesNulMixin, admin.ModelAdmin):
     ordering = ("-id",)
     fields = ("junction_user_id", "clerk_user_id", "time_zone", "created_at")
     readonly_fields = ("created_at",)
-    inlines = (ConnectionInline,)
+    inlines = (ConnectionInline, RoutePriorityInline)
     change_form_template = "admin/connections/patient/change_form.html"
 
     # Patients are created by syncs and onboarding; deleting one would cascade over its readings.
@@ -715,6 +740,22 @@ class PatientAdmin(RefusesNulMixin, admin.ModelAdmin):
             **agp_report_context(patient.pk, patient.time_zone, timezone.now(), days),
         }
         return TemplateResponse(request, "admin/readings/agp_print.html", context)
+
+    def save_model(self, request: HttpRequest, obj: Patient, form: Any, change: bool) -> None:
+        # A zone is never saved as a plain field: the change goes through the one action that re-buckets the
+        # patient's days and rebuilds exactly the affected statistics.
+        new_zone = obj.time_zone
+        if change and "time_zone" in form.changed_data:
+            obj.time_zone = form.initial["time_zone"]
+        super().save_model(request, obj, form, change)
+        if change and "time_zone" in form.changed_data:
+            actions.do_change_time_zone(obj, new_zone, actor=request.user.get_username())
+            obj.time_zone = new_zone
+
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        super().save_formset(request, form, formset, change)
+        if formset.model._meta.db_table == "patient_route_priorities" and formset.has_changed():
+            actions.do_rebuild_patient_statistics(form.instance, actor=request.user.get_username())
 
     def change_view(
         self,

@@ -57,6 +57,7 @@ from connections.providers.registry import open_provider, provider_jobs
 from connections.sync_errors import sync_error_code
 from connections.tokens import TokenSession
 from loopsync.sentry import capture_sync_failure
+from readings.horizon import drop_past_horizon
 from readings.writers import ReadingsWriter
 
 logger = logging.getLogger("loopsync.sync")
@@ -159,7 +160,7 @@ def newest_reading(batch: Batch, now: datetime) -> datetime | None:
     """The newest reading a batch holds (the admin's "newest reading"), never later than now.
 
     A batch's rows come from one provider's parser, which writes one canonical UTC form, so the string max
-    is the time max. Day summaries are stamped at local noon, which can be later than now.
+    is the time max. Day summaries are stamped at 00:00 UTC of their date, which can be later than now.
     """
     newest_raw = max(
         max((row[3] for row in batch.readings), default=""),
@@ -180,6 +181,9 @@ def store_batch_and_cursor(
     and cursor commit only once the API has accepted them (a failure leaves them where they were, and the
     idempotent ingest makes the retry harmless).
     """
+    # Past the frozen horizon a reading would recompute a day from partial raw rows: skipped, counted.
+    batch.readings, batch.glucose, too_old = drop_past_horizon(batch.readings, batch.glucose)
+    batch.skipped += too_old
     remote_written = None
     if not writer.in_transaction and (batch.readings or batch.glucose):
         remote_written = writer.store(connection, batch.readings, batch.glucose)

@@ -195,7 +195,7 @@ def daily_points(
     out: dict[date, list[tuple[float, float]]] = defaultdict(list)
     with db.cursor() as cursor:
         cursor.execute(
-            _DAILY_POINTS.replace("{counted}", gm.counted_glucose_sql()),
+            _DAILY_POINTS.replace("{counted}", gm.counted_glucose_sql(gm.PATIENT_SPAN)),
             {"tz": time_zone, "patient": patient_id, "lo": lo, "hi": hi},
         )
         for day, minute, value in cursor.fetchall():

@@ -31,6 +31,7 @@ from connections.api.errors import APIError
 from connections.api.openapi import DAILY_METRIC, METRIC, enum_field, enum_ref
 from connections.api.serializers import DailyMetricField
 from connections.providers.registry import PROVIDERS
+from readings.catalogue import CATALOGUE, describe
 from readings.models import DailyStat, GlucoseReading, WearableReading
 from readings.store import local_day_bounds
 
@@ -467,7 +468,10 @@ class DailyStatsView(PatientAPIView):
                 "metric",
                 enum_ref(DAILY_METRIC),
                 required=False,
-                description="One metric; all metrics if omitted.",
+                description="One metric; all metrics if omitted. `sum` is the day's total, `avg` its mean; "
+                "`avg_7d`/`avg_30d` follow each metric's rolling rule (the average daily total over the "
+                "window's days with data for a summed metric, the sample-weighted mean otherwise; day D "
+                "included). Metrics: " + describe(),
             ),
             *_params(False, True, DEFAULT_PAGE, MAX_PAGE),
         ],
@@ -502,7 +506,10 @@ class ReadingsView(PatientAPIView):
         summary="Raw wearable readings of one metric (ordered by source, then time)",
         parameters=[
             OpenApiParameter(
-                "metric", enum_ref(METRIC), required=True, description="The metric, e.g. heart_rate, steps."
+                "metric",
+                enum_ref(METRIC),
+                required=True,
+                description="Metrics: " + describe([m for m in sorted(CATALOGUE) if m != "glucose"]),
             ),
             *_params(True, False, DEFAULT_PAGE, MAX_PAGE),
         ],

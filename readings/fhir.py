@@ -150,10 +150,10 @@ def _readings(
     with db.cursor() as cursor:
         cursor.execute(
             f"SELECT c.source, c.measured_at, c.value_mg_dl, c.range_flag, coalesce(g.device, '') "
-            f"FROM ({gm.counted_glucose_sql()}) c JOIN patient_glucose_readings g "
+            f"FROM ({gm.counted_glucose_sql('g.patient_id = %s')}) c JOIN patient_glucose_readings g "
             "ON g.patient_id = c.patient_id AND g.source = c.source AND g.measured_at = c.measured_at "
             "WHERE c.patient_id = %s AND c.measured_at >= %s AND c.measured_at < %s ORDER BY 2, 1",
-            [patient_id, lo, hi],
+            [patient_id, patient_id, lo, hi],
         )
         return cursor.fetchall()
 

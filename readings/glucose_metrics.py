@@ -23,8 +23,8 @@ Episodes: a run of consecutive readings below 70 (hypo), below 54 (level 2 hypo)
 ends the run). Counted on the local day the run starts; runs are followed 12 hours (`CONTEXT`) past the days
 recomputed, so a run crossing midnight is cut 12 hours into the next day.
 
-Which readings count is `counted_glucose_sql()`: today every row of patient_glucose_readings; source
-resolution (issue 13) replaces that one function.
+Which readings count is `counted_glucose_sql()`: the source resolution of readings/resolution.py (when one
+measurement arrives by two routes, the best route's copy), with each reading's sensor interval.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.db import connection as db
+
+from readings import resolution
 
 # Sensor intervals by source (minutes); every CGM we sync reports every 5 minutes.
 DEFAULT_INTERVAL_MINUTES = 5.0
@@ -72,22 +74,29 @@ DAY_COLUMNS = (
 )
 
 
-def counted_glucose_sql() -> str:
+_TOLERANCE = resolution.interval_sql(resolution.GLUCOSE_TOLERANCE)
+# One patient's readings from %(lo)s to %(hi)s (and the tolerance around them, which decides what counts).
+PATIENT_SPAN = f"g.patient_id = %(patient)s AND g.measured_at >= %(lo)s - {_TOLERANCE} AND g.measured_at < %(hi)s + {_TOLERANCE}"
+
+
+def counted_glucose_sql(where: str = "true", join: str = "") -> str:
     """The glucose readings that count for the metrics and the AGP, one row per counted measurement:
     (patient_id, source, measured_at, value_mg_dl, range_flag, interval_minutes).
 
-    Today every stored row. The source resolution of issue 13 (which route counts when one measurement
-    arrives by two) replaces the body of this function; nothing else here reads patient_glucose_readings.
+    Source resolution (readings.resolution.counted_glucose_sql) among the rows `where` selects (alias `g`;
+    `join` may narrow them first): it must reach GLUCOSE_TOLERANCE beyond the caller's span, and at least
+    name the patient, or the resolution window runs over every patient's readings.
     """
     # Literals without a decimal point (":g"): the SQL text reaches Sentry breadcrumbs, whose tests look for
     # reading-like numbers.
     interval = f"{DEFAULT_INTERVAL_MINUTES:g}::double precision"
     if SOURCE_INTERVAL_MINUTES:
         cases = " ".join(f"WHEN '{s}' THEN {m:g}" for s, m in sorted(SOURCE_INTERVAL_MINUTES.items()))
-        interval = f"(CASE source {cases} ELSE {DEFAULT_INTERVAL_MINUTES:g} END)::double precision"
+        interval = f"(CASE r.source {cases} ELSE {DEFAULT_INTERVAL_MINUTES:g} END)::double precision"
+    counted = resolution.counted_glucose_sql(where, join)
     return (
-        f"SELECT patient_id, source, measured_at, value_mg_dl, range_flag, {interval} AS interval_minutes "
-        "FROM patient_glucose_readings"
+        f"SELECT r.patient_id, r.source, r.measured_at, r.value_mg_dl, r.range_flag, {interval} AS interval_minutes "
+        f"FROM ({counted}) r"
     )
 
 
@@ -224,8 +233,12 @@ WHERE x.day >= %(first_day)s
 
 def _days_sql(targets: str) -> str:
     return _PG_DAYS.format(
-        targets=targets.replace("{counted}", counted_glucose_sql()),
-        counted=counted_glucose_sql(),
+        targets=targets.replace("{counted}", counted_glucose_sql("g.patient_id = ANY(%(patients)s)")),
+        # Only the spans being recomputed (and the tolerance around them) go through the resolution window.
+        counted=counted_glucose_sql(
+            f"g.measured_at >= s.lo - {_TOLERANCE} AND g.measured_at < s.hi + {_TOLERANCE}",
+            "JOIN spans s ON s.patient_id = g.patient_id",
+        ),
         episode_minutes=f"{EPISODE_MINUTES:g}",
         margin=f"{int(CONTEXT.total_seconds())} seconds",
     )
@@ -687,7 +700,7 @@ def agp(patient_id: int, time_zone: str, end: date, days: int = 14) -> list[AgpS
     _, hi = local_day_bounds(end, tz)
     with db.cursor() as cursor:
         cursor.execute(
-            _PG_AGP.replace("{counted}", counted_glucose_sql()),
+            _PG_AGP.replace("{counted}", counted_glucose_sql(PATIENT_SPAN)),
             {"tz": time_zone, "patient": patient_id, "lo": lo, "hi": hi},
         )
         return [

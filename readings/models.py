@@ -107,7 +107,8 @@ class DailyStat(models.Model):
     max = models.FloatField()
     sum = models.FloatField()
     count = models.PositiveIntegerField()
-    # Sample-weighted rolling means over calendar days (sum of sums / sum of counts).
+    # Rolling means over calendar days D-6..D and D-29..D by the metric's rule (readings/catalogue.py): the mean
+    # of the daily totals over days with data for a summed metric, sum of sums / sum of counts otherwise.
     avg_7d = models.FloatField(null=True, blank=True)
     avg_30d = models.FloatField(null=True, blank=True)
     updated_at = models.DateTimeField(db_default=Now())
@@ -206,3 +207,27 @@ class GlucoseDay(models.Model):
 
     def __str__(self) -> str:
         return f"glucose day {self.day}"
+
+
+class RoutePriority(models.Model):
+    """A patient's own rank of a route for one device family, overriding the providers' registry priorities
+    (readings/resolution.py): e.g. count this patient's Dexcom readings from Junction, not Dexcom direct.
+    Higher wins. Edited in the admin's patient page, which rebuilds the patient's statistics."""
+
+    patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="route_priorities")
+    # A provider's source_family (dexcom, libre, whoop) or a source name Junction relays.
+    source_family = models.CharField(max_length=40)
+    # The route: a registered provider's key.
+    provider = models.CharField(max_length=16)
+    priority = models.SmallIntegerField()
+
+    class Meta:
+        db_table = "patient_route_priorities"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["patient", "source_family", "provider"], name="route_priority_unique_route"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.source_family} via {self.provider}: {self.priority}"

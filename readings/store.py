@@ -18,10 +18,21 @@ from zoneinfo import ZoneInfo
 from django.db import connection as db
 
 from connections.providers.contract import GlucoseRow, WearableRow, full_glucose_row
+from readings.catalogue import day_zone_sql
 from readings.dirty import mark_dirty
 from readings.glucose_metrics import refresh_glucose_days
+from readings.horizon import first_complete_day
+from readings.resolution import (
+    GLUCOSE_TOLERANCE,
+    WEARABLE_MARGIN,
+    counted_glucose_sql,
+    counted_wearable_sql,
+    cross_route_metrics,
+)
 
 GLUCOSE_METRIC = "glucose"
+# A day-level summary's stamp (00:00 UTC of its date) lies within 14 h of its local day's bounds.
+DAY_LEVEL_SLACK = timedelta(hours=14)
 
 # (metric, patient-local day) keys whose raw rows changed.
 TouchedDays = set[tuple[str, date]]
@@ -52,10 +63,16 @@ def store_batch(
     if not (readings or glucose):
         return StoreResult()
     result = _store_postgres(patient_id, time_zone, readings, glucose, connection_id)
-    refresh_daily_stats(patient_id, time_zone, result.touched)
-    refresh_glucose_days(patient_id, time_zone, result.glucose_changed)
+    # Days before the frozen horizon keep their statistics (readings/horizon.py): a row stored there (callers
+    # drop readings past the horizon; a day straddling it can still be touched) never recomputes them.
+    first_day = first_complete_day()
+    live = {key for key in with_neighbours(result.touched) if key[1] >= first_day}
+    refresh_daily_stats(patient_id, time_zone, live)
+    refresh_glucose_days(
+        patient_id, time_zone, {day: span for day, span in result.glucose_changed.items() if day >= first_day}
+    )
     # aggregate-wearable-data recomputes these days' rolling averages (and the 29 days after them).
-    mark_dirty(patient_id, result.touched)
+    mark_dirty(patient_id, live)
     return result
 
 
@@ -87,8 +104,8 @@ WITH changed AS (
         WHERE (r.value, r.end_at, r.unit) IS DISTINCT FROM (EXCLUDED.value, EXCLUDED.end_at, EXCLUDED.unit)
     RETURNING metric, measured_at
 )
-SELECT metric, (measured_at AT TIME ZONE %(tz)s)::date, count(*) FROM changed GROUP BY 1, 2
-"""
+SELECT metric, (measured_at AT TIME ZONE {zone})::date, count(*) FROM changed GROUP BY 1, 2
+""".replace("{zone}", day_zone_sql("metric", "%(tz)s"))
 
 _PG_MERGE_GLUCOSE = """
 WITH changed AS (
@@ -168,49 +185,91 @@ def local_day_bounds(day: date, tz: ZoneInfo) -> tuple[datetime, datetime]:
     return start, end
 
 
-_PG_DAILY_WEARABLE = """
+# Only the rows that count (readings/resolution.py): one measurement arriving by two routes is counted once.
+# The rows around the span (the tolerance, a day for WHOOP's sleeps) decide which copy counts.
+_PG_DAILY_WEARABLE = (
+    """
+WITH counted AS ("""
+    + counted_wearable_sql(
+        "r.patient_id = %(patient)s AND r.metric = ANY(%(metrics)s)"
+        " AND r.measured_at >= %(lo)s AND r.measured_at < %(hi)s",
+        wide_where="r.patient_id = %(patient)s AND r.metric = ANY(%(metrics)s)"
+        " AND r.measured_at >= %(wlo)s AND r.measured_at < %(whi)s",
+    )
+    + """),
+keys AS (SELECT * FROM unnest(%(metrics)s::text[], %(days)s::date[]) AS d(metric, day)),
+computed AS (
+    SELECT d.metric, d.day, avg(r.value) AS avg, min(r.value) AS min, max(r.value) AS max, sum(r.value) AS sum,
+           count(*) AS count
+    FROM keys d
+    JOIN counted r
+      ON r.metric = d.metric
+     AND r.measured_at >= (d.day::timestamp AT TIME ZONE {zone})
+     AND r.measured_at < ((d.day + 1)::timestamp AT TIME ZONE {zone})
+    GROUP BY d.metric, d.day
+),
+-- A refreshed day with no row that counts (a neighbour whose copy another route's now out-counts) has none.
+gone AS (
+    DELETE FROM patient_wearable_daily_stats s USING keys d
+    WHERE s.patient_id = %(patient)s AND s.metric = d.metric AND s.day = d.day
+      AND NOT EXISTS (SELECT 1 FROM computed c WHERE c.metric = d.metric AND c.day = d.day)
+)
 INSERT INTO patient_wearable_daily_stats AS s
     (patient_id, metric, day, avg, min, max, sum, count, updated_at)
-SELECT %(patient)s, d.metric, d.day, avg(r.value), min(r.value), max(r.value), sum(r.value), count(*), now()
-FROM unnest(%(metrics)s::text[], %(days)s::date[]) AS d(metric, day)
-JOIN patient_wearable_readings r
-  ON r.patient_id = %(patient)s AND r.metric = d.metric
- AND r.measured_at >= (d.day::timestamp AT TIME ZONE %(tz)s)
- AND r.measured_at < ((d.day + 1)::timestamp AT TIME ZONE %(tz)s)
-GROUP BY d.metric, d.day
+SELECT %(patient)s, metric, day, avg, min, max, sum, count, now() FROM computed
 ON CONFLICT (patient_id, metric, day) DO UPDATE
     SET avg = EXCLUDED.avg, min = EXCLUDED.min, max = EXCLUDED.max, sum = EXCLUDED.sum,
         count = EXCLUDED.count, updated_at = EXCLUDED.updated_at
 """
+).replace("{zone}", day_zone_sql("d.metric", "%(tz)s"))
 
-_PG_DAILY_GLUCOSE = """
+_PG_DAILY_GLUCOSE = (
+    """
+WITH counted AS ("""
+    + counted_glucose_sql(
+        "g.patient_id = %(patient)s AND g.measured_at >= %(glo)s AND g.measured_at < %(ghi)s"
+    )
+    + """),
+keys AS (SELECT * FROM unnest(%(days)s::date[]) AS d(day)),
+computed AS (
+    SELECT d.day, avg(g.value_mg_dl) AS avg, min(g.value_mg_dl) AS min, max(g.value_mg_dl) AS max,
+           sum(g.value_mg_dl) AS sum, count(*) AS count
+    FROM keys d
+    JOIN counted g
+      ON g.measured_at >= (d.day::timestamp AT TIME ZONE %(tz)s)
+     AND g.measured_at < ((d.day + 1)::timestamp AT TIME ZONE %(tz)s)
+    GROUP BY d.day
+),
+gone AS (
+    DELETE FROM patient_wearable_daily_stats s USING keys d
+    WHERE s.patient_id = %(patient)s AND s.metric = 'glucose' AND s.day = d.day
+      AND NOT EXISTS (SELECT 1 FROM computed c WHERE c.day = d.day)
+)
 INSERT INTO patient_wearable_daily_stats AS s
     (patient_id, metric, day, avg, min, max, sum, count, updated_at)
-SELECT %(patient)s, 'glucose', d.day, avg(g.value_mg_dl), min(g.value_mg_dl), max(g.value_mg_dl),
-       sum(g.value_mg_dl), count(*), now()
-FROM unnest(%(days)s::date[]) AS d(day)
-JOIN patient_glucose_readings g
-  ON g.patient_id = %(patient)s
- AND g.measured_at >= (d.day::timestamp AT TIME ZONE %(tz)s)
- AND g.measured_at < ((d.day + 1)::timestamp AT TIME ZONE %(tz)s)
-GROUP BY d.day
+SELECT %(patient)s, 'glucose', day, avg, min, max, sum, count, now() FROM computed
 ON CONFLICT (patient_id, metric, day) DO UPDATE
     SET avg = EXCLUDED.avg, min = EXCLUDED.min, max = EXCLUDED.max, sum = EXCLUDED.sum,
         count = EXCLUDED.count, updated_at = EXCLUDED.updated_at
 """
+)
 
 
 def refresh_daily_stats(patient_id: int, time_zone: str, touched: TouchedDays) -> None:
-    """Recompute avg/min/max/sum/count of the given (metric, local day) keys from the raw rows.
+    """Recompute avg/min/max/sum/count of the given (metric, local day) keys from the rows that count.
 
-    A key whose raw rows are all gone keeps its statistic: retention removes raw rows, never daily stats.
+    A key left with no row that counts loses its statistic (only live days, inside the horizon, come here).
     """
     if not touched:
         return
     wearable = sorted(key for key in touched if key[0] != GLUCOSE_METRIC)
     glucose_days = sorted(day for metric, day in touched if metric == GLUCOSE_METRIC)
+    tz = ZoneInfo(time_zone)
     with db.cursor() as cursor:
         if wearable:
+            # Day-level metrics are bucketed by UTC date, at most 14 h from the local day: a day covers both.
+            lo = local_day_bounds(min(d for _, d in wearable), tz)[0]
+            hi = local_day_bounds(max(d for _, d in wearable), tz)[1]
             cursor.execute(
                 _PG_DAILY_WEARABLE,
                 {
@@ -218,10 +277,31 @@ def refresh_daily_stats(patient_id: int, time_zone: str, touched: TouchedDays) -
                     "tz": time_zone,
                     "metrics": [m for m, _ in wearable],
                     "days": [d for _, d in wearable],
+                    "lo": lo - DAY_LEVEL_SLACK,
+                    "hi": hi + DAY_LEVEL_SLACK,
+                    "wlo": lo - DAY_LEVEL_SLACK - WEARABLE_MARGIN,
+                    "whi": hi + DAY_LEVEL_SLACK + WEARABLE_MARGIN,
                 },
             )
         if glucose_days:
-            cursor.execute(_PG_DAILY_GLUCOSE, {"patient": patient_id, "tz": time_zone, "days": glucose_days})
+            glo = local_day_bounds(glucose_days[0], tz)[0] - GLUCOSE_TOLERANCE
+            ghi = local_day_bounds(glucose_days[-1], tz)[1] + GLUCOSE_TOLERANCE
+            cursor.execute(
+                _PG_DAILY_GLUCOSE,
+                {"patient": patient_id, "tz": time_zone, "days": glucose_days, "glo": glo, "ghi": ghi},
+            )
+
+
+def with_neighbours(touched: TouchedDays) -> TouchedDays:
+    """The touched keys, plus the days either side of those of metrics two routes may bring: a copy counted
+    on one day can decide, within the matching tolerance, whether a copy on the next one counts."""
+    cross = cross_route_metrics()
+    out = set(touched)
+    for metric, day in touched:
+        if metric in cross:
+            out.add((metric, day - timedelta(days=1)))
+            out.add((metric, day + timedelta(days=1)))
+    return out
 
 
 # --- Deletions a provider reports ------------------------------------------------------------------------
@@ -229,28 +309,16 @@ def refresh_daily_stats(patient_id: int, time_zone: str, touched: TouchedDays) -
 _PG_DELETE = """
 DELETE FROM patient_wearable_readings
 WHERE patient_id = %(patient)s AND source = %(source)s AND metric = ANY(%(metrics)s) AND measured_at = %(at)s
-RETURNING metric, (measured_at AT TIME ZONE %(tz)s)::date
-"""
-
-# A day whose every reading of a metric the provider withdrew has no statistic either (unlike retention,
-# which removes old raw rows and keeps their days' statistics).
-_PG_DROP_EMPTY_DAYS = """
-DELETE FROM patient_wearable_daily_stats s
-USING unnest(%(metrics)s::text[], %(days)s::date[]) AS d(metric, day)
-WHERE s.patient_id = %(patient)s AND s.metric = d.metric AND s.day = d.day
-  AND NOT EXISTS (
-      SELECT 1 FROM patient_wearable_readings r
-      WHERE r.patient_id = %(patient)s AND r.metric = d.metric
-        AND r.measured_at >= (d.day::timestamp AT TIME ZONE %(tz)s)
-        AND r.measured_at < ((d.day + 1)::timestamp AT TIME ZONE %(tz)s))
-"""
+RETURNING metric, (measured_at AT TIME ZONE {zone})::date
+""".replace("{zone}", day_zone_sql("metric", "%(tz)s"))
 
 
 def delete_readings(
     patient_id: int, time_zone: str, source: str, metrics: Sequence[str], measured_at: datetime
 ) -> int:
     """Remove the readings of one record the provider deleted (its rows share `measured_at`), and recompute
-    (or drop) the statistics of their days. Needs the caller's transaction; returns the rows removed."""
+    the statistics of their live days (a day left with no row that counts loses its statistic; days past the
+    frozen horizon are final). Needs the caller's transaction; returns the rows removed."""
     params = {
         "patient": patient_id,
         "source": source,
@@ -264,16 +332,8 @@ def delete_readings(
         touched: TouchedDays = {(metric, day) for metric, day in removed}
         if not touched:
             return 0
-        ordered = sorted(touched)
-        refresh_daily_stats(patient_id, time_zone, touched)
-        cursor.execute(
-            _PG_DROP_EMPTY_DAYS,
-            {
-                "patient": patient_id,
-                "tz": time_zone,
-                "metrics": [m for m, _ in ordered],
-                "days": [d for _, d in ordered],
-            },
-        )
-    mark_dirty(patient_id, touched)
+    first_day = first_complete_day()
+    live = {key for key in with_neighbours(touched) if key[1] >= first_day}
+    refresh_daily_stats(patient_id, time_zone, live)
+    mark_dirty(patient_id, live)
     return len(removed)

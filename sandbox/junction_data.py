@@ -509,6 +509,14 @@ class SeriesDay:
 EMPTY_SERIES = SeriesDay(array("q"), (), b"", array("q", [0]), 0)
 
 
+def sample_unit(user: JunctionUser, spec: ResourceSpec) -> str:
+    """The unit a sample carries. HRV's unit names its statistic: Apple Health measures SDNN, not RMSSD, and
+    Junction relays it as such."""
+    if spec.name == "hrv" and user.provider == "apple_health_kit":
+        return "sdnn"
+    return spec.unit
+
+
 def _encode(user: JunctionUser, spec: ResourceSpec, starts: list[int], values: list[float]) -> SeriesDay:
     """Encode each sample once. A fixed template is ~3x faster than a dict through orjson; the values are plain
     ints and short floats whose repr() is valid JSON (tests check the output against orjson's)."""
@@ -518,7 +526,7 @@ def _encode(user: JunctionUser, spec: ResourceSpec, starts: list[int], values: l
     # A day has at most one DST change: only compute offsets per sample when the day has one.
     first, last = offset_at(tz, starts[0]), offset_at(tz, starts[-1])
     head = '{"id":null,"timezone_offset":'
-    unit = f',"type":null,"unit":"{spec.unit}","timestamp":"'
+    unit = f',"type":null,"unit":"{sample_unit(user, spec)}","timestamp":"'
     parts: list[str] = []
     offsets = array("q", [0])
     pos = 0

@@ -55,7 +55,7 @@ def test_whoop_sync_stores_recovery_strain_sleep_and_workouts(
         "sleep_duration",
         "sleep_rem",
         "workout_strain",
-        "resting_heart_rate",
+        "recovery_resting_heart_rate",
     } <= metrics
     start = frozen_time - timedelta(days=direct_config.whoop_initial_days)
     sleeps = clean_sandbox.whoop.records(2, "activity/sleep", start, frozen_time)

@@ -139,7 +139,7 @@ def test_junction_records_at_impossible_times_are_counted_and_the_window_stored(
     assert user.records_skipped == 1 and user.records_stored == user.records_fetched - 1 > 1000
     patient = Patient.objects.get(junction_user_id=user_id)
     times = WearableReading.objects.filter(patient=patient).values_list("measured_at", flat=True)
-    # Day-level summaries sit at local noon, which may be later today in UTC; never on a later local day.
+    # Day-level summaries sit at 00:00 UTC of their date, up to 14 h ahead of now; never on a later local day.
     assert all(EARLIEST_READING <= t <= frozen_time + timedelta(hours=14) for t in times)
 
 

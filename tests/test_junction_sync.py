@@ -26,14 +26,14 @@ def window_start(config: JunctionSyncConfig, now: datetime) -> datetime:
 def served_counts(sandbox: SandboxServer, user_id: str, start: datetime, end: datetime) -> dict[str, int]:
     counts = {}
     for spec in TIMESERIES:
-        counts[spec.metric] = len(sandbox.junction.samples(user_id, spec.resource, start, end))
+        counts[spec.resource] = len(sandbox.junction.samples(user_id, spec.resource, start, end))
     counts["glucose"] = len(sandbox.junction.samples(user_id, "glucose", start, end))
     return counts
 
 
 def stored_counts(patient: Patient) -> dict[str, int]:
     counts = {
-        spec.metric: WearableReading.objects.filter(patient=patient, metric=spec.metric).count()
+        spec.resource: WearableReading.objects.filter(patient=patient, metric__in=spec.metrics).count()
         for spec in TIMESERIES
     }
     counts["glucose"] = GlucoseReading.objects.filter(patient=patient).count()
@@ -52,7 +52,7 @@ def test_sync_stores_exactly_the_distinct_samples_the_sandbox_served(
         patient = Patient.objects.get(junction_user_id=user_id)
         served = served_counts(clean_sandbox, user_id, start, frozen_time)
         assert stored_counts(patient) == served
-        assert served["heart_rate"] > 1000
+        assert served["heartrate"] > 1000
     # Glucose only for users with a CGM connected through Junction.
     cgm_users = [u for u in junction_config.user_ids if clean_sandbox.junction.user(u).cgm_provider]
     assert cgm_users and GlucoseReading.objects.exists()
@@ -228,7 +228,7 @@ def test_a_timeout_is_retried(
     assert [(r.route, r.reason) for r in retries] == [("/v2/timeseries/{user_id}/hrv/grouped", "network")]
     patient = Patient.objects.get(junction_user_id=user_id)
     served = served_counts(clean_sandbox, user_id, window_start(config, frozen_time), frozen_time)
-    assert stored_counts(patient)["hrv_rmssd"] == served["hrv_rmssd"] > 0
+    assert stored_counts(patient)["hrv"] == served["hrv"] > 0
 
 
 def test_a_malformed_record_is_skipped_with_a_warning_and_the_rest_is_stored(
@@ -250,7 +250,7 @@ def test_a_malformed_record_is_skipped_with_a_warning_and_the_rest_is_stored(
     assert result.users[0].records_skipped == 1
     patient = Patient.objects.get(junction_user_id=user_id)
     served = served_counts(clean_sandbox, user_id, window_start(config, frozen_time), frozen_time)
-    assert stored_counts(patient)["heart_rate"] == served["heart_rate"] - 1
+    assert stored_counts(patient)["heartrate"] == served["heartrate"] - 1
     warnings = [r for r in caplog.records if r.getMessage() == "skipped invalid record"]
     assert len(warnings) == 1
     assert "abc" not in warnings[0].__dict__.get("reason", "")
@@ -269,19 +269,25 @@ def test_401_gives_a_clear_error_in_the_summary(junction_config: JunctionSyncCon
     assert "sk_us_wrong" not in " ".join(summary.errors)
 
 
-def test_after_a_time_zone_change_the_next_sync_parses_every_day_again(
+def test_after_a_time_zone_change_day_level_summaries_stay_on_their_calendar_date_and_are_counted_once(
     junction_config: JunctionSyncConfig,
 ) -> None:
-    from readings.aggregate import change_patient_time_zone
+    from readings.aggregate import change_patient_time_zone, run_aggregation
+    from readings.models import DailyStat
 
     config = junction_config.replace(user_ids=junction_config.user_ids[:1])
     run_wearable_sync_job(config)
     patient = Patient.objects.get(junction_user_id=config.user_ids[0])
+    before = dict(
+        DailyStat.objects.filter(patient=patient, metric="activity_steps").values_list("day", "sum")
+    )
     new_zone = "Pacific/Kiritimati" if patient.time_zone != "Pacific/Kiritimati" else "Pacific/Pago_Pago"
 
     change_patient_time_zone(patient.pk, new_zone)
-    again = run_wearable_sync_job(config)
+    again = run_wearable_sync_job(config, force=True)  # every day parsed and written again
+    run_aggregation()
 
-    # Without this, unchanged days would be skipped and day-level summaries would keep the old zone's noon.
-    assert again.users[0].unchanged_days == 0
-    assert again.users[0].records_stored > 0  # activity and body summaries moved to the new local noon
+    assert again.ok
+    steps = DailyStat.objects.filter(patient=patient, metric="activity_steps")
+    assert before and dict(steps.values_list("day", "sum")) == before  # the provider's dates, never doubled
+    assert set(steps.values_list("count", flat=True)) == {1}

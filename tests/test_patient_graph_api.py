@@ -16,6 +16,10 @@ from sandbox.clerk import ClerkSandbox
 from tests.api_helpers import client_for, error_of, field_errors_of
 from tests.direct_helpers import connect, run_wearable_sync_job, sync
 
+# The rows are dated March 2026: every test runs at the suite's epoch (conftest.FROZEN_NOW), inside the raw
+# retention horizon the ingest API enforces.
+pytestmark = pytest.mark.usefixtures("frozen_time")
+
 INGEST = "/api/patient-graph/service/ingest"
 DAILY = "/api/patient-graph/service/daily-stats"
 KEY = "pg_test_key_0123456789"

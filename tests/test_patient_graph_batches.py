@@ -26,6 +26,10 @@ from tests.api_helpers import error_of
 from tests.direct_helpers import run_wearable_sync_job
 from tests.test_patient_graph_api import KEY, forget_data, reading, snapshot
 
+# The rows are dated March 2026: every test runs at the suite's epoch (conftest.FROZEN_NOW), inside the raw
+# retention horizon the ingest API enforces.
+pytestmark = pytest.mark.usefixtures("frozen_time")
+
 INGEST = "/api/patient-graph/service/ingest"
 # Django's own request-body limit (DATA_UPLOAD_MAX_MEMORY_SIZE's default): what refused the writer before.
 DJANGO_LIMIT = 2_621_440

@@ -119,7 +119,8 @@ def test_dexcom_glucose_through_junction_and_direct_keeps_the_direct_copy(
         patient, [], [cgm(moment + timedelta(minutes=5), 110, source="dexcom_v3")], connection_id=junction.pk
     )
     run_aggregation()
-    assert DailyStat.objects.get(metric="glucose").count == 3
+    # Source resolution counts the reading once already (issue 13): cleanup only tidies storage.
+    assert DailyStat.objects.get(metric="glucose").count == 2
 
     result = run_cleanup()
 
@@ -128,7 +129,7 @@ def test_dexcom_glucose_through_junction_and_direct_keeps_the_direct_copy(
         ("dexcom", 100.0),
         ("dexcom_v3", 110.0),
     ]
-    # The day was marked: the next aggregation recomputes it from the rows that stayed.
+    # The day was marked: the next aggregation recomputes it from the rows that stayed, to the same count.
     assert DailyStatDirty.objects.filter(metric="glucose").exists()
     run_aggregation()
     assert DailyStat.objects.get(metric="glucose").count == 2

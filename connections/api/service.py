@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from drf_spectacular.utils import OpenApiExample, extend_schema
 from rest_framework import serializers
@@ -28,13 +29,14 @@ from connections.api.jsoncodec import BodyLimitedJSONParser
 from connections.models import Connection, Patient, Provider
 from connections.providers.contract import (
     CLOCK_SKEW,
-    LOCAL_NOON_AHEAD,
+    DAY_STAMP_AHEAD,
     RANGE_FLAGS,
     GlucoseRow,
     InvalidRecord,
     WearableRow,
 )
 from connections.providers.junction.client import canonical_utc
+from readings.horizon import canonical_horizon
 from readings.store import store_batch
 
 MAX_ERRORS_REPORTED = 20
@@ -170,8 +172,8 @@ class _Rows:
         if value is None and not required:
             return None
         try:
-            # Rows of day-level summaries sit at the patient's local noon, which may still be ahead today.
-            return canonical_utc(value, name, ahead=LOCAL_NOON_AHEAD + CLOCK_SKEW)
+            # Rows of day-level summaries sit at 00:00 UTC of their date, which may still be ahead today.
+            return canonical_utc(value, name, ahead=DAY_STAMP_AHEAD + CLOCK_SKEW)
         except InvalidRecord as exc:
             rule = str(exc).removeprefix(f"{name} ")
             if rule.startswith(("is in the future", "is before", "is out of range")):
@@ -283,6 +285,19 @@ def _list(body: dict[str, Any], name: str) -> list[Any]:
     return value
 
 
+def _refuse_past_horizon(readings: list[WearableRow], glucose: list[GlucoseRow], rows: _Rows) -> None:
+    """A row older than the raw retention horizon would recompute a final day from partial raw rows."""
+    horizon = canonical_horizon()
+    why = (
+        f"is older than the raw retention horizon ({settings.RAW_READING_RETENTION_DAYS} days): "
+        "that day's statistics are final"
+    )
+    for name, table, column in (("readings", readings, 3), ("glucose", glucose, 1)):
+        for index, row in enumerate(table):
+            if row[column] < horizon:
+                rows.fail(f"{name}[{index}].measured_at", why)
+
+
 class IngestView(ServiceAPIView):
     parser_classes = [BodyLimitedJSONParser]
 
@@ -346,6 +361,8 @@ class IngestView(ServiceAPIView):
         rows = _Rows()
         readings = parse_readings(raw_readings, rows)
         glucose = parse_glucose(raw_glucose, rows)
+        if not rows.errors:
+            _refuse_past_horizon(readings, glucose, rows)
         if rows.errors:
             raise APIError("invalid_rows", "Some rows are invalid; nothing was stored.", errors=rows.errors)
         with transaction.atomic():

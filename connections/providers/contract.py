@@ -68,8 +68,9 @@ EARLIEST_READING = datetime(2000, 1, 1, tzinfo=UTC)
 # Sensor and phone clocks run a little ahead of ours; a reading further ahead than this is a broken clock,
 # and storing it would move a CGM cursor past every real reading still to come.
 CLOCK_SKEW = timedelta(minutes=15)
-# Day-level summaries are stamped at the patient's local noon, which for today is up to 12 h after now.
-LOCAL_NOON_AHEAD = timedelta(hours=12)
+# Day-level summaries are stamped at 00:00 UTC of their calendar date; the patient's local today (UTC+14 at
+# most) starts up to 14 h before that instant.
+DAY_STAMP_AHEAD = timedelta(hours=14)
 
 
 def latest_plausible(now: datetime | None = None) -> datetime:

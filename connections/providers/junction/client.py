@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -32,6 +32,7 @@ from connections.providers.contract import (
     plausible_day,
     plausible_instant,
 )
+from readings.catalogue import unit_of
 
 logger = logging.getLogger("loopsync.providers.junction")
 
@@ -44,22 +45,29 @@ CGM_PROVIDER_SLUGS = frozenset(
 
 @dataclass(frozen=True)
 class SeriesSpec:
-    """How one grouped timeseries resource maps to a stored metric, with the plausible value range."""
+    """How one grouped timeseries resource maps to stored metrics: each unit the API may give a sample, the
+    metric it is stored under (its unit from readings.catalogue), and the plausible value range."""
 
     resource: str
-    metric: str
-    unit: str
+    # unit as the sample gives it (lower case) -> metric
+    units: dict[str, str]
     low: float
     high: float
     interval: bool = False
 
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.units.values()))
+
 
 TIMESERIES: tuple[SeriesSpec, ...] = (
-    SeriesSpec("heartrate", "heart_rate", "bpm", 20, 250),
-    SeriesSpec("hrv", "hrv_rmssd", "ms", 1, 300),
-    SeriesSpec("respiratory_rate", "respiratory_rate", "breaths/min", 3, 60),
-    SeriesSpec("blood_oxygen", "blood_oxygen", "%", 50, 100),
-    SeriesSpec("steps", "steps", "count", 0, 100_000, interval=True),
+    SeriesSpec("heartrate", {"bpm": "heart_rate"}, 20, 250),
+    # The spec's HRV unit names the statistic: `rmssd`; Apple Health measures SDNN, a different quantity,
+    # which has its own metric rather than being averaged with RMSSD.
+    SeriesSpec("hrv", {"rmssd": "hrv_rmssd", "sdnn": "hrv_sdnn"}, 1, 300),
+    SeriesSpec("respiratory_rate", {"bpm": "respiratory_rate", "breaths/min": "respiratory_rate"}, 3, 60),
+    SeriesSpec("blood_oxygen", {"%": "blood_oxygen", "percent": "blood_oxygen"}, 50, 100),
+    SeriesSpec("steps", {"count": "steps", "steps": "steps"}, 0, 100_000, interval=True),
 )
 GLUCOSE_RESOURCE = "glucose"
 
@@ -67,43 +75,44 @@ SUMMARY_KINDS: tuple[str, ...] = ("sleep", "activity", "workouts", "body")
 # Envelope key of each summary response.
 SUMMARY_ENVELOPE = {"sleep": "sleep", "activity": "activity", "workouts": "workouts", "body": "body"}
 
-# (field path, metric, unit, low, high) per summary kind; a null field is simply absent that day.
-SLEEP_FIELDS: tuple[tuple[str, str, str, float, float], ...] = (
-    ("duration", "sleep_duration", "s", 0, 86_400),
-    ("total", "sleep_total", "s", 0, 86_400),
-    ("awake", "sleep_awake", "s", 0, 86_400),
-    ("light", "sleep_light", "s", 0, 86_400),
-    ("rem", "sleep_rem", "s", 0, 86_400),
-    ("deep", "sleep_deep", "s", 0, 86_400),
-    ("efficiency", "sleep_efficiency", "%", 0, 100),
-    ("latency", "sleep_latency", "s", 0, 86_400),
-    ("score", "sleep_score", "score", 0, 100),
-    ("hr_lowest", "sleep_hr_lowest", "bpm", 20, 250),
-    ("hr_average", "sleep_hr_average", "bpm", 20, 250),
-    ("hr_resting", "sleep_resting_heart_rate", "bpm", 20, 250),
-    ("average_hrv", "sleep_hrv_rmssd", "ms", 1, 300),
-    ("respiratory_rate", "sleep_respiratory_rate", "breaths/min", 3, 60),
-    ("recovery_readiness_score", "readiness_score", "score", 0, 100),
+# (field path, metric, low, high) per summary kind (units from readings.catalogue); a null field is simply
+# absent that day.
+SLEEP_FIELDS: tuple[tuple[str, str, float, float], ...] = (
+    ("duration", "sleep_duration", 0, 86_400),
+    ("total", "sleep_total", 0, 86_400),
+    ("awake", "sleep_awake", 0, 86_400),
+    ("light", "sleep_light", 0, 86_400),
+    ("rem", "sleep_rem", 0, 86_400),
+    ("deep", "sleep_deep", 0, 86_400),
+    ("efficiency", "sleep_efficiency", 0, 100),
+    ("latency", "sleep_latency", 0, 86_400),
+    ("score", "sleep_score", 0, 100),
+    ("hr_lowest", "sleep_hr_lowest", 20, 250),
+    ("hr_average", "sleep_hr_average", 20, 250),
+    ("hr_resting", "sleep_resting_heart_rate", 20, 250),
+    ("average_hrv", "sleep_hrv_rmssd", 1, 300),
+    ("respiratory_rate", "sleep_respiratory_rate", 3, 60),
+    ("recovery_readiness_score", "readiness_score", 0, 100),
 )
-ACTIVITY_FIELDS: tuple[tuple[str, str, str, float, float], ...] = (
-    ("steps", "activity_steps", "count", 0, 200_000),
-    ("calories_total", "calories_total", "kcal", 0, 20_000),
-    ("calories_active", "calories_active", "kcal", 0, 20_000),
-    ("distance", "activity_distance", "m", 0, 500_000),
-    ("floors_climbed", "floors_climbed", "count", 0, 2_000),
-    ("heart_rate.resting_bpm", "resting_heart_rate", "bpm", 20, 250),
-    ("heart_rate.avg_bpm", "activity_heart_rate_avg", "bpm", 20, 250),
+ACTIVITY_FIELDS: tuple[tuple[str, str, float, float], ...] = (
+    ("steps", "activity_steps", 0, 200_000),
+    ("calories_total", "calories_total", 0, 20_000),
+    ("calories_active", "calories_active", 0, 20_000),
+    ("distance", "activity_distance", 0, 500_000),
+    ("floors_climbed", "floors_climbed", 0, 2_000),
+    ("heart_rate.resting_bpm", "resting_heart_rate", 20, 250),
+    ("heart_rate.avg_bpm", "activity_heart_rate_avg", 20, 250),
 )
-WORKOUT_FIELDS: tuple[tuple[str, str, str, float, float], ...] = (
-    ("calories", "workout_calories", "kcal", 0, 20_000),
-    ("distance", "workout_distance", "m", 0, 1_000_000),
-    ("average_hr", "workout_heart_rate_avg", "bpm", 20, 250),
-    ("max_hr", "workout_heart_rate_max", "bpm", 20, 250),
+WORKOUT_FIELDS: tuple[tuple[str, str, float, float], ...] = (
+    ("calories", "workout_calories", 0, 20_000),
+    ("distance", "workout_distance", 0, 1_000_000),
+    ("average_hr", "workout_heart_rate_avg", 20, 250),
+    ("max_hr", "workout_heart_rate_max", 20, 250),
 )
-BODY_FIELDS: tuple[tuple[str, str, str, float, float], ...] = (
-    ("weight", "body_weight", "kg", 1, 700),
-    ("fat", "body_fat", "%", 0, 100),
-    ("body_mass_index", "body_mass_index", "kg/m2", 5, 150),
+BODY_FIELDS: tuple[tuple[str, str, float, float], ...] = (
+    ("weight", "body_weight", 1, 700),
+    ("fat", "body_fat", 0, 100),
+    ("body_mass_index", "body_mass_index", 5, 150),
 )
 
 
@@ -166,10 +175,13 @@ def _warn_invalid(resource: str, index: int, error: InvalidRecord) -> None:
 
 
 def parse_timeseries(spec: SeriesSpec, payload: Any) -> ParsedPayload:
-    """Grouped timeseries page → wearable rows. Invalid samples are logged and skipped."""
+    """Grouped timeseries page → wearable rows, each sample stored under the metric its own unit names. Invalid
+    samples and samples in a unit the spec does not know are logged (never their value) and skipped."""
     out = ParsedPayload()
     rows = out.readings
-    metric, unit, low, high = spec.metric, spec.unit, spec.low, spec.high
+    low, high = spec.low, spec.high
+    units = spec.units
+    unknown_units: dict[str, int] = {}
     for group_key, entries in _groups(payload, spec.resource):
         for entry in entries:
             source, source_type = _source_of(group_key, entry.get("source"))
@@ -178,6 +190,13 @@ def parse_timeseries(spec: SeriesSpec, payload: Any) -> ParsedPayload:
                 try:
                     if not isinstance(sample, dict):
                         raise InvalidRecord("sample is not an object")
+                    unit = sample.get("unit")
+                    metric = units.get(unit.lower()) if isinstance(unit, str) else None
+                    if metric is None:
+                        name = str(unit)[:24] if isinstance(unit, str) else "missing"
+                        unknown_units[name] = unknown_units.get(name, 0) + 1
+                        out.skipped += 1
+                        continue
                     value = sample.get("value")
                     # Some providers report SpO2 as a fraction; the API's unit is percent.
                     if spec.resource == "blood_oxygen" and isinstance(value, float) and 0 < value <= 1:
@@ -193,7 +212,13 @@ def parse_timeseries(spec: SeriesSpec, payload: Any) -> ParsedPayload:
                     out.skipped += 1
                     _warn_invalid(spec.resource, index, exc)
                     continue
-                rows.append((metric, source, source_type, start, end, number, unit))
+                rows.append((metric, source, source_type, start, end, number, unit_of(metric)))
+    for unit_name, count in unknown_units.items():
+        # A unit name is not PHI; one line per unit and page, not per sample.
+        logger.warning(
+            "skipped samples in an unknown unit",
+            extra={"resource": spec.resource, "unit": unit_name, "skipped": count},
+        )
     return out
 
 
@@ -238,10 +263,11 @@ def _groups(payload: Any, resource: str) -> Iterator[tuple[str, list[dict[str, A
             yield str(key), [e for e in entries if isinstance(e, dict)]
 
 
-def _local_noon_utc(day: date, tz: ZoneInfo) -> str:
-    # Day-level summaries have no instant; local noon keeps them inside the patient's local day under any
-    # DST rule, so the daily statistic lands on the calendar_date the provider reported.
-    return datetime.combine(day, time(12), tzinfo=tz).astimezone(UTC).isoformat(sep=" ")
+def day_stamp(day: date) -> str:
+    """A day-level summary's stamp: its calendar date at 00:00 UTC (Junction's own `date` field). The statistics
+    count it on that calendar date whatever the patient's zone (readings.catalogue, day-level metrics), so
+    the stored key does not depend on the zone: a zone change neither moves nor doubles it."""
+    return f"{day.isoformat()} 00:00:00+00:00"
 
 
 def parse_summaries(kind: str, payload: Any, tz: ZoneInfo) -> ParsedPayload:
@@ -280,10 +306,10 @@ def _summary_rows(kind: str, record: Any, tz: ZoneInfo) -> list[WearableRow]:
         except ValueError:
             raise InvalidRecord("calendar_date is not a date") from None
         plausible_day(day, timezone.localtime(timezone=tz).date(), "calendar_date")
-        measured_at = _local_noon_utc(day, tz)
+        measured_at = day_stamp(day)
         fields = ACTIVITY_FIELDS if kind == "activity" else BODY_FIELDS
     rows: list[WearableRow] = []
-    for path, metric, unit, low, high in fields:
+    for path, metric, low, high in fields:
         raw = _dig(record, path)
         if raw is None:
             continue
@@ -295,13 +321,23 @@ def _summary_rows(kind: str, record: Any, tz: ZoneInfo) -> list[WearableRow]:
         ):
             raw = raw * 100  # documented as a fraction (0.97); stored as percent
         rows.append(
-            (metric, source, source_type, measured_at, None, number_in_range(raw, path, low, high), unit)
+            (
+                metric,
+                source,
+                source_type,
+                measured_at,
+                None,
+                number_in_range(raw, path, low, high),
+                unit_of(metric),
+            )
         )
     if kind == "workouts":
         seconds = (datetime.fromisoformat(end) - datetime.fromisoformat(measured_at)).total_seconds()
         if seconds < 0:
             raise InvalidRecord("time_end is before time_start")
-        rows.append(("workout_duration", source, source_type, measured_at, end, seconds, "s"))
+        rows.append(
+            ("workout_duration", source, source_type, measured_at, end, seconds, unit_of("workout_duration"))
+        )
     return rows
 
 

@@ -66,7 +66,7 @@ logger = logging.getLogger("loopsync.sync")
 FETCH_CONCURRENCY = 8
 _SERIES_BY_RESOURCE = {spec.resource: spec for spec in TIMESERIES}
 METRICS: tuple[str, ...] = (
-    *(spec.metric for spec in TIMESERIES),
+    *(metric for spec in TIMESERIES for metric in spec.metrics),
     *(f[1] for fields in (SLEEP_FIELDS, ACTIVITY_FIELDS, WORKOUT_FIELDS, BODY_FIELDS) for f in fields),
     "workout_duration",
 )

@@ -31,7 +31,10 @@ from connections.providers.contract import (
 )
 
 PROVIDER = "libre"
-SOURCE = "freestyle_libre"
+# Our own name for the direct route, not Junction's `freestyle_libre` slug: the glucose key is (patient, source,
+# measured_at), so sharing the slug made a direct and a relayed copy of one instant a single row whose value
+# flipped with every sync of either route. Two names keep both copies; source resolution picks the one counted.
+SOURCE = "librelinkup"
 TREND_ARROWS = {1: "singleDown", 2: "fortyFiveDown", 3: "flat", 4: "fortyFiveUp", 5: "singleUp"}
 
 

@@ -17,6 +17,7 @@ from connections.config import DirectProvidersConfig
 from connections.providers.common import as_dict, bearer, canonical, reading_instant, warn_invalid
 from connections.providers.contract import InvalidPayload, InvalidRecord, WearableRow, number_in_range
 from connections.providers.oauth2 import OAuthClient
+from readings.catalogue import unit_of
 
 PROVIDER = "whoop"
 SCOPES = "offline read:recovery read:cycles read:workout read:sleep read:profile read:body_measurement"
@@ -42,12 +43,12 @@ _SLEEP_PARTS = (
 # Every metric a WHOOP record can produce (the read API accepts exactly these names).
 METRICS: tuple[str, ...] = (
     "recovery_score",
-    "resting_heart_rate",
+    "recovery_resting_heart_rate",
     "sleep_hrv_rmssd",
-    "blood_oxygen",
+    "recovery_blood_oxygen",
     "skin_temperature",
     "strain",
-    "calories_total",
+    "cycle_calories",
     "cycle_heart_rate_avg",
     "cycle_heart_rate_max",
     *(f"{prefix}_{part}" for prefix in ("sleep", "nap") for part in _SLEEP_PARTS),
@@ -187,9 +188,9 @@ def _rows(collection: str, record: dict[str, Any], out: WhoopParsed) -> list[Wea
     score = record.get("score") if state == "SCORED" else None
     rows: list[WearableRow] = []
 
-    def add(metric: str, at: str, end: str | None, value: float | None, unit: str) -> None:
+    def add(metric: str, at: str, end: str | None, value: float | None) -> None:
         if value is not None:
-            rows.append((metric, SOURCE, "", at, end, value, unit))
+            rows.append((metric, SOURCE, "", at, end, value, unit_of(metric)))
 
     if collection == "recovery":
         created = reading_instant(record.get("created_at"), "created_at")
@@ -205,12 +206,11 @@ def _rows(collection: str, record: dict[str, Any], out: WhoopParsed) -> list[Wea
                 at,
                 None,
                 number_in_range(score.get("recovery_score"), "recovery_score", 0, 100),
-                "%",
             )
-            add("resting_heart_rate", at, None, _opt(score, "resting_heart_rate", 20, 250), "bpm")
-            add("sleep_hrv_rmssd", at, None, _opt(score, "hrv_rmssd_milli", 1, 300), "ms")
-            add("blood_oxygen", at, None, _opt(score, "spo2_percentage", 50, 100), "%")
-            add("skin_temperature", at, None, _opt(score, "skin_temp_celsius", 20, 45), "degC")
+            add("recovery_resting_heart_rate", at, None, _opt(score, "resting_heart_rate", 20, 250))
+            add("sleep_hrv_rmssd", at, None, _opt(score, "hrv_rmssd_milli", 1, 300))
+            add("recovery_blood_oxygen", at, None, _opt(score, "spo2_percentage", 50, 100))
+            add("skin_temperature", at, None, _opt(score, "skin_temp_celsius", 20, 45))
         return rows
 
     start = reading_instant(record.get("start"), "start")
@@ -222,13 +222,11 @@ def _rows(collection: str, record: dict[str, Any], out: WhoopParsed) -> list[Wea
         out.unsettled(start)
     if collection == "cycle":
         if score is not None:
-            add("strain", at, end_text, number_in_range(score.get("strain"), "strain", 0, 21), "score")
+            add("strain", at, end_text, number_in_range(score.get("strain"), "strain", 0, 21))
             kj = _opt(score, "kilojoule", 0, 100_000)
-            add(
-                "calories_total", at, end_text, round(kj / KJ_PER_KCAL, 2) if kj is not None else None, "kcal"
-            )
-            add("cycle_heart_rate_avg", at, end_text, _opt(score, "average_heart_rate", 20, 250), "bpm")
-            add("cycle_heart_rate_max", at, end_text, _opt(score, "max_heart_rate", 20, 250), "bpm")
+            add("cycle_calories", at, end_text, round(kj / KJ_PER_KCAL, 2) if kj is not None else None)
+            add("cycle_heart_rate_avg", at, end_text, _opt(score, "average_heart_rate", 20, 250))
+            add("cycle_heart_rate_max", at, end_text, _opt(score, "max_heart_rate", 20, 250))
         return rows
     if end is None:
         raise InvalidRecord("end is missing")
@@ -247,37 +245,35 @@ def _rows(collection: str, record: dict[str, Any], out: WhoopParsed) -> list[Wea
                 secs("total_slow_wave_sleep_time_milli"),
                 secs("total_rem_sleep_time_milli"),
             )
-            add(f"{prefix}_duration", at, end_text, secs("total_in_bed_time_milli"), "s")
-            add(f"{prefix}_awake", at, end_text, secs("total_awake_time_milli"), "s")
-            add(f"{prefix}_light", at, end_text, light, "s")
-            add(f"{prefix}_deep", at, end_text, deep, "s")
-            add(f"{prefix}_rem", at, end_text, rem, "s")
+            add(f"{prefix}_duration", at, end_text, secs("total_in_bed_time_milli"))
+            add(f"{prefix}_awake", at, end_text, secs("total_awake_time_milli"))
+            add(f"{prefix}_light", at, end_text, light)
+            add(f"{prefix}_deep", at, end_text, deep)
+            add(f"{prefix}_rem", at, end_text, rem)
             if None not in (light, deep, rem):
-                add(f"{prefix}_total", at, end_text, round(light + deep + rem, 3), "s")  # type: ignore[operator]
-            add(f"{prefix}_efficiency", at, end_text, _opt(score, "sleep_efficiency_percentage", 0, 100), "%")
+                add(f"{prefix}_total", at, end_text, round(light + deep + rem, 3))  # type: ignore[operator]
+            add(f"{prefix}_efficiency", at, end_text, _opt(score, "sleep_efficiency_percentage", 0, 100))
             add(
                 f"{prefix}_performance",
                 at,
                 end_text,
                 _opt(score, "sleep_performance_percentage", 0, 100),
-                "%",
             )
             add(
                 f"{prefix}_respiratory_rate",
                 at,
                 end_text,
                 _opt(score, "respiratory_rate", 3, 60),
-                "breaths/min",
             )
-            add(f"{prefix}_disturbances", at, end_text, _opt(stages, "disturbance_count", 0, 1000), "count")
+            add(f"{prefix}_disturbances", at, end_text, _opt(stages, "disturbance_count", 0, 1000))
         return rows
     # activity/workout
-    add("workout_duration", at, end_text, (end - start).total_seconds(), "s")
+    add("workout_duration", at, end_text, (end - start).total_seconds())
     if score is not None:
-        add("workout_strain", at, end_text, number_in_range(score.get("strain"), "strain", 0, 21), "score")
+        add("workout_strain", at, end_text, number_in_range(score.get("strain"), "strain", 0, 21))
         kj = _opt(score, "kilojoule", 0, 100_000)
-        add("workout_calories", at, end_text, round(kj / KJ_PER_KCAL, 2) if kj is not None else None, "kcal")
-        add("workout_heart_rate_avg", at, end_text, _opt(score, "average_heart_rate", 20, 250), "bpm")
-        add("workout_heart_rate_max", at, end_text, _opt(score, "max_heart_rate", 20, 250), "bpm")
-        add("workout_distance", at, end_text, _opt(score, "distance_meter", 0, 1_000_000), "m")
+        add("workout_calories", at, end_text, round(kj / KJ_PER_KCAL, 2) if kj is not None else None)
+        add("workout_heart_rate_avg", at, end_text, _opt(score, "average_heart_rate", 20, 250))
+        add("workout_heart_rate_max", at, end_text, _opt(score, "max_heart_rate", 20, 250))
+        add("workout_distance", at, end_text, _opt(score, "distance_meter", 0, 1_000_000))
     return rows
