@@ -77,7 +77,7 @@ def test_each_event_fetches_its_record_and_stores_what_the_pull_stores(
     pulled_new = {r for r in whoop_rows() if r not in set(pushed) and r[2] >= inside}
     assert pulled_new and {metric for metric, *_ in pulled_new} <= {
         "strain",
-        "calories_total",
+        "cycle_calories",
         "cycle_heart_rate_avg",
         "cycle_heart_rate_max",
     }
@@ -139,3 +139,12 @@ def test_an_event_for_a_whoop_user_we_do_not_know_is_kept_unmatched(
     with db.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM patient_wearable_readings")
         assert cursor.fetchone()[0] == 0
+
+
+def test_a_deletion_names_only_metrics_the_pull_stores() -> None:
+    # A renamed metric left out of KIND_METRICS would survive its record's deletion.
+    from connections.providers.whoop.client import KIND_METRICS, METRICS
+
+    for kind, metrics in KIND_METRICS.items():
+        assert metrics and set(metrics) <= set(METRICS), kind
+    assert "recovery_resting_heart_rate" in KIND_METRICS["recovery"]

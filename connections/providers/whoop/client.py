@@ -68,9 +68,9 @@ KIND_METRICS: dict[str, tuple[str, ...]] = {
     "workout": tuple(m for m in METRICS if m.startswith("workout_")),
     "recovery": (
         "recovery_score",
-        "resting_heart_rate",
+        "recovery_resting_heart_rate",
         "sleep_hrv_rmssd",
-        "blood_oxygen",
+        "recovery_blood_oxygen",
         "skin_temperature",
     ),
 }
