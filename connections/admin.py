@@ -36,7 +36,7 @@ from django.views.decorators.http import require_POST
 from connections import actions
 from connections.charts import Bucket, time_series_svg
 from connections.health import Health, data_behind, health_of, health_q, with_health
-from connections.jobhealth import job_health
+from connections.jobhealth import job_health, provider_gates
 from connections.models import Connection, JobHealth, JobRun, Patient, SyncEvent
 from loopsync.sentry import scrub_text
 
@@ -167,12 +167,13 @@ class ConnectionAdmin(RefusesNulMixin, admin.ModelAdmin):
         "last_error_column",
         "last_success_at",
         "newest_reading",
+        "backfill_column",
     )
     list_display_links = ("id",)
     list_filter = (HealthFilter, "provider", "status")
     search_fields = ("patient__junction_user_id", "patient__clerk_user_id")
     search_help_text = "Exact Junction user id, Clerk user id, patient id or connection id."
-    list_select_related = ("patient",)
+    list_select_related = ("patient", "backfill")
     show_full_result_count = False
     list_per_page = 100
     ordering = ("-id",)
@@ -188,6 +189,7 @@ class ConnectionAdmin(RefusesNulMixin, admin.ModelAdmin):
         "latest_reading_at",
         "failure_streak",
         "last_error_scrubbed",
+        "backfill_column",
         "created_at",
         "updated_at",
     )
@@ -247,6 +249,12 @@ class ConnectionAdmin(RefusesNulMixin, admin.ModelAdmin):
         if data_behind(obj, timezone.now()):
             return format_html('{} <span class="ls-health ls-health-stale">behind</span>', shown)
         return shown
+
+    @admin.display(description="backfill")
+    def backfill_column(self, obj: Connection) -> str:
+        """Pending, running with % done, done, or failed with its (scrubbed) reason (connections/backfill.py)."""
+        backfill = getattr(obj, "backfill", None)
+        return scrub_text(backfill.label) if backfill is not None else "-"
 
     @admin.display(description="last error")
     def last_error_column(self, obj: Connection) -> str:
@@ -653,6 +661,7 @@ class JobHealthAdmin(ReadOnlyAdmin):
             "title": "Job health",
             "opts": self.opts,
             "jobs": job_health(),
+            "gates": provider_gates(),
             "runs_url": reverse("admin:connections_jobrun_changelist"),
             "health_css": HEALTH_CSS,
             **(extra_context or {}),

@@ -25,6 +25,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.utils import timezone
 
+from connections.backfill import start_backfill_on_commit
 from connections.config import DirectProvidersConfig
 from connections.models import (
     Connection,
@@ -171,7 +172,7 @@ def complete_oauth(
         client.close()
         connecting.close()
     with transaction.atomic():
-        connection, _ = Connection.objects.select_for_update().get_or_create(
+        connection, created = Connection.objects.select_for_update().get_or_create(
             patient=flow.patient, provider=provider
         )
         credential, _ = ProviderCredential.objects.select_for_update().get_or_create(connection=connection)
@@ -183,6 +184,8 @@ def complete_oauth(
         credential.refreshed_at = timezone.now()
         credential.save()
         _reactivate(connection)
+        if created:
+            start_backfill_on_commit(connection)
     return connection
 
 
@@ -197,7 +200,7 @@ def connect_libre(
     if not followed or not followed[0].get("patientId"):
         raise OAuthFlowError("this LibreLinkUp account follows nobody: accept an invitation in the app first")
     with transaction.atomic():
-        connection, _ = Connection.objects.select_for_update().get_or_create(
+        connection, created = Connection.objects.select_for_update().get_or_create(
             patient=patient, provider=Provider.LIBRE
         )
         credential, _ = ProviderCredential.objects.select_for_update().get_or_create(connection=connection)
@@ -212,6 +215,8 @@ def connect_libre(
         credential.refreshed_at = timezone.now()
         credential.save()
         _reactivate(connection)
+        if created:
+            start_backfill_on_commit(connection)
     return connection
 
 

@@ -121,3 +121,16 @@ def run_manual_sync(sync_request_id: int) -> dict[str, Any]:
         "status": request.status,
         "records_stored": request.records_stored,
     }
+
+
+def run_backfill_task(backfill_id: int) -> dict[str, Any]:
+    """A connection's backfill (connections.backfill): delivered again after a worker died, it resumes at the
+    last stored chunk. A database failure raises, so the queue delivers it again."""
+    from connections.backfill import run_backfill
+    from connections.models import Backfill
+
+    try:
+        backfill = run_backfill(backfill_id)
+    except Backfill.DoesNotExist:
+        return {"backfill_id": backfill_id, "status": "gone"}
+    return {"backfill_id": backfill_id, "status": backfill.status, "rows_stored": backfill.rows_stored}

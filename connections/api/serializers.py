@@ -57,6 +57,14 @@ class DataFreshnessSerializer(serializers.Serializer):
     hours_since_last_sync = serializers.FloatField(allow_null=True)
 
 
+class BackfillSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["pending", "running", "done", "failed"])
+    percent_done = serializers.IntegerField(help_text="Chunks stored of the backfill's chunks, 0-100.")
+    range_start = serializers.DateTimeField()
+    range_end = serializers.DateTimeField()
+    reason = serializers.CharField(help_text="Why it failed (empty unless failed); never PHI.")
+
+
 class ConnectionSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     provider = serializers.CharField()
@@ -71,6 +79,10 @@ class ConnectionSerializer(serializers.Serializer):
     healthy = serializers.BooleanField(
         help_text="The admin's health is ok: active, not failing, and synced successfully within the provider's "
         "cadence (late data by design, such as Dexcom's, does not count against it)."
+    )
+    backfill = BackfillSerializer(
+        allow_null=True,
+        help_text="The history fetched on connect, newest first (null: none planned for this connection).",
     )
     data_freshness = DataFreshnessSerializer()
 

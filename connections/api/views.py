@@ -192,7 +192,9 @@ class ConnectionListView(PatientAPIView):
         from readings.models import DailyStat
 
         patient = self.patient(request)
-        connections = list(Connection.objects.filter(patient=patient).order_by("provider"))
+        connections = list(
+            Connection.objects.filter(patient=patient).select_related("backfill").order_by("provider")
+        )
         latest_day = DailyStat.objects.filter(patient=patient).aggregate(day=Max("day"))["day"]
         now = timezone.now()
         results: list[dict[str, Any]] = []
@@ -211,6 +213,7 @@ class ConnectionListView(PatientAPIView):
                     "last_attempt_at": connection.last_attempt_at,
                     # The admin's health, the same rules: ok means syncing on time without failing.
                     "healthy": health_of(connection, now) == Health.OK,
+                    "backfill": backfill_status(connection),
                     "data_freshness": {
                         "latest_data_day": latest_day,
                         "hours_since_last_sync": round((now - last).total_seconds() / 3600, 2)
@@ -233,3 +236,16 @@ class PingView(APIView):
     )
     def get(self, request: Request) -> Response:
         return Response({"ok": True})
+
+
+def backfill_status(connection: Connection) -> dict[str, Any] | None:
+    backfill = getattr(connection, "backfill", None)
+    if backfill is None:
+        return None
+    return {
+        "status": backfill.status,
+        "percent_done": backfill.percent_done,
+        "range_start": backfill.range_start,
+        "range_end": backfill.range_end,
+        "reason": backfill.reason[:200] if backfill.status == "failed" else "",
+    }

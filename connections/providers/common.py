@@ -15,7 +15,10 @@ logger = logging.getLogger("loopsync.providers")
 
 
 def http_for(provider: str, base_url: str, headers: dict[str, str] | None = None) -> ProviderHTTP:
-    """A ProviderHTTP with the configured timeout (30 s by spec) and retry policy."""
+    """A ProviderHTTP with the configured timeout (30 s by spec) and retry policy, behind the provider's shared
+    budgets and circuit breaker (connections.budgets): every production client is made here."""
+    from connections.budgets import ProviderGate
+
     return ProviderHTTP(
         provider,
         base_url,
@@ -26,6 +29,7 @@ def http_for(provider: str, base_url: str, headers: dict[str, str] | None = None
             base=settings.PROVIDER_BACKOFF_BASE,
             cap=settings.PROVIDER_BACKOFF_CAP,
         ),
+        gate=ProviderGate(provider, base_url),
     )
 
 

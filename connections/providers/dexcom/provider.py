@@ -36,6 +36,8 @@ class DexcomProvider(OAuthProvider):
     source_patterns = ("dexcom%",)
     priority = 2
     settings_name = "DIRECT_PROVIDERS"
+    # Dexcom's largest window: one request per chunk.
+    backfill_chunk = timedelta(days=30)
     config: DirectProvidersConfig
     client: DexcomClient
 

@@ -36,6 +36,8 @@ class WhoopProvider(OAuthProvider):
     source_patterns = ("whoop%",)
     priority = 2
     settings_name = "DIRECT_PROVIDERS"
+    # 25 days: one page (limit 25) of each collection per chunk.
+    backfill_chunk = timedelta(days=25)
     config: DirectProvidersConfig
     client: WhoopClient
 
