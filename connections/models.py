@@ -123,6 +123,7 @@ class SyncEventKind(models.TextChoices):
     DEACTIVATED = "deactivated", "Deactivated"
     REACTIVATED = "reactivated", "Reactivated"
     BACKFILL_COMPLETED = "backfill.completed", "Backfill completed"
+    GAP_REPAIR_REQUESTED = "gap_repair_requested", "Gap repair requested"
 
 
 class SyncEvent(models.Model):
@@ -516,3 +517,47 @@ class Backfill(models.Model):
         if self.status == BackfillStatus.FAILED:
             return f"failed: {self.reason[:120]}"
         return self.get_status_display().lower()
+
+
+# --- The gap ledger (connections/gaps.py) --------------------------------------------------------------------
+
+
+class GapStatus(models.TextChoices):
+    OPEN = "open", "Open"
+    REPAIRING = "repairing", "Repairing"
+    CLOSED = "closed", "Closed"
+    UNAVAILABLE = "unavailable", "Not available at the provider"
+
+
+class GapCause(models.TextChoices):
+    LOW_COMPLETENESS = "low_completeness", "Days below the expected share"
+    RECONNECT = "reconnect", "Reconnected after a pause"
+
+
+class DataGap(models.Model):
+    """A window of a connection's data known to be missing: days below the expected share of data, or the pause
+    before a reconnect. A repair re-fetches exactly [start, end) and closes it, or marks it not available at the
+    provider (nothing more came, or it is older than the history the provider holds)."""
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="gaps")
+    kind = models.CharField(max_length=16, blank=True, default="")
+    start = models.DateTimeField()
+    end = models.DateTimeField()
+    cause = models.CharField(max_length=20, choices=GapCause.choices)
+    status = models.CharField(max_length=16, choices=GapStatus.choices, default=GapStatus.OPEN)
+    detected_at = models.DateTimeField(default=timezone.now)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    repair_attempts = models.PositiveSmallIntegerField(default=0)
+    rows_repaired = models.PositiveIntegerField(default=0)
+    # Scrubbed like SyncEvent.error: never a token or a reading.
+    note = models.CharField(max_length=500, blank=True, default="")
+
+    class Meta:
+        db_table = "connection_data_gaps"
+        constraints = [
+            models.UniqueConstraint(fields=["connection", "kind", "start", "end"], name="data_gap_once"),
+        ]
+        indexes = [models.Index(fields=["status", "-detected_at"], name="data_gap_open")]
+
+    def __str__(self) -> str:
+        return f"gap {self.start:%Y-%m-%d %H:%M}–{self.end:%Y-%m-%d %H:%M} of connection {self.connection_id}"

@@ -27,6 +27,7 @@ from django.utils import timezone
 
 from connections.backfill import start_backfill_on_commit
 from connections.config import DirectProvidersConfig
+from connections.gaps import record_reconnect_gap
 from connections.models import (
     Connection,
     ConnectionStatus,
@@ -183,9 +184,11 @@ def complete_oauth(
         credential.external_user_id = external_id[:128]
         credential.refreshed_at = timezone.now()
         credential.save()
-        _reactivate(connection)
         if created:
             start_backfill_on_commit(connection)
+        else:
+            _reconnect_gap(connection)
+        _reactivate(connection)
     return connection
 
 
@@ -214,10 +217,22 @@ def connect_libre(
         credential.libre_patient_id = str(followed[0]["patientId"])[:64]
         credential.refreshed_at = timezone.now()
         credential.save()
-        _reactivate(connection)
         if created:
             start_backfill_on_commit(connection)
+        else:
+            _reconnect_gap(connection)
+        _reactivate(connection)
     return connection
+
+
+def _reconnect_gap(connection: Connection) -> None:
+    """A reconnect after a pause: the pause is recorded as a gap and its repair queued (connections/gaps.py)."""
+    gap = record_reconnect_gap(connection)
+    if gap is not None:
+        from django_q.tasks import async_task
+
+        gap_id = gap.pk
+        transaction.on_commit(lambda: async_task("connections.tasks.repair_gap_task", gap_id))
 
 
 def _reactivate(connection: Connection) -> None:

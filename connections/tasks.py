@@ -75,6 +75,11 @@ def sync_connection_task(
             outcome = UNIT_SKIPPED
             return {"connection_id": connection_id, "status": "skipped"}
         outcome, stored = event.status, event.records_stored
+        if event.status == "success":
+            # The gap ledger learns of days below the expected share as soon as a sync has seen them.
+            from connections.gaps import detect_gaps
+
+            detect_gaps(connection)
         return {"connection_id": connection_id, "sync_event_id": event.pk, "status": event.status}
     except DatabaseError:
         outcome = None
@@ -134,3 +139,15 @@ def run_backfill_task(backfill_id: int) -> dict[str, Any]:
     except Backfill.DoesNotExist:
         return {"backfill_id": backfill_id, "status": "gone"}
     return {"backfill_id": backfill_id, "status": backfill.status, "rows_stored": backfill.rows_stored}
+
+
+def repair_gap_task(gap_id: int) -> dict[str, Any]:
+    """Re-fetch exactly a gap's window (connections.gaps.repair_gap): the admin's Repair button, a reconnect."""
+    from connections.gaps import repair_gap
+    from connections.models import DataGap
+
+    try:
+        gap = repair_gap(gap_id)
+    except DataGap.DoesNotExist:
+        return {"gap_id": gap_id, "status": "gone"}
+    return {"gap_id": gap_id, "status": gap.status, "rows_repaired": gap.rows_repaired}

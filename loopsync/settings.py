@@ -197,6 +197,12 @@ BACKFILL_DAYS: dict[str, float] = {
     "junction": env_int("BACKFILL_DAYS_JUNCTION", 30, minimum=0, maximum=3650),
 }
 BACKFILL_ON_CONNECT = env_bool("BACKFILL_ON_CONNECT", True)
+# The gap ledger (connections/gaps.py): a local day below this share of the expected data is a gap day; runs of
+# them in the last GAP_SCAN_DAYS are recorded after each scheduled sync; a reconnect after a pause longer than
+# GAP_RECONNECT_AFTER_HOURS records the pause as a gap and queues its repair.
+GAP_DAY_SHARE = env_float("GAP_DAY_SHARE", 0.5, minimum=0.0)
+GAP_SCAN_DAYS = env_int("GAP_SCAN_DAYS", 30, minimum=1, maximum=365)
+GAP_RECONNECT_AFTER_HOURS = env_float("GAP_RECONNECT_AFTER_HOURS", 6.0, minimum=0.0)
 # Attempts per user sync (the spec: retry a failed user sync up to 3 times, then skip the user).
 SYNC_USER_ATTEMPTS = env_int("SYNC_USER_ATTEMPTS", 3, minimum=1, maximum=10)
 SYNC_RETRY_BASE_SECONDS = env_float("SYNC_RETRY_BASE_SECONDS", 2.0)

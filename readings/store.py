@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 from django.db import connection as db
 
 from connections.providers.contract import GlucoseRow, WearableRow
+from readings.completeness import refresh_completeness
 from readings.dirty import mark_dirty
 
 GLUCOSE_METRIC = "glucose"
@@ -216,3 +217,5 @@ def refresh_daily_stats(patient_id: int, time_zone: str, touched: TouchedDays) -
             )
         if glucose_days:
             cursor.execute(_PG_DAILY_GLUCOSE, {"patient": patient_id, "tz": time_zone, "days": glucose_days})
+    # Completeness of the same days, kept with the statistics (readings/completeness.py).
+    refresh_completeness(patient_id, time_zone, touched)

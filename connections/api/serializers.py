@@ -65,6 +65,16 @@ class BackfillSerializer(serializers.Serializer):
     reason = serializers.CharField(help_text="Why it failed (empty unless failed); never PHI.")
 
 
+class DataCompletenessSerializer(serializers.Serializer):
+    days = serializers.IntegerField(help_text="The window: the patient's last N local days, today included.")
+    share = serializers.FloatField(
+        allow_null=True,
+        help_text="Received over expected in the window for the connection's main kind of data (a CGM's "
+        "5-minute readings, a band's heart-rate minutes, a night's sleep), 0-1.",
+    )
+    by_kind = serializers.DictField(child=serializers.FloatField(allow_null=True))
+
+
 class ConnectionSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     provider = serializers.CharField()
@@ -84,6 +94,7 @@ class ConnectionSerializer(serializers.Serializer):
         allow_null=True,
         help_text="The history fetched on connect, newest first (null: none planned for this connection).",
     )
+    data_completeness = DataCompletenessSerializer()
     data_freshness = DataFreshnessSerializer()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from functools import cache
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from django.db.models import Max
 from django.urls import get_script_prefix, reverse
@@ -40,6 +41,8 @@ from connections.api.serializers import (
 )
 from connections.health import Health, health_of
 from connections.models import Connection, Provider, SyncRequest
+from connections.providers.registry import PROVIDERS
+from readings.completeness import completeness_summary
 
 # Printable ASCII without spaces: what Stripe-style clients send (UUIDs, ULIDs, hashes).
 _IDEMPOTENCY_KEY = re.compile(r"^[!-~]{1,255}$")
@@ -214,6 +217,14 @@ class ConnectionListView(PatientAPIView):
                     # The admin's health, the same rules: ok means syncing on time without failing.
                     "healthy": health_of(connection, now) == Health.OK,
                     "backfill": backfill_status(connection),
+                    "data_completeness": completeness_summary(
+                        patient.pk,
+                        patient.time_zone,
+                        PROVIDERS[connection.provider].completeness_kinds
+                        if connection.provider in PROVIDERS
+                        else (),
+                        timezone.localtime(now, ZoneInfo(patient.time_zone)).date(),
+                    ),
                     "data_freshness": {
                         "latest_data_day": latest_day,
                         "hours_since_last_sync": round((now - last).total_seconds() / 3600, 2)

@@ -38,6 +38,7 @@ class DexcomProvider(OAuthProvider):
     settings_name = "DIRECT_PROVIDERS"
     # Dexcom's largest window: one request per chunk.
     backfill_chunk = timedelta(days=30)
+    completeness_kinds = ("glucose",)
     config: DirectProvidersConfig
     client: DexcomClient
 

@@ -189,6 +189,7 @@ class JunctionProvider(SyncProvider):
     # decides how deep the data goes, and its `historical.data.*` event extends the backfill
     # (connections.backfill.mark_junction_backfill_complete).
     backfill_chunk = timedelta(days=7)
+    completeness_kinds = ("heart_rate", "sleep")
     config: JunctionSyncConfig
 
     def __init__(self, config: Any = None, *, concurrency: int = 1) -> None:

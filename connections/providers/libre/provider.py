@@ -41,6 +41,7 @@ class LibreProvider(SyncProvider):
     # LibreLinkUp's graph holds about 12 hours: the whole backfill is one chunk of what it still holds.
     history_limit = timedelta(hours=GRAPH_HOURS)
     backfill_chunk = timedelta(hours=GRAPH_HOURS)
+    completeness_kinds = ("glucose",)
     config: DirectProvidersConfig
 
     def __init__(self, config: Any = None, *, concurrency: int = 1) -> None:
