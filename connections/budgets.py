@@ -45,6 +45,7 @@ logger = logging.getLogger("loopsync.providers")
 # A wait longer than this is not slept inside a request: the request fails as rate limited with the wait,
 # and the engine skips the connection for this run (a day budget spent, an account's login guard).
 MAX_BUDGET_WAIT_SECONDS = 120.0
+SUCCESS_FLUSH_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,8 @@ class Limit:
 
     @property
     def capacity(self) -> float:
-        """The burst: a twentieth of the limit (at least one request)."""
-        return float(max(1, self.limit // 20))
+        """The burst: a fiftieth of the limit (at least one request): small, so the refill gets the rest."""
+        return float(max(1, self.limit // 50))
 
     @property
     def rate(self) -> float:
@@ -214,6 +215,9 @@ class ProviderGate:
         self.provider = provider
         self.app = urlsplit(base_url).netloc or base_url
         self._local = threading.local()
+        self._lock = threading.Lock()
+        self._pending_ok = 0
+        self._flushed_at = -SUCCESS_FLUSH_SECONDS  # perf_counter (time-machine leaves it alone)
 
     def _buckets(self, account: str | None) -> list[tuple[str, Limit]]:
         buckets = []
@@ -298,11 +302,19 @@ class ProviderGate:
             return
         if outcome == "neutral":
             return
+        # Successes are counted in the row at most once a second (or with the next failure): a healthy
+        # provider's requests cost the breaker no write each, and the ratio lags by a second at most.
+        with self._lock:
+            if outcome == "ok":
+                self._pending_ok += 1
+                if time.perf_counter() - self._flushed_at < SUCCESS_FLUSH_SECONDS:
+                    return
+            ok, self._pending_ok, self._flushed_at = self._pending_ok, 0, time.perf_counter()
         state, successes, failures = _execute(
             _RECORD_SQL,
             {
                 "provider": self.provider,
-                "ok": int(outcome == "ok"),
+                "ok": ok,
                 "failed": int(outcome == "failure"),
                 "window": float(config["window"]),
             },
