@@ -34,7 +34,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS
+from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError
 from django.db import connections as db_connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
@@ -112,9 +112,17 @@ def close_connections() -> None:
 
 
 def _execute(sql: str, params: Any) -> list[tuple[Any, ...]]:
-    with _db().cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchall() if cursor.description else []
+    for attempt in (1, 2):
+        try:
+            with _db().cursor() as cursor:
+                cursor.execute(sql, params)
+                return cursor.fetchall() if cursor.description else []
+        except (OperationalError, InterfaceError):
+            # The database restarted under a long-lived worker: one new connection, then the error stands.
+            close_thread_connection()
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 # --- Budgets and breaker: the gate --------------------------------------------------------------------------
