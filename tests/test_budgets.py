@@ -134,7 +134,8 @@ def test_a_provider_failing_every_request_opens_the_breaker_and_the_run_ends_fas
 def test_after_the_cool_down_one_probe_closes_the_breaker_when_the_provider_is_back(
     direct_config: DirectProvidersConfig, clean_sandbox: SandboxServer, settings: Any
 ) -> None:
-    settings.PROVIDER_BREAKER = {**settings.PROVIDER_BREAKER, "min_requests": 4, "cooldown": 0.3}
+    # A cool-down longer than a run of 3 connections takes, even on a busy machine: one probe per run.
+    settings.PROVIDER_BREAKER = {**settings.PROVIDER_BREAKER, "min_requests": 4, "cooldown": 1.5}
     for i in range(1, 4):
         connect(clean_sandbox, direct_config, Provider.WHOOP, i)
     budgets.reset_all()
@@ -145,7 +146,7 @@ def test_after_the_cool_down_one_probe_closes_the_breaker_when_the_provider_is_b
     assert ProviderBreaker.objects.get(provider="whoop").state == BreakerState.OPEN
 
     # Still down after the cool-down: the one probe fails and the breaker opens again.
-    time.sleep(0.4)
+    time.sleep(1.6)
     clean_sandbox.requests.clear()
     assert run_direct_job(WHOOP_JOB, direct_config).users_failed == 3
     assert len(requests_to(clean_sandbox, "whoop", "/developer/")) == 1
@@ -153,7 +154,7 @@ def test_after_the_cool_down_one_probe_closes_the_breaker_when_the_provider_is_b
     assert breaker.state == BreakerState.OPEN and breaker.times_opened == 2
 
     clean_sandbox.faults.remove(fault["id"])
-    time.sleep(0.4)
+    time.sleep(1.6)
     result = run_direct_job(WHOOP_JOB, direct_config)
 
     assert result.users_synced == 3, result.errors
