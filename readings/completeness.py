@@ -165,3 +165,52 @@ def completeness_summary(
     by_kind = {kind: window_share(daily_shares(patient_id, time_zone, kind, first, last)) for kind in kinds}
     primary = next(iter(by_kind.values()), None)
     return {"days": days, "share": primary, "by_kind": by_kind}
+
+
+_REBUILD_DAY_SLOTS = """(EXTRACT(EPOCH FROM ((x.day + 1)::timestamp AT TIME ZONE x.tz)
+                                   - (x.day::timestamp AT TIME ZONE x.tz)) / {slot})::int"""
+
+_REBUILD_GLUCOSE = f"""
+INSERT INTO patient_data_completeness AS c (patient_id, kind, day, received, expected, updated_at)
+SELECT x.patient_id, 'glucose', x.day, x.received, {_REBUILD_DAY_SLOTS.format(slot=300)}, now()
+FROM (
+    SELECT g.patient_id, p.time_zone AS tz, (g.measured_at AT TIME ZONE p.time_zone)::date AS day,
+           count(DISTINCT floor(EXTRACT(EPOCH FROM g.measured_at) / 300)) AS received
+    FROM patient_glucose_readings g JOIN patients p ON p.id = g.patient_id
+    GROUP BY 1, 2, 3
+) x
+ON CONFLICT (patient_id, kind, day) DO UPDATE
+    SET received = EXCLUDED.received, expected = EXCLUDED.expected, updated_at = EXCLUDED.updated_at
+    WHERE (c.received, c.expected) IS DISTINCT FROM (EXCLUDED.received, EXCLUDED.expected)
+"""
+
+_REBUILD_WEARABLE = f"""
+INSERT INTO patient_data_completeness AS c (patient_id, kind, day, received, expected, updated_at)
+SELECT x.patient_id, %(kind)s, x.day,
+       CASE WHEN %(slot)s::int IS NULL THEN LEAST(x.records, 1) ELSE x.received END,
+       CASE WHEN %(slot)s::int IS NULL THEN 1 ELSE {_REBUILD_DAY_SLOTS.format(slot="%(slot)s::int")} END, now()
+FROM (
+    SELECT r.patient_id, p.time_zone AS tz, (r.measured_at AT TIME ZONE p.time_zone)::date AS day,
+           count(*) AS records,
+           count(DISTINCT floor(EXTRACT(EPOCH FROM r.measured_at) / COALESCE(%(slot)s::int, 60))) AS received
+    FROM patient_wearable_readings r JOIN patients p ON p.id = r.patient_id
+    WHERE r.metric = %(metric)s
+    GROUP BY 1, 2, 3
+) x
+ON CONFLICT (patient_id, kind, day) DO UPDATE
+    SET received = EXCLUDED.received, expected = EXCLUDED.expected, updated_at = EXCLUDED.updated_at
+    WHERE (c.received, c.expected) IS DISTINCT FROM (EXCLUDED.received, EXCLUDED.expected)
+"""
+
+
+def rebuild_completeness() -> None:
+    """Every (patient, kind, day) from the raw rows in one GROUP BY per kind: for data stored before
+    completeness was kept (`manage.py rebuild_completeness`, once after deploying it). Days whose raw rows
+    retention has removed keep their rows, as the daily statistics do."""
+    with db.cursor() as cursor:
+        cursor.execute(_REBUILD_GLUCOSE)
+        for kind in KINDS.values():
+            if kind.metric != GLUCOSE_METRIC:
+                cursor.execute(
+                    _REBUILD_WEARABLE, {"kind": kind.name, "metric": kind.metric, "slot": kind.slot_seconds}
+                )

@@ -134,3 +134,27 @@ def test_completeness_shows_in_the_api_on_the_patient_page_and_in_the_list_filte
     assert page.count("<rect x=") >= 30 and 'fill="#38a169"' in page  # full days are green
     listed = client.get(reverse("admin:connections_connection_changelist") + "?completeness=under70")
     assert {c.pk for c in listed.context["cl"].result_list} == {empty.pk}
+
+
+@pytest.mark.django_db
+def test_a_rebuild_from_the_raw_rows_equals_what_the_ingests_kept() -> None:
+    from django.core.management import call_command
+
+    patient = Patient.objects.create(time_zone="America/New_York")
+    moments = [BASE + timedelta(minutes=7 * n) for n in range(900)]
+    with transaction.atomic():
+        store_batch(
+            patient.pk,
+            patient.time_zone,
+            [hr_row(m) for m in moments]
+            + [("sleep_duration", "whoop", "band", ts(m), None, 28800.0, "s") for m in moments[::200]],
+            [glucose_row(m) for m in moments],
+            connection_id=None,
+        )
+    kept = set(DataCompleteness.objects.values_list("kind", "day", "received", "expected"))
+    assert {k for k, *_ in kept} == {"glucose", "heart_rate", "sleep"}
+    DataCompleteness.objects.all().delete()
+
+    call_command("rebuild_completeness")
+
+    assert set(DataCompleteness.objects.values_list("kind", "day", "received", "expected")) == kept
