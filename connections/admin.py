@@ -34,11 +34,13 @@ from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
 from connections import actions
+
+# Issue 16's admin (the completeness filter and strips; the gap ledger, registered on import).
+from connections.admin_history import CompletenessFilter, completeness_strips
 from connections.charts import Bucket, time_series_svg
 from connections.health import Health, data_behind, health_of, health_q, with_health
 from connections.jobhealth import job_health, provider_gates
-from connections.models import Connection, DataGap, GapStatus, JobHealth, JobRun, Patient, SyncEvent
-from connections.providers.registry import PROVIDERS
+from connections.models import Connection, JobHealth, JobRun, Patient, SyncEvent
 from loopsync.sentry import scrub_text
 
 RESYNC_PERMISSION = "connections.force_resync_connection"
@@ -154,43 +156,6 @@ OPS: dict[str, ConnectionOp] = {
         "reactivate", "Reactivate", DEACTIVATE_PERMISSION, _reactivate, lambda c: c.status != "active"
     ),
 }
-
-
-class CompletenessFilter(admin.SimpleListFilter):
-    """Connections whose main kind of data (the provider's first completeness kind) arrived at under 70 % of
-    what a worn device sends, over the last 14 days (readings/completeness.py)."""
-
-    title = "data completeness"
-    parameter_name = "completeness"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [("under70", "under 70 % in the last 14 days")]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Connection]) -> QuerySet[Connection]:
-        if self.value() != "under70":
-            return queryset
-        from django.db.models import Exists, OuterRef, Sum
-        from django.db.models.functions import Least
-
-        from readings.completeness import TYPICAL_EXPECTED, UNDER_SHARE, WINDOW_DAYS, window_days
-        from readings.models import DataCompleteness
-
-        first, last = window_days(timezone.now().date())
-        under = Q(pk__in=[])
-        for key, provider in PROVIDERS.items():
-            if not provider.completeness_kinds:
-                continue
-            kind = provider.completeness_kinds[0]
-            enough = (
-                DataCompleteness.objects.filter(
-                    patient_id=OuterRef("patient_id"), kind=kind, day__gte=first, day__lte=last
-                )
-                .values("patient_id")
-                .annotate(received=Sum(Least("received", "expected")))
-                .filter(received__gte=UNDER_SHARE * WINDOW_DAYS * TYPICAL_EXPECTED[kind])
-            )
-            under |= Q(provider=key) & ~Exists(enough)
-        return queryset.filter(under)
 
 
 @admin.register(Connection)
@@ -549,39 +514,6 @@ def daily_stats_table(patient: Patient, now: datetime) -> dict[str, Any]:
     }
 
 
-COMPLETENESS_STRIP_DAYS = 30
-
-
-def completeness_strips(patient: Patient, now: datetime) -> list[dict[str, Any]]:
-    """Per connection and kind of data it is judged by: a heat-map strip of the last 30 local days."""
-    from zoneinfo import ZoneInfo
-
-    from connections.charts import completeness_strip_svg
-    from readings.completeness import daily_shares, window_share
-
-    today = timezone.localtime(now, ZoneInfo(patient.time_zone)).date()
-    first = today - timedelta(days=COMPLETENESS_STRIP_DAYS - 1)
-    strips = []
-    for connection in patient.connections.order_by("provider"):
-        provider = PROVIDERS.get(connection.provider)
-        for kind in provider.completeness_kinds if provider else ():
-            shares = daily_shares(patient.pk, patient.time_zone, kind, first, today)
-            overall = window_share(shares)
-            strips.append(
-                {
-                    "connection": connection,
-                    "kind": kind,
-                    "share": overall,
-                    "svg": completeness_strip_svg(
-                        [(s.day, s.share if s.expected else None) for s in shares],
-                        title=f"{connection.get_provider_display()} · {kind.replace('_', ' ')}, "
-                        f"last {COMPLETENESS_STRIP_DAYS} days",
-                    ),
-                }
-            )
-    return strips
-
-
 @admin.register(Patient)
 class PatientAdmin(RefusesNulMixin, admin.ModelAdmin):
     list_display = ("id", "junction_user_id", "clerk_user_id", "time_zone", "created_at")
@@ -739,84 +671,3 @@ class JobHealthAdmin(ReadOnlyAdmin):
             **(extra_context or {}),
         }
         return TemplateResponse(request, "admin/connections/jobhealth/dashboard.html", context)
-
-
-# --- The gap ledger ------------------------------------------------------------------------------------------
-
-
-@admin.register(DataGap)
-class DataGapAdmin(ReadOnlyAdmin):
-    """Gaps in connections' data (connections/gaps.py), open ones first; Repair re-fetches exactly the window."""
-
-    list_display = (
-        "id",
-        "connection",
-        "kind",
-        "start",
-        "end",
-        "cause",
-        "status",
-        "rows_repaired",
-        "repair_button",
-    )
-    list_filter = ("status", "cause", "kind", "connection__provider")
-    list_select_related = ("connection__patient",)
-    ordering = ("status", "-detected_at")
-    show_full_result_count = False
-    fields = (
-        "connection",
-        "kind",
-        "start",
-        "end",
-        "cause",
-        "status",
-        "note",
-        "detected_at",
-        "closed_at",
-        "repair_attempts",
-        "rows_repaired",
-    )
-    readonly_fields = fields
-
-    def get_urls(self) -> list[Any]:
-        return [
-            path(
-                "<path:object_id>/repair/",
-                self.admin_site.admin_view(self.repair_view),
-                name="connections_datagap_repair",
-            )
-        ] + super().get_urls()
-
-    @admin.display(description="repair")
-    def repair_button(self, obj: DataGap) -> str:
-        if obj.status != GapStatus.OPEN:
-            return "-"
-        url = reverse("admin:connections_datagap_repair", args=[obj.pk])
-        return format_html('<a class="button" href="{}">Repair</a>', url)
-
-    def repair_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        # The same permission as Force resync: both make the provider send data again.
-        if not request.user.has_perm(RESYNC_PERMISSION):
-            raise PermissionDenied
-        gap = DataGap.objects.select_related("connection__patient").filter(pk=unquote(object_id)).first()
-        if gap is None:
-            raise Http404("no such gap")
-        back = reverse("admin:connections_datagap_changelist")
-        if request.method != "POST" or request.POST.get("confirm") != "yes":
-            # A GET (the list's link) or a POST without the confirmation shows the confirmation page.
-            context = {
-                **self.admin_site.each_context(request),
-                "title": "Repair: are you sure?",
-                "opts": self.opts,
-                "gap": gap,
-                "action_url": request.path,
-            }
-            return TemplateResponse(request, "admin/connections/datagap/confirm_repair.html", context)
-        event = actions.do_repair_gap(gap, actor=request.user.get_username())
-        if event is None:
-            self.message_user(
-                request, f"Repair: {gap} is not open ({gap.get_status_display()}).", messages.WARNING
-            )
-        else:
-            self.message_user(request, f"Repair: queued for {gap}.", messages.SUCCESS)
-        return HttpResponseRedirect(back)
