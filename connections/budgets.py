@@ -60,10 +60,16 @@ class Limit:
         return float(max(1, self.limit // 50))
 
     @property
+    def margin(self) -> float:
+        """Requests left unused per window: a request granted here reaches the provider a little later, and a
+        busy worker's requests can arrive bunched. A fiftieth of the window's worth (at least one) absorbs
+        arrival jitter of a fiftieth of the window (1.2 s of WHOOP's minute)."""
+        return float(max(1, self.limit // 50))
+
+    @property
     def rate(self) -> float:
-        """Tokens a second: with the burst, one fewer than the limit in any window of its length (the one spare
-        absorbs the arrival jitter between our clock and the provider's)."""
-        return max(self.limit - self.capacity - 1, 1.0) / self.window
+        """Tokens a second: with the burst and the margin, never more than the limit in any window of its length."""
+        return max(self.limit - self.capacity - self.margin, 1.0) / self.window
 
 
 def limits_for(provider: str) -> list[Limit]:

@@ -223,5 +223,5 @@ def test_job_health_shows_each_providers_budget_use_and_breaker_state(
 def test_a_bucket_never_allows_more_than_the_limit_in_any_window() -> None:
     for limit, window in ((100, 60.0), (10_000, 86_400.0), (20, 3.0), (60_000, 3600.0), (2, 1.0)):
         bucket = budgets.Limit(limit, window, "app")
-        assert bucket.capacity + bucket.rate * window <= limit - 1 + 1e-6 or limit <= 2
+        assert bucket.capacity + bucket.rate * window <= limit - max(1, limit // 50) + 1e-6 or limit <= 2
         assert bucket.rate * window >= 0.9 * limit or limit < 50  # and keeps most of it usable
