@@ -22,6 +22,8 @@ from connections.models import (
     ACTIVE_SYNC_REQUEST_STATUSES,
     Connection,
     ConnectionStatus,
+    DataGap,
+    GapStatus,
     Patient,
     Provider,
     SyncErrorCode,
@@ -586,3 +588,29 @@ def do_replay_webhook(event_id: int, *, actor: str, trigger: str = SyncTrigger.A
         )
         transaction.on_commit(lambda: queue_processing(event_id))
     return True
+
+
+def do_repair_gap(gap: DataGap, *, actor: str, trigger: str = SyncTrigger.ADMIN) -> SyncEvent | None:
+    """Queue the targeted repair of one open gap (exactly its window) and record who asked; None when the gap
+    is not open (already repairing, closed, or not available at the provider)."""
+    with transaction.atomic():
+        locked = DataGap.objects.select_for_update().select_related("connection").filter(pk=gap.pk).first()
+        if locked is None or locked.status != GapStatus.OPEN:
+            return None
+        event = _audit(
+            locked.connection,
+            kind=SyncEventKind.GAP_REPAIR_REQUESTED,
+            actor=actor,
+            trigger=trigger,
+            note=f"gap {locked.pk}: {locked.start:%Y-%m-%d %H:%M} to {locked.end:%Y-%m-%d %H:%M} UTC",
+        )
+        gap_id = locked.pk
+        transaction.on_commit(
+            lambda: async_task(
+                "connections.tasks.repair_gap_task",
+                gap_id,
+                group="gap-repair",
+                task_name=f"gap-repair:{gap_id}",
+            )
+        )
+    return event

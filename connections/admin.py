@@ -38,10 +38,13 @@ from django_q import admin as q_admin
 from django_q.models import Failure, Success, Task
 
 from connections import actions
+
+# Issue 16's admin (the completeness filter and strips; the gap ledger, registered on import).
+from connections.admin_history import CompletenessFilter, completeness_strips
 from connections.charts import Bucket, time_series_svg
 from connections.freshness import arrivals, connection_freshness
 from connections.health import Health, data_behind, health_of, health_q, needs_reconnect, with_health
-from connections.jobhealth import job_health
+from connections.jobhealth import job_health, provider_gates
 from connections.models import (
     Connection,
     JobHealth,
@@ -238,16 +241,17 @@ class ConnectionAdmin(RefusesNulMixin, admin.ModelAdmin):
         "tbr_14d",
         "active_14d",
         "last_error_column",
+        "backfill_column",
     )
     list_display_links = ("id",)
-    list_filter = (HealthFilter, "provider", "status")
+    list_filter = (HealthFilter, "provider", "status", CompletenessFilter)
     # Prefixes (istartswith): the start of a Junction or Clerk user id, of a connection id; a patient id exactly.
     search_fields = ("^patient__junction_user_id", "^patient__clerk_user_id", "^id", "=patient__id")
     search_help_text = (
         "The start of a Junction user id, Clerk user id or connection id; or a patient id. "
         "Times are relative; hover one for the exact UTC time."
     )
-    list_select_related = ("patient",)
+    list_select_related = ("patient", "backfill")
     show_full_result_count = False
     list_per_page = 100
 
@@ -272,6 +276,7 @@ class ConnectionAdmin(RefusesNulMixin, admin.ModelAdmin):
         "latest_reading_at",
         "failure_streak",
         "last_error_scrubbed",
+        "backfill_column",
         "created_at",
         "updated_at",
     )
@@ -345,6 +350,12 @@ class ConnectionAdmin(RefusesNulMixin, admin.ModelAdmin):
         if data_behind(obj, timezone.now()):
             return format_html('{} <span class="ls-health ls-health-stale">behind</span>', shown)
         return shown
+
+    @admin.display(description="backfill")
+    def backfill_column(self, obj: Connection) -> str:
+        """Pending, running with % done, done, or failed with its (scrubbed) reason (connections/backfill.py)."""
+        backfill = getattr(obj, "backfill", None)
+        return scrub_text(backfill.label) if backfill is not None else "-"
 
     @admin.display(description="last error")
     def last_error_column(self, obj: Connection) -> str:
@@ -772,6 +783,7 @@ class PatientAdmin(RefusesNulMixin, admin.ModelAdmin):
             extra.update(daily_stats_table(patient, now))
             extra.update(agp_report_context(patient.pk, patient.time_zone, now))
             extra["agp_print_url"] = reverse("admin:connections_patient_agp", args=[patient.pk])
+            extra["completeness_strips"] = completeness_strips(patient, now)
             extra["recent_events"] = SyncEvent.objects.filter(patient=patient).order_by("-started_at")[:20]
             extra["events_url"] = (
                 reverse("admin:connections_syncevent_changelist") + f"?patient__id__exact={patient.pk}"
@@ -976,6 +988,7 @@ class JobHealthAdmin(ReadOnlyAdmin):
             "now": now,
             "grace_minutes": settings.SENTRY_CRONS_MARGIN_MINUTES,
             "arrivals": arrivals(),
+            "gates": provider_gates(),
             "runs_url": reverse("admin:connections_jobrun_changelist"),
             "health_css": HEALTH_CSS,
             **(extra_context or {}),

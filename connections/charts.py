@@ -163,3 +163,30 @@ def daily_bars_svg(
             )
     parts.append("</svg>")
     return mark_safe("".join(parts))  # noqa: S308 - every interpolated string is escaped above
+
+
+def completeness_strip_svg(
+    cells: Sequence[tuple[date, float | None]], *, title: str, cell: int = 14, gap: int = 2
+) -> SafeString:
+    """One square per day, coloured by the share of expected data received (red under 70 %, amber under
+    90 %, green from 90 %; grey: nothing expected), each with a tooltip naming the day and the share."""
+    width = max(len(cells) * (cell + gap), 120)
+    height = cell + 20
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}" class="ls-strip">',
+        f'<text x="0" y="11" font-size="11" font-weight="bold">{escape(title)}</text>',
+    ]
+    for i, (day, share) in enumerate(cells):
+        if share is None:
+            color, label = "#e2e8f0", "no data expected"
+        else:
+            color = "#e53e3e" if share < 0.7 else "#ecc94b" if share < 0.9 else "#38a169"
+            label = f"{share * 100:.0f} %"
+        parts.append(
+            f'<rect x="{i * (cell + gap)}" y="16" width="{cell}" height="{cell}" fill="{color}" '
+            f'data-share="{"" if share is None else f"{share:.3f}"}">'
+            f"<title>{day.isoformat()}: {label}</title></rect>"
+        )
+    parts.append("</svg>")
+    return mark_safe("".join(parts))  # noqa: S308 - built from numbers and escaped text only

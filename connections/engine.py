@@ -36,6 +36,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from connections.budgets import close_thread_connection as close_gate_connection
 from connections.models import (
     Connection,
     ConnectionStatus,
@@ -521,6 +522,7 @@ def run_sync_job(
                     return one(item)
                 finally:
                     db_connections.close_all()  # this thread's own connection
+                    close_gate_connection()  # and its provider gate's (connections.budgets)
 
             pool = stack.enter_context(ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="sync"))
             summaries = pool.map(threaded, work)

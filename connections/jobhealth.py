@@ -206,3 +206,29 @@ def _chart(runs: object, now: datetime) -> SafeString:
         ],
         title=f"Last {CHART_DAYS} days",
     )
+
+
+@dataclass
+class ProviderGateRow:
+    """A provider's shared budgets (use now) and circuit breaker, for the job health page."""
+
+    provider: str
+    budgets: list[object] = field(default_factory=list)
+    breaker: object | None = None
+
+
+def provider_gates() -> list[ProviderGateRow]:
+    from connections.budgets import budget_use
+    from connections.models import ProviderBreaker
+    from connections.providers.registry import PROVIDERS
+
+    breakers = {b.provider: b for b in ProviderBreaker.objects.all()}
+    uses = budget_use()
+    return [
+        ProviderGateRow(
+            provider=key,
+            budgets=[u for u in uses if u.provider == key],
+            breaker=breakers.get(key),
+        )
+        for key in PROVIDERS
+    ]

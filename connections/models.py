@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zoneinfo
 
+from django.contrib.postgres.fields import ArrayField
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models.functions import Now
@@ -145,6 +146,7 @@ class SyncTrigger(models.TextChoices):
     ADMIN = "admin", "Admin"
     COMMAND = "command", "Command line"
     WEBHOOK = "webhook", "Webhook"
+    BACKFILL = "backfill", "Backfill"
 
 
 class SyncStatus(models.TextChoices):
@@ -161,6 +163,8 @@ class SyncEventKind(models.TextChoices):
     DEACTIVATED = "deactivated", "Deactivated"
     REACTIVATED = "reactivated", "Reactivated"
     WEBHOOK_REPLAYED = "webhook_replayed", "Webhook replayed"
+    BACKFILL_COMPLETED = "backfill.completed", "Backfill completed"
+    GAP_REPAIR_REQUESTED = "gap_repair_requested", "Gap repair requested"
 
 
 class SyncEvent(models.Model):
@@ -530,3 +534,172 @@ class ProviderRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.resource} {self.record_id}"
+
+
+# --- Shared provider budgets and circuit breakers (connections/budgets.py) ---------------------------------
+
+
+class ProviderBudget(models.Model):
+    """One token bucket of a provider's rate limit, shared by every worker on every machine.
+
+    `key` names the provider, the app (its API host) or account, and the limit. Claimed by one
+    UPDATE … RETURNING statement (connections.budgets); `capacity` and `rate` are rewritten from the settings on
+    every claim, so they show what is in force.
+    """
+
+    key = models.CharField(max_length=200, primary_key=True)
+    provider = models.CharField(max_length=16)
+    capacity = models.FloatField()
+    rate = models.FloatField(help_text="tokens per second")
+    # The provider's own limit the bucket keeps under (for the job health page).
+    limit = models.PositiveIntegerField(default=0)
+    window_seconds = models.FloatField(default=0)
+    tokens = models.FloatField()
+    refilled_at = models.DateTimeField()
+    granted = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        db_table = "provider_budgets"
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class BreakerState(models.TextChoices):
+    CLOSED = "closed", "Closed"
+    OPEN = "open", "Open"
+    HALF_OPEN = "half_open", "Half-open (probing)"
+
+
+class ProviderBreaker(models.Model):
+    """A provider's circuit breaker, shared in the database by every worker (connections.budgets)."""
+
+    provider = models.CharField(max_length=16, primary_key=True)
+    state = models.CharField(max_length=16, choices=BreakerState.choices, default=BreakerState.CLOSED)
+    window_started_at = models.DateTimeField()
+    successes = models.PositiveIntegerField(default=0)
+    failures = models.PositiveIntegerField(default=0)
+    opened_at = models.DateTimeField(null=True, blank=True)
+    open_until = models.DateTimeField(null=True, blank=True)
+    probe_started_at = models.DateTimeField(null=True, blank=True)
+    times_opened = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        db_table = "provider_breakers"
+
+    def __str__(self) -> str:
+        return f"{self.provider}: {self.state}"
+
+
+class LoginGuard(models.Model):
+    """Recent login attempts of one provider account (a hash of the login name), so that no worker logs in
+    into a provider's lock-out (LibreLinkUp locks an account after 3 failed logins in 60 s)."""
+
+    key = models.CharField(max_length=200, primary_key=True)
+    # Attempts not known to have succeeded (failed, or still in flight), kept for the guard's interval.
+    attempts = ArrayField(models.DateTimeField(), default=list)
+
+    class Meta:
+        db_table = "provider_login_guards"
+
+    def __str__(self) -> str:
+        return self.key
+
+
+# --- Backfill on connect (connections/backfill.py) ---------------------------------------------------------
+
+
+class BackfillStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+
+
+class Backfill(models.Model):
+    """A connection's history, fetched once on connect as deep as the provider allows, newest chunk first.
+
+    `next_end` is where the next chunk ends; it moves (with `chunks_done` and `rows_stored`) in the transaction
+    that stores the chunk's rows, so a worker killed mid-chunk leaves the row at the last stored chunk and the
+    next run fetches that chunk again: nothing is skipped, and the natural keys make the repeat a no-op.
+    """
+
+    connection = models.OneToOneField(Connection, on_delete=models.CASCADE, related_name="backfill")
+    status = models.CharField(max_length=16, choices=BackfillStatus.choices, default=BackfillStatus.PENDING)
+    range_start = models.DateTimeField()
+    range_end = models.DateTimeField()
+    next_end = models.DateTimeField()
+    chunk_seconds = models.PositiveIntegerField()
+    chunks_total = models.PositiveIntegerField(default=0)
+    chunks_done = models.PositiveIntegerField(default=0)
+    rows_stored = models.PositiveBigIntegerField(default=0)
+    # Scrubbed like SyncEvent.error: a provider, a route, a status; never a token or a reading.
+    reason = models.TextField(blank=True, default="")
+    attempts = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "connection_backfills"
+
+    def __str__(self) -> str:
+        return f"backfill of connection {self.connection_id} ({self.status})"
+
+    @property
+    def percent_done(self) -> int:
+        if self.status == BackfillStatus.DONE:
+            return 100
+        return 0 if not self.chunks_total else min(99, int(100 * self.chunks_done / self.chunks_total))
+
+    @property
+    def label(self) -> str:
+        if self.status == BackfillStatus.RUNNING:
+            return f"running, {self.percent_done} %"
+        if self.status == BackfillStatus.FAILED:
+            return f"failed: {self.reason[:120]}"
+        return self.get_status_display().lower()
+
+
+# --- The gap ledger (connections/gaps.py) --------------------------------------------------------------------
+
+
+class GapStatus(models.TextChoices):
+    OPEN = "open", "Open"
+    REPAIRING = "repairing", "Repairing"
+    CLOSED = "closed", "Closed"
+    UNAVAILABLE = "unavailable", "Not available at the provider"
+
+
+class GapCause(models.TextChoices):
+    LOW_COMPLETENESS = "low_completeness", "Days below the expected share"
+    RECONNECT = "reconnect", "Reconnected after a pause"
+
+
+class DataGap(models.Model):
+    """A window of a connection's data known to be missing: days below the expected share of data, or the pause
+    before a reconnect. A repair re-fetches exactly [start, end) and closes it, or marks it not available at the
+    provider (nothing more came, or it is older than the history the provider holds)."""
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="gaps")
+    kind = models.CharField(max_length=16, blank=True, default="")
+    start = models.DateTimeField()
+    end = models.DateTimeField()
+    cause = models.CharField(max_length=20, choices=GapCause.choices)
+    status = models.CharField(max_length=16, choices=GapStatus.choices, default=GapStatus.OPEN)
+    detected_at = models.DateTimeField(default=timezone.now)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    repair_attempts = models.PositiveSmallIntegerField(default=0)
+    rows_repaired = models.PositiveIntegerField(default=0)
+    # Scrubbed like SyncEvent.error: never a token or a reading.
+    note = models.CharField(max_length=500, blank=True, default="")
+
+    class Meta:
+        db_table = "connection_data_gaps"
+        constraints = [
+            models.UniqueConstraint(fields=["connection", "kind", "start", "end"], name="data_gap_once"),
+        ]
+        indexes = [models.Index(fields=["status", "-detected_at"], name="data_gap_open")]
+
+    def __str__(self) -> str:
+        return f"gap {self.start:%Y-%m-%d %H:%M}–{self.end:%Y-%m-%d %H:%M} of connection {self.connection_id}"

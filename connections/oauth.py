@@ -27,7 +27,9 @@ from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 
+from connections.backfill import start_backfill_on_commit
 from connections.config import DirectProvidersConfig
+from connections.gaps import record_reconnect_gap
 from connections.models import (
     Connection,
     ConnectionStatus,
@@ -182,7 +184,7 @@ def complete_oauth(
         client.close()
         connecting.close()
     with transaction.atomic():
-        connection, _ = Connection.objects.select_for_update().get_or_create(
+        connection, created = Connection.objects.select_for_update().get_or_create(
             patient=flow.patient, provider=provider
         )
         credential, _ = ProviderCredential.objects.select_for_update().get_or_create(connection=connection)
@@ -193,6 +195,10 @@ def complete_oauth(
         credential.external_user_id = external_id[:128]
         credential.refreshed_at = timezone.now()
         credential.save()
+        if created:
+            start_backfill_on_commit(connection)
+        else:
+            _reconnect_gap(connection)
         _reactivate(connection)
     return connection
 
@@ -208,7 +214,7 @@ def connect_libre(
     if not followed or not followed[0].get("patientId"):
         raise OAuthFlowError("this LibreLinkUp account follows nobody: accept an invitation in the app first")
     with transaction.atomic():
-        connection, _ = Connection.objects.select_for_update().get_or_create(
+        connection, created = Connection.objects.select_for_update().get_or_create(
             patient=patient, provider=Provider.LIBRE
         )
         credential, _ = ProviderCredential.objects.select_for_update().get_or_create(connection=connection)
@@ -222,8 +228,22 @@ def connect_libre(
         credential.libre_patient_id = str(followed[0]["patientId"])[:64]
         credential.refreshed_at = timezone.now()
         credential.save()
+        if created:
+            start_backfill_on_commit(connection)
+        else:
+            _reconnect_gap(connection)
         _reactivate(connection)
     return connection
+
+
+def _reconnect_gap(connection: Connection) -> None:
+    """A reconnect after a pause: the pause is recorded as a gap and its repair queued (connections/gaps.py)."""
+    gap = record_reconnect_gap(connection)
+    if gap is not None:
+        from django_q.tasks import async_task
+
+        gap_id = gap.pk
+        transaction.on_commit(lambda: async_task("connections.tasks.repair_gap_task", gap_id))
 
 
 def _reactivate(connection: Connection) -> None:

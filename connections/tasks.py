@@ -75,6 +75,11 @@ def sync_connection_task(
             outcome = UNIT_SKIPPED
             return {"connection_id": connection_id, "status": "skipped"}
         outcome, stored = event.status, event.records_stored
+        if event.status == "success":
+            # The gap ledger learns of days below the expected share as soon as a sync has seen them.
+            from connections.gaps import detect_gaps
+
+            detect_gaps(connection)
         return {"connection_id": connection_id, "sync_event_id": event.pk, "status": event.status}
     except DatabaseError:
         outcome = None
@@ -146,3 +151,28 @@ def process_webhook_inbox() -> dict[str, Any]:
     from connections.inbox import sweep
 
     return sweep()
+
+
+def run_backfill_task(backfill_id: int) -> dict[str, Any]:
+    """A connection's backfill (connections.backfill): delivered again after a worker died, it resumes at the
+    last stored chunk. A database failure raises, so the queue delivers it again."""
+    from connections.backfill import run_backfill
+    from connections.models import Backfill
+
+    try:
+        backfill = run_backfill(backfill_id)
+    except Backfill.DoesNotExist:
+        return {"backfill_id": backfill_id, "status": "gone"}
+    return {"backfill_id": backfill_id, "status": backfill.status, "rows_stored": backfill.rows_stored}
+
+
+def repair_gap_task(gap_id: int) -> dict[str, Any]:
+    """Re-fetch exactly a gap's window (connections.gaps.repair_gap): the admin's Repair button, a reconnect."""
+    from connections.gaps import repair_gap
+    from connections.models import DataGap
+
+    try:
+        gap = repair_gap(gap_id)
+    except DataGap.DoesNotExist:
+        return {"gap_id": gap_id, "status": "gone"}
+    return {"gap_id": gap_id, "status": gap.status, "rows_repaired": gap.rows_repaired}

@@ -131,3 +131,33 @@ def is_origin(value: str) -> bool:
         and not parts.fragment
         and value == f"{parts.scheme}://{parts.netloc}"
     )
+
+
+def provider_budgets_from_env(raw: str) -> dict[str, list[dict[str, float | int | str]]]:
+    """PROVIDER_BUDGETS: a JSON object of provider → [{"limit", "window", "scope"}], checked here so a bad value
+    stops start-up naming the variable."""
+    if not raw:
+        return {}
+    import json
+
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        raise ImproperlyConfigured("PROVIDER_BUDGETS must be a JSON object") from None
+    if not isinstance(parsed, dict):
+        raise ImproperlyConfigured("PROVIDER_BUDGETS must be a JSON object of provider: [limits]")
+    for provider, limits in parsed.items():
+        if not isinstance(limits, list) or not all(
+            isinstance(item, dict)
+            and isinstance(item.get("limit"), int)
+            and item["limit"] >= 1
+            and isinstance(item.get("window"), int | float)
+            and item["window"] > 0
+            and item.get("scope", "app") in ("app", "account")
+            for item in limits
+        ):
+            raise ImproperlyConfigured(
+                f'PROVIDER_BUDGETS["{provider}"] must be a list of {{"limit": int >= 1, "window": seconds > 0, '
+                '"scope": "app" | "account"}}'
+            )
+    return parsed

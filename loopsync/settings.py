@@ -19,7 +19,16 @@ from connections.config import (
     pointed_at_sandbox,
 )
 from loopsync import embedded_db
-from loopsync.env import env_bool, env_choice, env_float, env_int, env_list, env_origins, env_str
+from loopsync.env import (
+    env_bool,
+    env_choice,
+    env_float,
+    env_int,
+    env_list,
+    env_origins,
+    env_str,
+    provider_budgets_from_env,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -159,6 +168,52 @@ PROVIDER_HTTP_TIMEOUT = env_float("PROVIDER_HTTP_TIMEOUT", 30.0, minimum=0.05)
 PROVIDER_HTTP_ATTEMPTS = env_int("PROVIDER_HTTP_ATTEMPTS", 4, minimum=1, maximum=10)
 PROVIDER_BACKOFF_BASE = env_float("PROVIDER_BACKOFF_BASE", 0.5)
 PROVIDER_BACKOFF_CAP = env_float("PROVIDER_BACKOFF_CAP", 30.0)
+# Shared provider budgets (connections/budgets.py): token buckets in PostgreSQL that every request of every
+# worker passes. Per provider: its documented limits, each {"limit": requests, "window": seconds, "scope":
+# "app" | "account"}. WHOOP: 100/min and 10,000/day per app; Dexcom: 60,000/h per app; LibreLinkUp: its
+# undocumented per-account polling limit (429 past a burst; the sandbox's 30 a minute); Junction: none for
+# server-to-server calls.
+PROVIDER_BUDGETS: dict[str, list[dict[str, float | int | str]]] = {
+    "whoop": [
+        {"limit": 100, "window": 60, "scope": "app"},
+        {"limit": 10_000, "window": 86_400, "scope": "app"},
+    ],
+    "dexcom": [{"limit": 60_000, "window": 3600, "scope": "app"}],
+    "libre": [{"limit": 30, "window": 60, "scope": "account"}],
+    "junction": [],
+    # PROVIDER_BUDGETS (JSON, per provider as above) replaces a provider's defaults, e.g. after WHOOP raised
+    # the app's limit: {"whoop": [{"limit": 300, "window": 60}, {"limit": 30000, "window": 86400}]}.
+    **provider_budgets_from_env(env_str("PROVIDER_BUDGETS")),
+}
+# A provider's circuit breaker opens when, of at least `min_requests` requests in `window` seconds, more than
+# `failure_ratio` failed (5xx, timeouts, network errors); after `cooldown` seconds one probe request decides.
+PROVIDER_BREAKER = {
+    "window": env_float("PROVIDER_BREAKER_WINDOW", 60.0, minimum=1.0),
+    "min_requests": env_int("PROVIDER_BREAKER_MIN_REQUESTS", 10, minimum=1),
+    "failure_ratio": env_float("PROVIDER_BREAKER_FAILURE_RATIO", 0.5, minimum=0.0),
+    "cooldown": env_float("PROVIDER_BREAKER_COOLDOWN", 30.0, minimum=0.0),
+    # A probe whose worker died is given up after this many seconds and another one is let through.
+    "probe_timeout": env_float("PROVIDER_BREAKER_PROBE_TIMEOUT", 60.0, minimum=1.0),
+}
+# Logins per account not known to have succeeded within `interval` seconds (LibreLinkUp locks an account after 3
+# failed logins in 60 s: we stop at 2 and wait).
+PROVIDER_LOGIN_GUARD = {"attempts": 2, "interval": 60.0}
+# Backfill on connect (connections/backfill.py): days of history fetched for a new connection, per provider,
+# capped by what the provider holds (LibreLinkUp: ~12 h). Junction's own historical pull decides its depth;
+# its `historical.data.*` events extend the backfill. BACKFILL_ON_CONNECT=false turns it off.
+BACKFILL_DAYS: dict[str, float] = {
+    "whoop": env_int("BACKFILL_DAYS_WHOOP", 180, minimum=0, maximum=3650),
+    "dexcom": env_int("BACKFILL_DAYS_DEXCOM", 90, minimum=0, maximum=3650),
+    "libre": env_int("BACKFILL_DAYS_LIBRE", 1, minimum=0, maximum=3650),
+    "junction": env_int("BACKFILL_DAYS_JUNCTION", 30, minimum=0, maximum=3650),
+}
+BACKFILL_ON_CONNECT = env_bool("BACKFILL_ON_CONNECT", True)
+# The gap ledger (connections/gaps.py): a local day below this share of the expected data is a gap day; runs of
+# them in the last GAP_SCAN_DAYS are recorded after each scheduled sync; a reconnect after a pause longer than
+# GAP_RECONNECT_AFTER_HOURS records the pause as a gap and queues its repair.
+GAP_DAY_SHARE = env_float("GAP_DAY_SHARE", 0.5, minimum=0.0)
+GAP_SCAN_DAYS = env_int("GAP_SCAN_DAYS", 30, minimum=1, maximum=365)
+GAP_RECONNECT_AFTER_HOURS = env_float("GAP_RECONNECT_AFTER_HOURS", 6.0, minimum=0.0)
 # Attempts per user sync (the spec: retry a failed user sync up to 3 times, then skip the user).
 SYNC_USER_ATTEMPTS = env_int("SYNC_USER_ATTEMPTS", 3, minimum=1, maximum=10)
 SYNC_RETRY_BASE_SECONDS = env_float("SYNC_RETRY_BASE_SECONDS", 2.0)

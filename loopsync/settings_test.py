@@ -42,6 +42,9 @@ PROVIDER_HTTP_TIMEOUT = 2.0
 PROVIDER_BACKOFF_BASE = 0.01
 PROVIDER_BACKOFF_CAP = 0.05
 SYNC_RETRY_BASE_SECONDS = 0.01
+# Connecting a sandbox user does not start its backfill unless the test asks for one (tests/test_backfill.py):
+# most tests connect users to test something else, and the sandbox would serve months of history inline.
+BACKFILL_ON_CONNECT = os.environ.get("BACKFILL_ON_CONNECT", "false") == "true"
 # django-q2 runs tasks in-process in tests.
 # (A test that runs a real cluster in a child process sets Q_SYNC=false for it.)
 Q_CLUSTER = {**Q_CLUSTER, "sync": os.environ.get("Q_SYNC", "true") != "false"}

@@ -231,3 +231,28 @@ class RoutePriority(models.Model):
 
     def __str__(self) -> str:
         return f"{self.source_family} via {self.provider}: {self.priority}"
+
+
+class DataCompleteness(models.Model):
+    """Per patient, kind of data and patient-local day: what arrived against what a worn device sends
+    (readings.completeness). Kept by every ingest with the daily statistics, for the days it touched.
+
+    Kinds: `glucose` (5-minute CGM slots with a reading, of the day's 288, or 276/300 on DST days),
+    `heart_rate` (minutes with a heart-rate sample, of the day's minutes), `sleep` (a night's sleep: 1 of 1).
+    """
+
+    pk = models.CompositePrimaryKey("patient", "kind", "day")
+    patient = models.ForeignKey(
+        Patient, on_delete=models.CASCADE, db_constraint=False, db_index=False, related_name="+"
+    )
+    kind = models.CharField(max_length=16)
+    day = models.DateField()
+    received = models.PositiveIntegerField()
+    expected = models.PositiveIntegerField()
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "patient_data_completeness"
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.day}: {self.received}/{self.expected}"

@@ -19,6 +19,7 @@ from django.db import connection as db
 
 from connections.providers.contract import GlucoseRow, WearableRow, full_glucose_row
 from readings.catalogue import day_zone_sql
+from readings.completeness import refresh_completeness
 from readings.dirty import mark_dirty
 from readings.glucose_metrics import refresh_glucose_days
 from readings.horizon import first_complete_day
@@ -290,6 +291,9 @@ def refresh_daily_stats(patient_id: int, time_zone: str, touched: TouchedDays) -
                 _PG_DAILY_GLUCOSE,
                 {"patient": patient_id, "tz": time_zone, "days": glucose_days, "glo": glo, "ghi": ghi},
             )
+
+    # Completeness of the same days, kept with the statistics (readings/completeness.py).
+    refresh_completeness(patient_id, time_zone, touched)
 
 
 def with_neighbours(touched: TouchedDays) -> TouchedDays:

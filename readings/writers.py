@@ -63,7 +63,9 @@ class PatientGraphWriter:
     in_transaction = False
 
     def __init__(self, base_url: str, api_key: str, max_body_bytes: int | None = None) -> None:
-        self.http = http_for("patient-graph", base_url, headers={"authorization": f"Bearer {api_key}"})
+        self.http = http_for(
+            "patient-graph", base_url, headers={"authorization": f"Bearer {api_key}"}, gated=False
+        )
         self.max_body_bytes = max_body_bytes or settings.PATIENT_GRAPH_MAX_BODY_BYTES
 
     def store(

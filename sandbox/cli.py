@@ -32,6 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="pre-generate the last N days for every user before listening (benchmarks: measure the sync, not us)",
     )
     parser.add_argument("--verbose", action="store_true", help="log each request line to stderr")
+    # Benchmarks of long backfills (bench/backfill.py): deeper history, WHOOP's app budget scaled.
+    parser.add_argument("--whoop-history-days", type=int, default=None, help="days of WHOOP history served")
+    parser.add_argument("--dexcom-history-days", type=int, default=None, help="days of Dexcom history served")
+    parser.add_argument("--whoop-per-minute", type=int, default=None, help="WHOOP's per-app limit per window")
+    parser.add_argument("--whoop-minute-seconds", type=float, default=None, help="the length of that window")
+    parser.add_argument("--whoop-per-day", type=int, default=None, help="WHOOP's per-app daily limit")
 
 
 def run(options: dict[str, Any], out: TextIO = sys.stdout) -> None:
@@ -51,6 +57,16 @@ def run(options: dict[str, Any], out: TextIO = sys.stdout) -> None:
     def _terminate(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt  # unwinds serve_forever on the main thread, like Ctrl-C
 
+    for target, attribute, option in (
+        (server.whoop, "history_days", "whoop_history_days"),
+        (server.dexcom, "history_days", "dexcom_history_days"),
+        (server.whoop, "per_minute", "whoop_per_minute"),
+        (server.whoop, "minute_seconds", "whoop_minute_seconds"),
+        (server.whoop, "per_day", "whoop_per_day"),
+    ):
+        if options.get(option) is not None:
+            setattr(target, attribute, options[option])
+            target._defaults[attribute] = options[option]  # type: ignore[attr-defined]  # survives a reset
     signal.signal(signal.SIGTERM, _terminate)
     if options.get("warm_days"):
         today = datetime.now(UTC).date()

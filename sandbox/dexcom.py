@@ -4,6 +4,7 @@
 - `GET /v3/users/self/egvs?startDate=...&endDate=...`: both required, `YYYY-MM-DDThh:mm:ss` with no offset, read
   as UTC against `systemTime`, inclusive; a window over 30 days, an offset or an end before the start is 400.
 - Data delay: readings newer than `now - delay` are not served yet (default 1 h; `delays[user]` overrides).
+- `dropped_days` {(user, UTC day)}: days the receiver never uploaded (gaps at the provider itself).
 - `GET /v3/users/self/dataRange`: first and last EGV the user has (after the delay).
 - Every response is wrapped `{recordType, recordVersion: "3.0", userId, records}`; `userId` is per app.
 - 429 past `hourly_limit` calls per app per rolling hour; expired/unknown token 401.
@@ -22,7 +23,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sandbox import cgm_data
@@ -60,6 +61,8 @@ class DexcomSandbox:
         self.history_days = history_days
         self.delay = delay
         self.delays: dict[int, timedelta] = {}
+        # (user, UTC day) pairs whose readings the receiver never uploaded: gaps at the provider (tests).
+        self.dropped_days: set[tuple[int, date]] = set()
         self.hourly_limit = hourly_limit
         self.oauth = OAuthServer(
             client_id=client_id,
@@ -96,6 +99,7 @@ class DexcomSandbox:
             setattr(self, knob, value)
         self.oauth.reset()
         self.delays.clear()
+        self.dropped_days.clear()
         with self._calls_lock:
             self._calls.clear()
 
@@ -255,7 +259,11 @@ class DexcomSandbox:
         for slot in range(lo, hi + 1):
             value = cgm_data.glucose_mg_dl(self.seed, "dexcom", user, slot, offset_hours)
             moment = self._time_of(user, slot)
-            if not start <= moment <= end or not cgm_data.has_reading(self.seed, "dexcom", user, slot):
+            if (
+                not start <= moment <= end
+                or not cgm_data.has_reading(self.seed, "dexcom", user, slot)
+                or (user, moment.date()) in self.dropped_days
+            ):
                 previous = value
                 continue
             true = cgm_data.true_glucose(self.seed, "dexcom", user, slot, offset_hours)

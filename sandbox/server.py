@@ -50,7 +50,7 @@ CONTROL_PREFIX = "/_sandbox"
 class RequestLog:
     """Thread-safe, bounded, list-like log of provider requests (control API calls are not logged).
 
-    Entries: {"method", "path", "query", "status", "provider", "user_id", "at", "fault"}. Header values (the
+    Entries: {"method", "path", "query", "status", "provider", "user_id", "at", "t", "fault"}. Header values (the
     API key, tokens) are never recorded. Indexing and iteration work on a snapshot.
     """
 
@@ -380,6 +380,8 @@ class SandboxServer(ThreadingHTTPServer):
                 "provider": provider.name if provider else None,
                 "user_id": user_id,
                 "at": arrived.isoformat(),
+                # Real seconds (not moved by time-machine), to count requests per rate-limit window.
+                "t": time.perf_counter(),
                 "fault": fault.id if fault else None,
             }
         )

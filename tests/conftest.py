@@ -89,3 +89,22 @@ def api_config(settings: Any, junction_config: JunctionSyncConfig) -> JunctionSy
     """The sandbox's Junction as the app's configured Junction (what the manual-sync task uses)."""
     settings.JUNCTION_SYNC = junction_config
     return junction_config
+
+
+@pytest.fixture(autouse=True)
+def _fresh_provider_budgets(request: pytest.FixtureRequest) -> Iterator[None]:
+    # Budgets, breakers and login guards live in their own autocommitted rows (connections/budgets.py), which a
+    # test's rollback does not undo: every database test starts with none, and the gate's own connections are
+    # closed after it (or the test database could not be dropped at the end).
+    if request.node.get_closest_marker("django_db") is None:
+        yield
+        return
+    from connections import budgets
+
+    blocker = request.getfixturevalue("django_db_blocker")
+    with blocker.unblock():
+        budgets.reset_all()
+    yield
+    with blocker.unblock():
+        budgets.reset_all()
+        budgets.close_connections()

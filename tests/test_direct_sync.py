@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 import time_machine
@@ -116,8 +117,11 @@ def test_rerunning_sync_whoop_data_stores_nothing_new(
 
 
 def test_whoop_rate_limit_is_waited_out_using_x_ratelimit_reset(
-    direct_config: DirectProvidersConfig, clean_sandbox: SandboxServer
+    direct_config: DirectProvidersConfig, clean_sandbox: SandboxServer, settings: Any
 ) -> None:
+    # The sandbox's limit is lowered far below our shared budget, as a stricter provider would be: our budget
+    # does not know it, so the 429 comes, and must be waited out.
+    settings.PROVIDER_BUDGETS = {**settings.PROVIDER_BUDGETS, "whoop": []}
     connection = connect(clean_sandbox, direct_config, Provider.WHOOP, 3)
     clean_sandbox.whoop.per_minute = 2
     clean_sandbox.whoop.minute_seconds = 0.5
@@ -276,8 +280,11 @@ def test_libre_old_version_header_fails_without_deactivating(
 
 
 def test_libre_heavy_polling_429_is_waited_out(
-    direct_config: DirectProvidersConfig, clean_sandbox: SandboxServer
+    direct_config: DirectProvidersConfig, clean_sandbox: SandboxServer, settings: Any
 ) -> None:
+    # The sandbox's limit is lowered far below our per-account budget, as a stricter provider would be: our
+    # budget does not know it, so the 429 comes, and must be waited out.
+    settings.PROVIDER_BUDGETS = {**settings.PROVIDER_BUDGETS, "libre": []}
     connection = connect(clean_sandbox, direct_config, Provider.LIBRE, 3)
     clean_sandbox.libre.poll_limit = 1
     clean_sandbox.libre.poll_window = 0.5

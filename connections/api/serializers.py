@@ -147,6 +147,24 @@ class DataFreshnessSerializer(serializers.Serializer):
     )
 
 
+class BackfillSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["pending", "running", "done", "failed"])
+    percent_done = serializers.IntegerField(help_text="Chunks stored of the backfill's chunks, 0-100.")
+    range_start = serializers.DateTimeField()
+    range_end = serializers.DateTimeField()
+    reason = serializers.CharField(help_text="Why it failed (empty unless failed); never PHI.")
+
+
+class DataCompletenessSerializer(serializers.Serializer):
+    days = serializers.IntegerField(help_text="The window: the patient's last N local days, today included.")
+    share = serializers.FloatField(
+        allow_null=True,
+        help_text="Received over expected in the window for the connection's main kind of data (a CGM's "
+        "5-minute readings, a band's heart-rate minutes, a night's sleep), 0-1.",
+    )
+    by_kind = serializers.DictField(child=serializers.FloatField(allow_null=True))
+
+
 class ConnectionSerializer(serializers.Serializer):
     id = serializers.IntegerField(help_text="The connection's id.")
     provider = serializers.CharField(help_text="The provider connected: junction or a direct provider's key.")
@@ -167,6 +185,11 @@ class ConnectionSerializer(serializers.Serializer):
         help_text="The admin's health is ok: active, not failing, and synced successfully within the provider's "
         "cadence (late data by design, such as Dexcom's, does not count against it)."
     )
+    backfill = BackfillSerializer(
+        allow_null=True,
+        help_text="The history fetched on connect, newest first (null: none planned for this connection).",
+    )
+    data_completeness = DataCompletenessSerializer()
     data_freshness = DataFreshnessSerializer(help_text="How recent the patient's data is.")
     error_code = _error_code()
     error_message = _error_message()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from functools import cache
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from django.db.models import Max
 from django.urls import get_script_prefix, reverse
@@ -41,6 +42,8 @@ from connections.api.serializers import (
 )
 from connections.health import Health, health_of
 from connections.models import Connection, Provider, SyncErrorCode, SyncRequest
+from connections.providers.registry import PROVIDERS
+from readings.completeness import completeness_summary
 
 # Printable ASCII without spaces: what Stripe-style clients send (UUIDs, ULIDs, hashes).
 _IDEMPOTENCY_KEY = re.compile(r"^[!-~]{1,255}$")
@@ -307,7 +310,9 @@ class ConnectionListView(PatientAPIView):
         from readings.models import DailyStat
 
         patient = self.patient(request)
-        connections = list(Connection.objects.filter(patient=patient).order_by("provider"))
+        connections = list(
+            Connection.objects.filter(patient=patient).select_related("backfill").order_by("provider")
+        )
         latest_day = DailyStat.objects.filter(patient=patient).aggregate(day=Max("day"))["day"]
         now = timezone.now()
         results: list[dict[str, Any]] = []
@@ -330,6 +335,15 @@ class ConnectionListView(PatientAPIView):
                     "healthy": health_of(connection, now) == Health.OK,
                     # The last sync's failure, while it is the latest word (a success clears it).
                     **sync_error(connection.last_error_code if connection.failure_streak else ""),
+                    "backfill": backfill_status(connection),
+                    "data_completeness": completeness_summary(
+                        patient.pk,
+                        patient.time_zone,
+                        PROVIDERS[connection.provider].completeness_kinds
+                        if connection.provider in PROVIDERS
+                        else (),
+                        timezone.localtime(now, ZoneInfo(patient.time_zone)).date(),
+                    ),
                     "data_freshness": {
                         "latest_data_day": latest_day,
                         "hours_since_last_sync": round((now - last).total_seconds() / 3600, 2)
@@ -405,3 +419,16 @@ class PingView(APIView):
     )
     def get(self, request: Request) -> Response:
         return Response({"ok": True})
+
+
+def backfill_status(connection: Connection) -> dict[str, Any] | None:
+    backfill = getattr(connection, "backfill", None)
+    if backfill is None:
+        return None
+    return {
+        "status": backfill.status,
+        "percent_done": backfill.percent_done,
+        "range_start": backfill.range_start,
+        "range_end": backfill.range_end,
+        "reason": backfill.reason[:200] if backfill.status == "failed" else "",
+    }

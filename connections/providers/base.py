@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import orjson
@@ -80,6 +80,22 @@ class ProviderUnavailable(ProviderError):
 
 class ProviderTimeout(ProviderUnavailable):
     """The provider did not answer in PROVIDER_HTTP_TIMEOUT, through every request-level retry."""
+
+
+class ProviderCircuitOpen(ProviderUnavailable):
+    """Not sent: the provider's circuit breaker is open (most recent requests failed). Not retried: the run
+    moves on at once, and a probe after the cool-down tells when the provider is back."""
+
+    retryable = False
+
+
+class RequestGate(Protocol):
+    """What every request passes before and after it is sent (connections.budgets.ProviderGate: the shared
+    budgets and the circuit breaker)."""
+
+    def before(self, route: str, account: str | None = None) -> None: ...
+
+    def after(self, outcome: str) -> None: ...
 
 
 class ProviderBadResponse(ProviderError):
@@ -154,8 +170,10 @@ class ProviderHTTP:
         sleep: Callable[[float], None] = time.sleep,
         max_connections: int = 2,
         verify: ssl.SSLContext | bool | None = None,
+        gate: RequestGate | None = None,
     ) -> None:
         self.provider = provider
+        self.gate = gate
         self.policy = policy or RetryPolicy()
         self._sleep = sleep
         self._client_options: dict[str, Any] = {
@@ -227,30 +245,40 @@ class ProviderHTTP:
         idempotent: bool | None = None,
         route: str | None = None,
         accept: frozenset[int] = frozenset(),
+        account: str | None = None,
     ) -> httpx.Response:
         """Send a request, retrying transient failures; return a 2xx response or raise a ProviderError.
 
         `route` is the path template used in logs and errors (no user ids); derived from `path` if omitted.
         `accept`: error statuses returned to the caller instead of raised (an OAuth token endpoint's 400/401,
         whose `error` code decides between "refresh lost a race" and "refresh token dead").
+        `account`: the provider account the request spends (a per-account budget, e.g. LibreLinkUp's).
+        Every attempt passes the gate first (shared budgets, circuit breaker) and reports its outcome to it.
         """
         retry = method in ("GET", "HEAD", "PUT", "DELETE") if idempotent is None else idempotent
         route = route or route_of(path)
         attempts = self.policy.attempts if retry else 1
         for attempt in range(1, attempts + 1):
             last = attempt == attempts
+            if self.gate is not None:
+                self.gate.before(f"{method} {route}", account)
             try:
                 response = self._client.request(
                     method, path, params=params, json=json, data=data, headers=headers
                 )
             except httpx.TimeoutException:
+                self._report("failure")
                 error: ProviderError = ProviderTimeout(self.provider, f"{method} {route} timed out")
                 retry_after = None
             except httpx.TransportError as exc:
+                self._report("failure")
                 error = ProviderUnavailable(self.provider, f"{method} {route} failed: {type(exc).__name__}")
                 retry_after = None
             else:
                 status = response.status_code
+                self._report(
+                    "neutral" if status == 429 else "failure" if status >= 500 or status == 408 else "ok"
+                )
                 if status < 300 or status in accept:
                     return response
                 retry_after = parse_retry_after(response.headers)
@@ -274,6 +302,10 @@ class ProviderHTTP:
             )
             self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _report(self, outcome: str) -> None:
+        if self.gate is not None:
+            self.gate.after(outcome)
 
     def _error_for(self, method: str, route: str, status: int, retry_after: float | None) -> ProviderError:
         message = f"{method} {route} answered {status}"

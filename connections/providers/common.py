@@ -14,8 +14,15 @@ from connections.providers.contract import InvalidPayload, InvalidRecord, plausi
 logger = logging.getLogger("loopsync.providers")
 
 
-def http_for(provider: str, base_url: str, headers: dict[str, str] | None = None) -> ProviderHTTP:
-    """A ProviderHTTP with the configured timeout (30 s by spec) and retry policy."""
+def http_for(
+    provider: str, base_url: str, headers: dict[str, str] | None = None, *, gated: bool = True
+) -> ProviderHTTP:
+    """A ProviderHTTP with the configured timeout (30 s by spec) and retry policy, behind the provider's shared
+    budgets and circuit breaker (connections.budgets): every provider client is made here. `gated=False` for
+    our own services (the patient-graph API), which are neither rate limited by a provider nor one to break
+    away from: the sync's retries and cursor already handle their outages."""
+    from connections.budgets import ProviderGate
+
     return ProviderHTTP(
         provider,
         base_url,
@@ -26,6 +33,7 @@ def http_for(provider: str, base_url: str, headers: dict[str, str] | None = None
             base=settings.PROVIDER_BACKOFF_BASE,
             cap=settings.PROVIDER_BACKOFF_CAP,
         ),
+        gate=ProviderGate(provider, base_url) if gated else None,
     )
 
 

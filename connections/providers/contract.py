@@ -256,6 +256,13 @@ class SyncProvider:
     source_patterns: ClassVar[tuple[str, ...]] = ()
     # The Django setting holding this provider's frozen configuration (validated at start-up).
     settings_name: ClassVar[str]
+    # Backfill on connect (connections/backfill.py): one window fetch per chunk, newest first, as deep as
+    # settings.BACKFILL_DAYS[key] and never deeper than the history the provider holds (None: no known limit).
+    backfill_chunk: ClassVar[timedelta] = timedelta(days=30)
+    history_limit: ClassVar[timedelta | None] = None
+    # What its completeness is judged by (readings/completeness.py KINDS): a CGM's glucose slots, a band's
+    # heart-rate minutes, a night's sleep. The first one is the connection's heat-map strip and list filter.
+    completeness_kinds: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any = None, *, concurrency: int = 1) -> None:
         """`config` replaces the setting (tests, --sandbox); `concurrency` is how many connections a job run

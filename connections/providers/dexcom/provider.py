@@ -36,6 +36,9 @@ class DexcomProvider(OAuthProvider):
     source_patterns = ("dexcom%",)
     priority = 2
     settings_name = "DIRECT_PROVIDERS"
+    # Dexcom's largest window: one request per chunk.
+    backfill_chunk = timedelta(days=30)
+    completeness_kinds = ("glucose",)
     config: DirectProvidersConfig
     client: DexcomClient
 

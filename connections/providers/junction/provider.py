@@ -188,6 +188,11 @@ class JunctionProvider(SyncProvider):
     source_family = "junction"
     priority = 1
     settings_name = "JUNCTION_SYNC"
+    # A week of days per chunk (each day a request per resource); Junction's own historical pull on connect
+    # decides how deep the data goes, and its `historical.data.*` event extends the backfill
+    # (connections.backfill.mark_junction_backfill_complete).
+    backfill_chunk = timedelta(days=7)
+    completeness_kinds = ("heart_rate", "sleep")
     config: JunctionSyncConfig
 
     def __init__(self, config: Any = None, *, concurrency: int = 1) -> None:
@@ -228,7 +233,11 @@ class JunctionProvider(SyncProvider):
         known = {p.junction_user_id: p for p in Patient.objects.filter(junction_user_id__in=config.user_ids)}
         for user_id in config.user_ids:
             patient = known.get(user_id) or self._create_patient(user_id)
-            Connection.objects.get_or_create(patient=patient, provider=self.key)
+            connection, created = Connection.objects.get_or_create(patient=patient, provider=self.key)
+            if created:
+                from connections.backfill import start_backfill_on_commit
+
+                start_backfill_on_commit(connection)
         ours = Connection.objects.select_related("patient").filter(
             provider=self.key, patient__junction_user_id__isnull=False
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -114,32 +115,36 @@ class LibreClient:
         return body
 
     def login(self, email: str, password: str, region: str = "") -> LibreSession:
-        body = self._call(
-            region,
-            "POST",
-            "/llu/auth/login",
-            route="/llu/auth/login",
-            json={"email": email, "password": password},
-            idempotent=True,  # a login has no side effect a retry could double
-        )
-        data = body.get("data") if isinstance(body.get("data"), dict) else {}
-        status = body.get("status")
+        # LibreLinkUp locks an account after 3 failed logins in 60 s: the shared login guard refuses a login
+        # (with the wait) once 2 of this account's logins failed within the minute, whichever worker sent them.
+        guard = getattr(self.host(region).gate, "guard_login", None)
+        with guard(email) if guard is not None else nullcontext():
+            body = self._call(
+                region,
+                "POST",
+                "/llu/auth/login",
+                route="/llu/auth/login",
+                json={"email": email, "password": password},
+                idempotent=True,  # a login has no side effect a retry could double
+            )
+            data = body.get("data") if isinstance(body.get("data"), dict) else {}
+            status = body.get("status")
+            if status == 2:
+                raise LibreLoginRefused(PROVIDER, "login refused: the email or password is wrong", status=200)
+            if status == 4:
+                step = (
+                    (data.get("step") or {}).get("type", "unknown")
+                    if isinstance(data.get("step"), dict)
+                    else "unknown"
+                )
+                raise LibreLoginRefused(
+                    PROVIDER, f"login needs an action in the LibreLinkUp app ({str(step)[:20]})", status=200
+                )
         if status == 0 and data.get("redirect"):
             target = str(data.get("region") or "")
             if not target or target == region or region not in ("", "us"):
                 raise InvalidPayload("LibreLinkUp redirected the login more than once")
             return self.login(email, password, target)
-        if status == 2:
-            raise LibreLoginRefused(PROVIDER, "login refused: the email or password is wrong", status=200)
-        if status == 4:
-            step = (
-                (data.get("step") or {}).get("type", "unknown")
-                if isinstance(data.get("step"), dict)
-                else "unknown"
-            )
-            raise LibreLoginRefused(
-                PROVIDER, f"login needs an action in the LibreLinkUp app ({str(step)[:20]})", status=200
-            )
         ticket = data.get("authTicket")
         user = data.get("user")
         if (
@@ -160,7 +165,12 @@ class LibreClient:
 
     def connections(self, session: LibreSession) -> list[dict[str, Any]]:
         body = self._call(
-            session.region, "GET", "/llu/connections", route="/llu/connections", headers=self._auth(session)
+            session.region,
+            "GET",
+            "/llu/connections",
+            route="/llu/connections",
+            headers=self._auth(session),
+            account=session.account_id,
         )
         data = body.get("data")
         if not isinstance(data, list):
@@ -175,6 +185,7 @@ class LibreClient:
             f"/llu/connections/{patient_id}/graph",
             route=route,
             headers=self._auth(session),
+            account=session.account_id,
         )
         if body.get("status") == 4:
             raise ProviderRequestError(PROVIDER, "graph: couldNotLoadPatient", status=200)

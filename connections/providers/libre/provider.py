@@ -38,6 +38,10 @@ class LibreProvider(SyncProvider):
     source_patterns = ("%libre%",)
     priority = 2
     settings_name = "DIRECT_PROVIDERS"
+    # LibreLinkUp's graph holds about 12 hours: the whole backfill is one chunk of what it still holds.
+    history_limit = timedelta(hours=GRAPH_HOURS)
+    backfill_chunk = timedelta(hours=GRAPH_HOURS)
+    completeness_kinds = ("glucose",)
     config: DirectProvidersConfig
 
     def __init__(self, config: Any = None, *, concurrency: int = 1) -> None:

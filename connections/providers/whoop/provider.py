@@ -38,6 +38,9 @@ class WhoopProvider(OAuthProvider):
     source_patterns = ("whoop%",)
     priority = 2
     settings_name = "DIRECT_PROVIDERS"
+    # 25 days: one page (limit 25) of each collection per chunk.
+    backfill_chunk = timedelta(days=25)
+    completeness_kinds = ("sleep",)
     config: DirectProvidersConfig
     client: WhoopClient
 
