@@ -148,10 +148,15 @@ class DataFreshnessSerializer(serializers.Serializer):
 
 
 class BackfillSerializer(serializers.Serializer):
-    status = serializers.ChoiceField(choices=["pending", "running", "done", "failed"])
+    status = serializers.ChoiceField(
+        choices=["pending", "running", "done", "failed"],
+        help_text="pending (queued), running (chunks being fetched, newest first), done, or failed (see reason).",
+    )
     percent_done = serializers.IntegerField(help_text="Chunks stored of the backfill's chunks, 0-100.")
-    range_start = serializers.DateTimeField()
-    range_end = serializers.DateTimeField()
+    range_start = serializers.DateTimeField(help_text="The oldest instant the backfill reaches (UTC).")
+    range_end = serializers.DateTimeField(
+        help_text="The newest instant the backfill covers (UTC): the connect."
+    )
     reason = serializers.CharField(help_text="Why it failed (empty unless failed); never PHI.")
 
 
@@ -162,7 +167,11 @@ class DataCompletenessSerializer(serializers.Serializer):
         help_text="Received over expected in the window for the connection's main kind of data (a CGM's "
         "5-minute readings, a band's heart-rate minutes, a night's sleep), 0-1.",
     )
-    by_kind = serializers.DictField(child=serializers.FloatField(allow_null=True))
+    by_kind = serializers.DictField(
+        child=serializers.FloatField(allow_null=True),
+        help_text="The same share per kind of data the connection brings (glucose, heart_rate, sleep), 0-1; "
+        "null when nothing is expected in the window.",
+    )
 
 
 class ConnectionSerializer(serializers.Serializer):
@@ -189,7 +198,9 @@ class ConnectionSerializer(serializers.Serializer):
         allow_null=True,
         help_text="The history fetched on connect, newest first (null: none planned for this connection).",
     )
-    data_completeness = DataCompletenessSerializer()
+    data_completeness = DataCompletenessSerializer(
+        help_text="How much of the data a worn device sends arrived over the patient's last 14 local days."
+    )
     data_freshness = DataFreshnessSerializer(help_text="How recent the patient's data is.")
     error_code = _error_code()
     error_message = _error_message()
