@@ -26,6 +26,7 @@ import logging
 import random
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -82,39 +83,57 @@ def limits_for(provider: str) -> list[Limit]:
 # --- The database connection the gate uses -----------------------------------------------------------------
 
 _local = threading.local()
-_opened: list[BaseDatabaseWrapper] = []
+# Weak: a thread's connection lives as long as the thread (its _ThreadConnection closes it when the thread's
+# locals are cleared); this set only lets close_connections() reach the ones still open.
+_opened: weakref.WeakSet[BaseDatabaseWrapper] = weakref.WeakSet()
 _opened_lock = threading.Lock()
+
+
+class _ThreadConnection:
+    """Holds a thread's gate connection and closes it when the thread ends. Pool threads come and go (the
+    Junction provider's fetch pool lives one job run): without this each would leave an idle connection open
+    until the process exits, and a worker running many backfills exhausts max_connections."""
+
+    def __init__(self, wrapper: BaseDatabaseWrapper) -> None:
+        self.wrapper = wrapper
+
+    def __del__(self) -> None:
+        try:
+            self.wrapper.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown or a connection already gone
+            pass
 
 
 def _db() -> BaseDatabaseWrapper:
     """This thread's own connection to the default database, in autocommit (see the module docstring)."""
-    wrapper: BaseDatabaseWrapper | None = getattr(_local, "db", None)
-    if wrapper is None:
+    holder: _ThreadConnection | None = getattr(_local, "holder", None)
+    if holder is None:
         wrapper = db_connections.create_connection(DEFAULT_DB_ALIAS)
-        wrapper.inc_thread_sharing()  # close_connections() may close it from another thread
-        _local.db = wrapper
+        wrapper.inc_thread_sharing()  # closed from another thread: close_connections(), or the holder's GC
+        holder = _ThreadConnection(wrapper)
+        _local.holder = holder
         with _opened_lock:
-            _opened.append(wrapper)
-    return wrapper
+            _opened.add(wrapper)
+    return holder.wrapper
 
 
 def close_thread_connection() -> None:
-    wrapper = getattr(_local, "db", None)
-    if wrapper is not None:
-        _local.db = None
+    holder: _ThreadConnection | None = getattr(_local, "holder", None)
+    if holder is not None:
+        _local.holder = None
         with _opened_lock:
-            if wrapper in _opened:
-                _opened.remove(wrapper)
-        wrapper.close()
+            _opened.discard(holder.wrapper)
+        holder.wrapper.close()
 
 
 def close_connections() -> None:
     """Close every gate connection of this process (tests, before the test database is dropped)."""
     with _opened_lock:
-        opened, _opened[:] = list(_opened), []
+        opened = list(_opened)
+        _opened.clear()
     for wrapper in opened:
         wrapper.close()
-    _local.db = None
+    _local.holder = None
 
 
 def _execute(sql: str, params: Any) -> list[tuple[Any, ...]]:

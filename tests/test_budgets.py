@@ -225,3 +225,40 @@ def test_a_bucket_never_allows_more_than_the_limit_in_any_window() -> None:
         bucket = budgets.Limit(limit, window, "app")
         assert bucket.capacity + bucket.rate * window <= limit - max(1, limit // 50) + 1e-6 or limit <= 2
         assert bucket.rate * window >= 0.9 * limit or limit < 50  # and keeps most of it usable
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_finished_threads_gate_connection_is_closed_not_left_open() -> None:
+    """Pool threads come and go (the Junction fetch pool lives one job run); each one's gate connection must
+    go with it, or a worker running many syncs and backfills exhausts PostgreSQL's max_connections."""
+    import gc
+    import threading
+
+    from django.db import connection
+
+    def open_connections() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid()"
+            )
+            return cursor.fetchone()[0]
+
+    budgets.close_connections()
+    before = open_connections()
+
+    def claim() -> None:
+        budgets._execute("SELECT 1", None)
+
+    for _ in range(3):
+        threads = [threading.Thread(target=claim) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while open_connections() > before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert open_connections() == before
+    assert len(budgets._opened) == 0
